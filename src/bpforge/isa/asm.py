@@ -1,0 +1,254 @@
+"""Text -> instructions. Accepts llvm-mc BPF syntax, `llvm-objdump -d -r` output and verifier-log lines.
+
+Parsing is driven by the form table: every template of every form (llvm spelling and aliases) becomes a
+pattern, filed under a dispatch key so a line is only tried against the few templates that could spell it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..errors import AsmError, DecodeError
+from .forms import FIELDS, FORMS, FORMS_BY_NAME, Form
+from .insn import Insn, form_of
+from .syntax import OperandError, Symbol, Template, dispatch_key
+
+_LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:(?!=)")
+_OBJDUMP_SYMBOL = re.compile(r"\s*[0-9a-fA-F]+\s+<([^>]+)>\s*:\s*$")
+_OBJDUMP_SECTION = re.compile(r"\s*Disassembly of section\s+(\S+?)\s*:\s*$")
+_OBJDUMP_FILE = re.compile(r"\s*\S+:\s+file format\s+\S+\s*$")
+_RELOCATION = re.compile(r"\s*[0-9a-fA-F]+:\s+(R_BPF_\w+)\s+(\S+)\s*$")
+# "  12:\t" slot prefix, then either llvm's 8 or 16 raw bytes or the verifier log's "(b7) ".
+_SLOT_PREFIX = re.compile(r"\s*\d+:\s*(?:(?:[0-9a-f]{2} ){7}[0-9a-f]{2}(?: (?:[0-9a-f]{2} ){7}[0-9a-f]{2})?\s+|\([0-9a-f]{2}\)\s*)?")
+_ANNOTATION = re.compile(r"\s*<[^<>]*>\s*$")  # llvm-objdump's "<prog+0x50>" after jump targets
+_COMMENT = re.compile(r"//|;|(?:^|(?<=\s))#")
+
+
+@dataclass
+class Relocation:
+    """A symbol reference the object file must resolve: `insn` is the instruction index in its section."""
+
+    insn: int
+    symbol: str
+    type: str = ""  # R_BPF_* as written in objdump text; empty when the assembler chose it
+    addend: int = 0
+
+
+@dataclass
+class AsmSection:
+    name: str
+    insns: list[Insn] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)  # label -> instruction index
+    functions: dict[str, int] = field(default_factory=dict)  # labels that are function entries
+    relocations: list[Relocation] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # source line of each instruction
+
+
+@dataclass
+class AsmProgram:
+    sections: list[AsmSection]
+    globals: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Pending:
+    """An instruction whose fields may still hold symbols, with where it was written."""
+
+    form: Form
+    values: dict[str, int | Symbol]
+    line: int
+    col: int
+
+
+@lru_cache(maxsize=None)
+def _templates_by_key() -> dict[str, tuple[tuple[Template, Form], ...]]:
+    table: dict[str, list[tuple[Template, Form]]] = {}
+    for form in FORMS:
+        for tpl in form.templates:
+            table.setdefault(dispatch_key(tpl.sample), []).append((tpl, form))
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def parse_statement(text: str) -> tuple[Form, dict[str, int | Symbol]]:
+    """Parse one instruction statement. Raises OperandError (with .col) or ValueError."""
+    candidates = _templates_by_key().get(dispatch_key(text), ())
+    first_error: OperandError | None = None
+    for tpl, form in candidates:
+        try:
+            values = tpl.match(text)
+        except OperandError as err:
+            first_error = first_error or err
+            continue
+        if values is not None:
+            return form, values
+    if first_error is not None:
+        raise first_error
+    raise ValueError(f"unknown instruction '{text.strip()}'")
+
+
+def _strip_comment(line: str) -> str:
+    m = _COMMENT.search(line)
+    return line[:m.start()] if m else line
+
+
+def parse(text: str, *, filename: str | None = None) -> AsmProgram:
+    """Parse assembly into sections of instructions with labels and relocations; symbols still unresolved
+    are kept as relocations (lddw of a symbol, calls to functions defined elsewhere)."""
+    sections: dict[str, AsmSection] = {}
+    pending: dict[str, list[_Pending]] = {}
+    global_names: set[str] = set()
+    current: AsmSection | None = None
+
+    def section(name: str) -> AsmSection:
+        if name not in sections:
+            sections[name] = AsmSection(name)
+            pending[name] = []
+        return sections[name]
+
+    def fail(message: str, line: int, col: int | None = None) -> AsmError:
+        return AsmError(message, file=filename, line=line, col=col)
+
+    for lineno, raw_line in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw_line.expandtabs(8)).rstrip()
+        if not line.strip() or _OBJDUMP_FILE.match(line):
+            continue
+        if m := _OBJDUMP_SECTION.match(line):
+            current = section(m.group(1))
+            continue
+        if m := _RELOCATION.match(line):
+            if current is None or not current.insns and not pending[current.name]:
+                raise fail("relocation line before any instruction", lineno, 1)
+            index = len(pending[current.name]) - 1
+            current.relocations.append(Relocation(index, m.group(2), m.group(1)))
+            continue
+        if m := _OBJDUMP_SYMBOL.match(line):
+            current = current or section(".text")
+            current.labels[m.group(1)] = len(pending[current.name])
+            current.functions[m.group(1)] = len(pending[current.name])
+            continue
+        stripped = line.strip()
+        if stripped.startswith("."):
+            current = _directive(stripped, current, section, global_names) or current
+            continue
+        line = _ANNOTATION.sub("", _SLOT_PREFIX.sub("", line, count=1) if _SLOT_PREFIX.match(line) else line)
+        while m := _LABEL.match(line):
+            current = current or section(".text")
+            name = m.group(1)
+            if name in current.labels:
+                raise fail(f"label '{name}' defined twice", lineno, raw_line.find(name) + 1)
+            current.labels[name] = len(pending[current.name])
+            line = line[m.end():]
+        if not line.strip():
+            continue
+        current = current or section(".text")
+        lead = len(line) - len(line.lstrip())
+        start = raw_line.expandtabs(8).find(line.strip())  # column of the statement in the source line
+        col = start + 1
+        try:
+            form, values = parse_statement(line)
+        except OperandError as err:
+            raise fail(str(err), lineno, start + err.pos - lead + 1 if err.pos is not None else col) from None
+        except ValueError as err:
+            raise fail(str(err), lineno, col) from None
+        pending[current.name].append(_Pending(form, values, lineno, col))
+
+    for name, sec in sections.items():
+        _resolve(sec, pending[name], fail)
+        if sec.insns and 0 not in sec.functions.values():
+            first = [label for label, index in sec.labels.items() if index == 0]
+            if first:
+                sec.functions[first[0]] = 0
+        for label in global_names & sec.labels.keys():
+            sec.functions[label] = sec.labels[label]
+    return AsmProgram([s for s in sections.values() if s.insns], global_names)
+
+
+def _directive(stmt: str, current, section, global_names: set[str]):
+    """Handle the few directives BPF assembly uses; other directives (.p2align, .type, .size...) are inert."""
+    word, _, rest = stmt.partition(" ")
+    rest = rest.strip()
+    if word == ".text":
+        return section(".text")
+    if word == ".section":
+        return section(rest.split(",")[0].strip().strip('"'))
+    if word in (".globl", ".global"):
+        global_names.update(n.strip() for n in rest.split(","))
+    return None
+
+
+def _resolve(sec: AsmSection, items: list[_Pending], fail) -> None:
+    """Turn label operands into slot offsets; symbols that are not labels here become relocations."""
+    slots, slot = [], 0
+    for item in items:
+        slots.append(slot)
+        slot += item.form.slots
+    label_slot = {name: slots[idx] if idx < len(slots) else slot for name, idx in sec.labels.items()}
+    for index, item in enumerate(items):
+        values, form = dict(item.values), item.form
+        for name, value in list(values.items()):
+            if not isinstance(value, Symbol):
+                continue
+            here = slots[index] + 1
+            if name in ("off", "imm") and form.target_field == name:  # jump / local call to a label
+                if value.name not in label_slot:
+                    raise fail(f"undefined label '{value.name}'", item.line, item.col)
+                delta = label_slot[value.name] - here
+                if name == "off" and not -(1 << 15) <= delta < (1 << 15):
+                    raise fail(f"label '{value.name}' is {delta} slots away, beyond goto's 16-bit offset; "
+                               "use gotol", item.line, item.col)
+                values[name] = delta
+            elif form.kind == "call":  # `call name` that is not a helper: a bpf-to-bpf call
+                form = FORMS_BY_NAME["call_local"]
+                if value.name in label_slot:
+                    values["imm"] = label_slot[value.name] - here
+                    sec.functions.setdefault(value.name, sec.labels[value.name])
+                else:
+                    values["imm"] = -1  # what clang emits for a call resolved by relocation
+                    sec.relocations.append(Relocation(index, value.name, "R_BPF_64_32"))
+            elif name == "imm64":  # 64-bit load of a symbol: a map, global data or a function
+                if value.name in sec.labels and value.addend == 0:
+                    form = FORMS_BY_NAME["lddw_func"]
+                    values = {"dst": values["dst"], "imm": label_slot[value.name] - here}
+                    sec.functions.setdefault(value.name, sec.labels[value.name])
+                else:
+                    values["imm64"] = value.addend
+                    sec.relocations.append(Relocation(index, value.name, "R_BPF_64_64", value.addend))
+        fields = dict.fromkeys(FIELDS, 0) | form.fixed_fields
+        for name, value in values.items():
+            if name == "imm64":
+                value &= (1 << 64) - 1
+                fields["imm"], fields["imm_hi"] = _s32(value & 0xFFFFFFFF), _s32(value >> 32)
+            else:
+                fields[name] = value
+        try:
+            form_of(form.opcode, *(fields[f] for f in FIELDS))
+        except DecodeError as err:  # a combination the table refuses
+            raise fail(err.message, item.line, item.col) from None
+        sec.insns.append(Insn(form.opcode, **fields))
+        sec.lines.append(item.line)
+
+
+def _s32(value: int) -> int:
+    return value - (1 << 32) if value >> 31 else value
+
+
+def assemble(text: str, *, filename: str | None = None) -> list[Insn]:
+    """Assemble text holding one program (one section, no unresolved symbols) into instructions."""
+    program = parse(text, filename=filename)
+    if not program.sections:
+        return []
+    if len(program.sections) > 1:
+        names = ", ".join(s.name for s in program.sections)
+        raise AsmError(f"raw bytecode holds one program but the text has sections {names}; write an .o",
+                       file=filename)
+    sec = program.sections[0]
+    if sec.relocations:
+        rel = sec.relocations[0]
+        raise AsmError(f"symbol '{rel.symbol}' needs a relocation, which raw bytecode cannot carry; write an .o",
+                       file=filename, line=sec.lines[rel.insn])
+    return sec.insns
+
+
+__all__ = ["AsmProgram", "AsmSection", "Relocation", "assemble", "parse", "parse_statement"]

@@ -1,0 +1,94 @@
+"""The instruction value and the lookup from its fields to its form in the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from ..errors import DecodeError
+from . import opcodes as op
+from .forms import FIELDS, FORMS_BY_NAME, FORMS_BY_OPCODE, Form
+
+LDDW_OPCODE = op.LD | op.IMM | op.SIZES[8]
+
+
+@dataclass(frozen=True, slots=True)
+class Insn:
+    """One instruction: the raw fields of its slot, plus the second slot's imm for 64-bit immediate loads.
+
+    Offsets in `off` (and in `imm` for gotol / local calls) count 8-byte slots relative to the next slot,
+    exactly as encoded; a 64-bit immediate load occupies two slots."""
+
+    opcode: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+    imm_hi: int = 0
+
+    @property
+    def form(self) -> Form:
+        return form_of(self.opcode, self.dst, self.src, self.off, self.imm, self.imm_hi)
+
+    @property
+    def slots(self) -> int:
+        return 2 if self.opcode == LDDW_OPCODE else 1
+
+    @property
+    def imm64(self) -> int:
+        """The 64-bit immediate of an lddw as a signed value (imm_hi:imm)."""
+        value = (self.imm_hi & 0xFFFFFFFF) << 32 | (self.imm & 0xFFFFFFFF)
+        return value - (1 << 64) if value >> 63 else value
+
+    def field(self, name: str) -> int:
+        return self.imm64 if name == "imm64" else getattr(self, name)
+
+    def replace(self, **changes) -> "Insn":
+        return replace(self, **changes)
+
+    @classmethod
+    def make(cls, form: str | Form, **operands: int) -> "Insn":
+        """Build an instruction of a named form: `Insn.make("add64_imm", dst=1, imm=5)`.
+
+        `imm64=` sets imm and imm_hi of a 64-bit load. Unnamed fields take the form's fixed value or 0."""
+        form = FORMS_BY_NAME[form] if isinstance(form, str) else form
+        fields = dict.fromkeys(FIELDS, 0) | form.fixed_fields
+        if "imm64" in operands:
+            value = operands.pop("imm64") & (1 << 64) - 1
+            fields["imm"], fields["imm_hi"] = _s32(value & 0xFFFFFFFF), _s32(value >> 32)
+        fields |= operands
+        insn = cls(form.opcode, **fields)
+        if insn.form is not form:
+            raise DecodeError(f"fields {operands} do not make a {form.name} instruction")
+        return insn
+
+    def __str__(self) -> str:
+        from .disasm import format_insn
+
+        return format_insn(self)
+
+
+def _s32(value: int) -> int:
+    return value - (1 << 32) if value >> 31 else value
+
+
+@lru_cache(maxsize=1 << 16)
+def form_of(opcode: int, dst: int, src: int, off: int, imm: int, imm_hi: int) -> Form:
+    """The form these fields encode; DecodeError naming the offending field if they encode none."""
+    candidates = FORMS_BY_OPCODE.get(opcode)
+    if not candidates:
+        raise DecodeError(f"unknown opcode {opcode:#04x}")
+    values = {"dst": dst, "src": src, "off": off, "imm": imm, "imm_hi": imm_hi}
+    matching = [f for f in candidates if all(values[k] == v for k, v in f.fixed)]
+    if not matching:
+        key = candidates[0].fixed[0][0] if candidates[0].fixed else "imm"
+        allowed = ", ".join(str(dict(f.fixed).get(key)) for f in candidates)
+        raise DecodeError(f"opcode {opcode:#04x} has no form with {key}={values[key]} (valid: {allowed})")
+    form = matching[0]
+    for name in ("dst", "src"):
+        if name in form.operands and values[name] >= op.NUM_REGS:
+            raise DecodeError(f"invalid register r{values[name]} in {name} of {form.name}")
+    for name, value in values.items():
+        if value and name not in form.operands and name not in form.fixed_fields:
+            raise DecodeError(f"reserved field {name}={value} must be 0 in {form.name} (opcode {opcode:#04x})")
+    return form
