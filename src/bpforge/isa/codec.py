@@ -47,7 +47,7 @@ def encode(insns: Iterable[Insn]) -> bytes:
             out += _SLOT.pack(insn.opcode, insn.src << 4 | insn.dst, insn.off, insn.imm)
             if insn.slots == 2:
                 out += _SLOT.pack(0, 0, 0, insn.imm_hi)
-        except (DecodeError, struct.error) as err:
+        except DecodeError as err:
             raise EncodeError(f"cannot encode {insn!r}: {getattr(err, 'message', err)}", insn=index) from None
     return bytes(out)
 
@@ -67,6 +67,21 @@ def branch_target(insn: Insn, slot: int) -> int | None:
     if name is None:
         return None
     return slot + 1 + getattr(insn, name)
+
+
+def retarget(insn: Insn, slot: int, target: int) -> Insn:
+    """The pc-relative instruction at `slot` made to refer to slot `target` instead.
+
+    EncodeError when the distance does not fit the form's offset field (16-bit `off`, 32-bit `imm`)."""
+    name = insn.form.target_field
+    if name is None:
+        raise EncodeError(f"{insn.form.name} has no pc-relative target", insn=slot)
+    delta = target - slot - 1
+    bits = 16 if name == "off" else 32
+    if not -(1 << bits - 1) <= delta < 1 << bits - 1:
+        raise EncodeError(f"{insn.form.name} at slot {slot} cannot reach slot {target}: offset {delta} does not fit "
+                          f"in the {bits}-bit {name} field", insn=slot)
+    return insn.replace(**{name: delta})
 
 
 def check_targets(insns: Sequence[Insn], *, external: Iterable[int] = ()) -> None:

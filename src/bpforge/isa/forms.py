@@ -37,6 +37,7 @@ class Form:
     signed: bool = False  # sdiv/smod, movsx, sign-extending loads
     fetch: bool = False  # atomics that return the old value
     llvm: bool = True  # llvm-mc-19 accepts the primary spelling (used by the differential test)
+    kernel: bool = True  # the Linux kernel accepts it (callx exists only in llvm and userspace runtimes)
     templates: tuple[Template, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,8 +98,11 @@ def _build() -> list[Form]:
         for bits in ((8, 16, 32) if width == 64 else (8, 16)):
             add(Form(f"movsx{width}_{bits}", cls | op.ALU_OPS["mov"] | op.X, f"{{{r}d}} = (s{bits}){{{r}s}}", "mov",
                      fixed=(("off", bits),), cpu=4, op="movsx", width=width, size=bits // 8, source="reg", signed=True))
-    add(Form("addr_space_cast", op.ALU64 | op.ALU_OPS["mov"] | op.X, "{rd} = addr_space_cast({rs}, {as})", "as_cast",
-             fixed=(("off", 1),), cpu=4, op="addr_space_cast"))
+    # Arena pointer casts: the kernel converts only between address spaces 0 and 1 (imm = dst_as << 16 | src_as).
+    for dst_as, src_as in ((0, 1), (1, 0)):
+        add(Form(f"addr_space_cast_{dst_as}{src_as}", op.ALU64 | op.ALU_OPS["mov"] | op.X,
+                 f"{{rd}} = addr_space_cast({{rs}}, {dst_as}, {src_as})", "as_cast",
+                 fixed=(("off", 1), ("imm", dst_as << 16 | src_as)), cpu=4, op="addr_space_cast"))
     # Byte swaps: ALU class converts to little/big endian; ALU64 (v4) swaps unconditionally.
     for bits in (16, 32, 64):
         for name, opcode in (("le", op.ALU | op.ALU_OPS["end"] | op.TO_LE), ("be", op.ALU | op.ALU_OPS["end"] | op.TO_BE),
@@ -129,7 +133,7 @@ def _build() -> list[Form]:
     add(Form("call_local", call, "call pc{ltarget}", "call", fixed=(("src", op.PSEUDO_CALL),), op="local", llvm=False))
     add(Form("call_kfunc", call, "call kfunc({imm}, {offn})", "call", fixed=(("src", op.PSEUDO_KFUNC_CALL),),
              op="kfunc", llvm=False))
-    add(Form("callx", op.JMP | op.JMP_OPS["call"] | op.X, "callx {rd}", "callx", op="callx"))
+    add(Form("callx", op.JMP | op.JMP_OPS["call"] | op.X, "callx {rd}", "callx", op="callx", kernel=False))
     add(Form("exit", op.JMP | op.JMP_OPS["exit"] | op.K, "exit", "exit", op="exit"))
 
     # ---- 64-bit immediate loads (two slots), one form per src_reg meaning ---------------------------

@@ -75,15 +75,17 @@ def _s32(value: int) -> int:
 @lru_cache(maxsize=1 << 16)
 def form_of(opcode: int, dst: int, src: int, off: int, imm: int, imm_hi: int) -> Form:
     """The form these fields encode; DecodeError naming the offending field if they encode none."""
+    for name, value, lo, hi in (("dst", dst, 0, 15), ("src", src, 0, 15), ("off", off, -(1 << 15), (1 << 15) - 1),
+                                ("imm", imm, -(1 << 31), (1 << 31) - 1), ("imm_hi", imm_hi, -(1 << 31), (1 << 31) - 1)):
+        if not lo <= value <= hi:
+            raise DecodeError(f"field {name}={value} does not fit its encoding [{lo}, {hi}]")
     candidates = FORMS_BY_OPCODE.get(opcode)
     if not candidates:
         raise DecodeError(f"unknown opcode {opcode:#04x}")
     values = {"dst": dst, "src": src, "off": off, "imm": imm, "imm_hi": imm_hi}
     matching = [f for f in candidates if all(values[k] == v for k, v in f.fixed)]
     if not matching:
-        key = candidates[0].fixed[0][0] if candidates[0].fixed else "imm"
-        allowed = ", ".join(str(dict(f.fixed).get(key)) for f in candidates)
-        raise DecodeError(f"opcode {opcode:#04x} has no form with {key}={values[key]} (valid: {allowed})")
+        raise DecodeError(_no_form_message(opcode, candidates, values))
     form = matching[0]
     for name in ("dst", "src"):
         if name in form.operands and values[name] >= op.NUM_REGS:
@@ -92,3 +94,17 @@ def form_of(opcode: int, dst: int, src: int, off: int, imm: int, imm_hi: int) ->
         if value and name not in form.operands and name not in form.fixed_fields:
             raise DecodeError(f"reserved field {name}={value} must be 0 in {form.name} (opcode {opcode:#04x})")
     return form
+
+
+def _no_form_message(opcode: int, candidates: tuple[Form, ...], values: dict[str, int]) -> str:
+    """Name the discriminating field at fault, with the values the forms of this opcode allow for it."""
+    def agreed(form: Form) -> int:  # how many leading fixed fields of `form` the instruction matches
+        return next((i for i, (k, v) in enumerate(form.fixed) if values[k] != v), len(form.fixed))
+
+    best = max(candidates, key=agreed)
+    key = best.fixed[agreed(best)][0]
+    prefix = best.fixed[:agreed(best)]
+    allowed = sorted({f.fixed_fields[key] for f in candidates if f.fixed[:len(prefix)] == prefix and key in f.fixed_fields})
+    given = ", ".join(f"{k}={v}" for k, v in prefix)
+    return (f"opcode {opcode:#04x}{' with ' + given if given else ''} has no form with {key}={values[key]} "
+            f"(valid: {', '.join(map(str, allowed))})")

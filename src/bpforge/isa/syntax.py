@@ -79,12 +79,11 @@ class Placeholder:
             "target": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|\d+)|{IDENT})",
             "ltarget": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|\d+)|{IDENT})",
             "helper": rf"({NUMBER}|{IDENT}(?:#\d+)?)",
-            "as": rf"({NUMBER})\s*,\s*({NUMBER})",
         }[self.kind]
 
     @property
     def groups(self) -> int:
-        return 2 if self.kind in ("off", "ind", "as") else 1
+        return 2 if self.kind in ("off", "ind") else 1
 
     def render(self, value: int) -> str:
         k = self.kind
@@ -98,8 +97,6 @@ class Placeholder:
             return f" + {value}" if value >= 0 else f" - {-value}"
         if k in ("target", "ltarget"):
             return signed_offset(value)
-        if k == "as":
-            return f"{(value >> 16) & 0xFFFF}, {value & 0xFFFF}"
         if k == "imm64":
             return str(value) if -(1 << 16) <= value <= (1 << 16) else hex(value & (1 << 64) - 1)
         return str(value)
@@ -120,9 +117,6 @@ class Placeholder:
             if re.match(IDENT, text) and not text[0] in "+-":
                 return Symbol(text)
             return check_range(parse_int(text), S16 if k == "target" else S32, "jump offset")
-        if k == "as":
-            dst_as, src_as = (check_range(parse_int(g), (0, 0xFFFF), "address space") for g in groups)
-            return dst_as << 16 | src_as
         if k == "helper":
             if re.fullmatch(NUMBER, text):
                 return wrap_s32(parse_int(text), "helper id")
@@ -151,7 +145,7 @@ _PLACEHOLDERS = {
     "imm": Placeholder("imm", "imm"), "hi": Placeholder("hi", "imm_hi"), "imm64": Placeholder("imm64", "imm64"),
     "off": Placeholder("off", "off"), "offn": Placeholder("offn", "off"), "ind": Placeholder("ind", "imm"),
     "target": Placeholder("target", "off"), "ltarget": Placeholder("ltarget", "imm"),
-    "helper": Placeholder("helper", "imm"), "as": Placeholder("as", "imm"),
+    "helper": Placeholder("helper", "imm"),
 }
 _HOLE = re.compile(r"\{(\w+)\}")
 
@@ -199,8 +193,7 @@ class Template:
     @cached_property
     def sample(self) -> str:
         """The template with every placeholder filled, used to file the template under its dispatch key."""
-        samples = {"reg_r": "r1", "reg_w": "w1", "off": " + 0", "ind": "", "target": "+1", "ltarget": "+1",
-                   "as": "0, 1"}
+        samples = {"reg_r": "r1", "reg_w": "w1", "off": " + 0", "ind": "", "target": "+1", "ltarget": "+1"}
         return "".join(p if isinstance(p, str) else samples.get(p.kind, "1") for p in self.parts)
 
     def render(self, values: dict[str, int]) -> str:
