@@ -122,6 +122,9 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
                 raise fail("relocation line before any instruction", lineno, 1)
             index = len(pending[current.name]) - 1
             current.relocations.append(Relocation(index, m.group(2), m.group(1)))
+            item = pending[current.name][index]
+            if item.form.name == "call":  # llvm prints a relocated bpf-to-bpf call like a helper call
+                item.form = FORMS_BY_NAME["call_local"]
             continue
         if m := _OBJDUMP_SYMBOL.match(line):
             current = current or section(".text")

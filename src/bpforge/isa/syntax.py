@@ -97,8 +97,8 @@ class Placeholder:
             return f" + {value}" if value >= 0 else f" - {-value}"
         if k in ("target", "ltarget"):
             return signed_offset(value)
-        if k == "imm64":
-            return str(value) if -(1 << 16) <= value <= (1 << 16) else hex(value & (1 << 64) - 1)
+        if k == "imm64":  # small values in decimal, addresses and masks in signed hex as llvm-objdump does
+            return str(value) if -(1 << 16) <= value <= (1 << 16) else hex(value)
         return str(value)
 
     def parse(self, groups: tuple[str | None, ...]) -> int | Symbol:
