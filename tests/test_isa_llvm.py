@@ -4,13 +4,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpforge.isa import encode, format_insn
+from bpforge.isa import FORMS, encode, format_insn
 
 from conftest import tool
-from isa_strategies import any_insn
+from isa_strategies import any_insn, insn_of
 
 
 def llvm_assemble(text: str) -> bytes:
@@ -36,3 +36,10 @@ def test_llvm_mc_encodes_our_text_to_our_bytes(insns):
             mine = encode([insn])
             assert llvm_assemble(f"\t{format_insn(insn)}\n") == mine, format_insn(insn)
     assert ours == theirs
+
+
+@settings(max_examples=3, suppress_health_check=[HealthCheck.large_base_example, HealthCheck.data_too_large])
+@given(st.data())
+def test_every_llvm_form_at_once(data):
+    insns = [data.draw(insn_of(form, llvm_only=True)) for form in FORMS if form.llvm for _ in range(4)]
+    assert llvm_assemble("".join(f"\t{format_insn(i)}\n" for i in insns)) == encode(insns)

@@ -1,11 +1,12 @@
 """Round trips over every instruction form: bytes <-> Insn <-> text (primary spelling and every alias)."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpforge.isa import assemble, decode, encode, format_insn, listing, parse
+from bpforge.isa import FORMS, assemble, decode, encode, format_insn, listing, parse
 
-from isa_strategies import any_insn
+from isa_strategies import any_insn, insn_of
 
 
 @given(any_insn())
@@ -39,3 +40,12 @@ def test_listing_reassembles(insns, show_bytes):
     program = parse(text)
     assert encode(program.sections[0].insns) == encode(insns)
     assert program.sections[0].functions == {"prog": 0}
+
+
+@pytest.mark.parametrize("form", FORMS, ids=[f.name for f in FORMS])
+@settings(max_examples=15)
+@given(data=st.data())
+def test_each_form_round_trips(form, data):
+    insn = data.draw(insn_of(form))
+    assert decode(encode([insn])) == [insn]
+    assert assemble(format_insn(insn)) == [insn]
