@@ -99,6 +99,7 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
     sections: dict[str, AsmSection] = {}
     pending: dict[str, list[_Pending]] = {}
     global_names: set[str] = set()
+    function_names: set[str] = set()
     current: AsmSection | None = None
 
     def section(name: str) -> AsmSection:
@@ -133,9 +134,11 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
             continue
         stripped = line.strip()
         if stripped.startswith("."):
-            current = _directive(stripped, current, section, global_names) or current
+            current = _directive(stripped, section, global_names, function_names) or current
             continue
-        line = _ANNOTATION.sub("", _SLOT_PREFIX.sub("", line, count=1) if _SLOT_PREFIX.match(line) else line)
+        if m := _SLOT_PREFIX.match(line):
+            line = line[m.end():]
+        line = _ANNOTATION.sub("", line)
         while m := _LABEL.match(line):
             current = current or section(".text")
             name = m.group(1)
@@ -159,17 +162,22 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
 
     for name, sec in sections.items():
         _resolve(sec, pending[name], fail)
+    # Function entries: `.globl`/`.type x,@function` names, targets of calls from anywhere, else a section's
+    # first label (llvm-objdump's `<name>:` headers were recorded as functions while parsing).
+    called = {r.symbol for sec in sections.values() for r in sec.relocations if r.type == "R_BPF_64_32"}
+    for sec in sections.values():
+        for label in (global_names | function_names | called) & sec.labels.keys():
+            sec.functions.setdefault(label, sec.labels[label])
         if sec.insns and 0 not in sec.functions.values():
             first = [label for label, index in sec.labels.items() if index == 0]
             if first:
                 sec.functions[first[0]] = 0
-        for label in global_names & sec.labels.keys():
-            sec.functions[label] = sec.labels[label]
     return AsmProgram([s for s in sections.values() if s.insns], global_names)
 
 
-def _directive(stmt: str, current, section, global_names: set[str]):
-    """Handle the few directives BPF assembly uses; other directives (.p2align, .type, .size...) are inert."""
+def _directive(stmt: str, section, global_names: set[str], function_names: set[str]) -> AsmSection | None:
+    """Handle the directives that matter to BPF code: sections, global and function symbols. Data and
+    debug directives (.byte, .long, .loc, .p2align, .size ...) carry nothing an instruction needs."""
     word, _, rest = stmt.partition(" ")
     rest = rest.strip()
     if word == ".text":
@@ -178,6 +186,8 @@ def _directive(stmt: str, current, section, global_names: set[str]):
         return section(rest.split(",")[0].strip().strip('"'))
     if word in (".globl", ".global"):
         global_names.update(n.strip() for n in rest.split(","))
+    if word == ".type" and rest.replace(" ", "").endswith(("@function", "%function", "STT_FUNC")):
+        function_names.add(rest.split(",")[0].strip())
     return None
 
 

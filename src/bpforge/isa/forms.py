@@ -89,8 +89,10 @@ def _build() -> list[Form]:
             base = cls | op.ALU_OPS[name]
             for source, bit, operand in (("imm", op.K, "{imm}"), ("reg", op.X, "{%ss}" % r)):
                 fixed = (("off", 0),) if name in ("div", "mod", "mov") else ()
+                # clang -S prints its 32-to-64-bit zero extension (a 32-bit mov) as "r2 = w2"
+                aliases = ("{rd} = {ws}",) if (name, width, source) == ("mov", 32, "reg") else ()
                 add(Form(f"{name}{width}_{source}", base | bit, f"{{{r}d}} {sym} {operand}", "mov" if name == "mov" else "alu",
-                         fixed=fixed, op=name, width=width, source=source))
+                         fixed=fixed, aliases=aliases, op=name, width=width, source=source))
                 if name in ("div", "mod"):
                     add(Form(f"s{name}{width}_{source}", base | bit, f"{{{r}d}} s{sym} {operand}", "alu",
                              fixed=(("off", 1),), cpu=4, op=f"s{name}", width=width, source=source, signed=True))
