@@ -133,7 +133,7 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
             current.functions[m.group(1)] = len(pending[current.name])
             continue
         stripped = line.strip()
-        if stripped.startswith("."):
+        if stripped.startswith(".") and not _LABEL.match(line):  # `.Lfoo:` is a label (llvm's local ones)
             current = _directive(stripped, section, global_names, function_names) or current
             continue
         if m := _SLOT_PREFIX.match(line):

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import BpforgeError
+from ..isa.progtypes import PROG_TYPES, check_prog_type
 
 BPF_PROG_LOAD = 5
 # x86_64 and aarch64 syscall numbers of bpf(2).
 _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
-PROG_TYPES = {"socket_filter": 1, "sched_cls": 3, "sched_act": 4, "xdp": 6}
 
 
 class KernelUnavailable(BpforgeError):
@@ -61,12 +61,13 @@ def prog_load(bytecode: bytes, prog_type: str = "xdp", *, license: str = "GPL", 
               log_size: int = 1 << 20) -> LoadResult:
     """Ask the kernel's verifier about `bytecode`. Rejection is a result, not an exception; an unusable
     bpf() raises KernelUnavailable."""
-    if prog_type not in PROG_TYPES:
-        raise BpforgeError(f"unknown program type {prog_type!r} (known: {', '.join(PROG_TYPES)})")
+    type_id = PROG_TYPES[check_prog_type(prog_type)]
+    if type_id is None:
+        raise BpforgeError(f"program type {prog_type!r} exists only outside the kernel")
     code = ctypes.create_string_buffer(bytecode, len(bytecode))
     lic = ctypes.create_string_buffer(license.encode())
     log = ctypes.create_string_buffer(log_size)
-    attr = _ProgLoadAttr(prog_type=PROG_TYPES[prog_type], insn_cnt=len(bytecode) // 8,
+    attr = _ProgLoadAttr(prog_type=type_id, insn_cnt=len(bytecode) // 8,
                          insns=ctypes.addressof(code), license=ctypes.addressof(lic), log_level=log_level,
                          log_size=log_size, log_buf=ctypes.addressof(log))
     fd, err = _bpf(BPF_PROG_LOAD, attr)

@@ -1,0 +1,84 @@
+# bpforge: set-up and entry points.
+#
+#   make demo       set up (if needed), then show info / disasm / asm round trip / a bad-input error
+#   make test       set up (if needed), then run the test-suite
+#   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
+#
+# Set-up is everything a fresh Debian 12 machine needs, done only when missing: the BPF toolchain from apt
+# (as root, or through sudo) and a virtualenv .venv with bpforge installed editable. A stamp file makes
+# repeated runs fast; it is redone when pyproject.toml changes.
+
+SHELL        := /bin/bash
+.SHELLFLAGS  := -euo pipefail -c
+
+PYTHON       ?= python3
+VENV         := .venv
+STAMP        := $(VENV)/.bpforge-installed
+BPFORGE      := $(VENV)/bin/bpforge
+APT_PACKAGES := clang-19 llvm-19 bpftool libbpf-dev python3-venv
+TOOLS        := clang-19 llvm-mc-19 llvm-objdump-19 llvm-objcopy-19 bpftool
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OBJCOPY      := llvm-objcopy-19
+DEMO         := build/demo
+
+.PHONY: demo test examples setup tools clean
+
+setup: tools $(STAMP)
+
+# apt-get only when a tool, the libbpf headers or python3's venv support is missing.
+tools:
+	@missing=""; \
+	for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	[ -e /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "set-up: missing$$missing; installing $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+examples: tools
+	$(MAKE) -C examples
+
+# The main job of this stage on a bundled example: read an object, disassemble it, reassemble the text and
+# check that every program byte comes back; then the same through raw bytecode and a word list; then a bad
+# input (one line on stderr, exit code 2).
+demo: setup
+	@mkdir -p $(DEMO)
+	$(BPFORGE) info examples/obj/xdp_lb.o
+	$(BPFORGE) disasm examples/obj/xdp_lb.o > $(DEMO)/xdp_lb.s
+	head -n 16 $(DEMO)/xdp_lb.s
+	$(BPFORGE) asm $(DEMO)/xdp_lb.s -o $(DEMO)/xdp_lb.o
+	$(OBJCOPY) -O binary --only-section=xdp examples/obj/xdp_lb.o $(DEMO)/xdp_lb.orig.bin
+	$(OBJCOPY) -O binary --only-section=xdp $(DEMO)/xdp_lb.o $(DEMO)/xdp_lb.new.bin
+	cmp $(DEMO)/xdp_lb.orig.bin $(DEMO)/xdp_lb.new.bin
+	@echo "identical: section xdp, $$(stat -c %s $(DEMO)/xdp_lb.new.bin) bytes, original vs reassembled"
+	$(BPFORGE) disasm --json examples/obj/xdp_lb.o > $(DEMO)/xdp_lb.orig.json
+	$(BPFORGE) disasm --json $(DEMO)/xdp_lb.o > $(DEMO)/xdp_lb.new.json
+	cmp $(DEMO)/xdp_lb.orig.json $(DEMO)/xdp_lb.new.json
+	@echo "identical: disasm --json (instructions, functions, relocations), original vs reassembled"
+	$(BPFORGE) disasm examples/obj/asm_xdp_pass.o > $(DEMO)/xdp_pass.s
+	$(BPFORGE) asm $(DEMO)/xdp_pass.s -o $(DEMO)/xdp_pass.bin
+	$(OBJCOPY) -O binary --only-section=xdp examples/obj/asm_xdp_pass.o $(DEMO)/xdp_pass.orig.bin
+	cmp $(DEMO)/xdp_pass.orig.bin $(DEMO)/xdp_pass.bin
+	@echo "identical: raw bytecode of asm_xdp_pass.o, original vs reassembled"
+	$(BPFORGE) asm $(DEMO)/xdp_pass.s -o $(DEMO)/xdp_pass.words
+	cat $(DEMO)/xdp_pass.words
+	$(BPFORGE) disasm $(DEMO)/xdp_pass.words > $(DEMO)/from_words.s
+	$(BPFORGE) asm $(DEMO)/from_words.s -o $(DEMO)/from_words.bin
+	cmp $(DEMO)/xdp_pass.orig.bin $(DEMO)/from_words.bin
+	@echo "identical: through a word list and back"
+	head -c 20 $(DEMO)/xdp_pass.bin > $(DEMO)/cut.bin
+	@echo "bad input: an instruction cut in half"
+	rc=0; $(BPFORGE) disasm $(DEMO)/cut.bin || rc=$$?; echo "exit code $$rc"; [ $$rc = 2 ]
+
+clean:
+	rm -rf build

@@ -1,0 +1,79 @@
+"""Static linking of one program the way libbpf does it before BPF_PROG_LOAD (bpf_object__reloc_code):
+the program's function, then each subprogram it calls or takes the address of, appended depth-first in
+order of first reference; calls and function addresses become pc-relative (src_reg PSEUDO_CALL/FUNC)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import ElfError, EncodeError
+from ..isa import Insn, branch_target, retarget, slot_starts
+from .model import BpfObject, LinkedProgram, Program, ProgramSection, Reloc
+from .relocs import slot_index
+
+
+def link(obj: BpfObject, prog: Program) -> LinkedProgram:
+    sections = {s.name: s for s in obj.sections}
+    insns: list[Insn] = []
+    origins: list[tuple[str, int]] = []
+    functions: dict[int, str] = {}
+    relocations: list[tuple[int, Reloc]] = []
+    placed: dict[tuple[str, int], int] = {}  # (section, function start) -> index in the linked program
+    fixups: list[tuple[int, str, int, int]] = []  # (linked index, callee section, callee index, its function)
+    tables: dict[str, tuple[list[int], dict[int, int]]] = {}
+
+    def layout(sec: ProgramSection) -> tuple[list[int], dict[int, int]]:
+        if sec.name not in tables:
+            tables[sec.name] = (slot_starts(sec.insns), slot_index(sec.insns))
+        return tables[sec.name]
+
+    def where(sec: ProgramSection, i: int) -> dict:
+        return dict(file=obj.filename, section=sec.name, insn=layout(sec)[0][i])
+
+    def append(sec: ProgramSection, start: int) -> None:
+        base = len(insns)
+        placed[(sec.name, start)] = base
+        _, end = sec.function_range(start)
+        starts, index_of = layout(sec)
+        functions[base] = sec.functions[start]
+        insns.extend(sec.insns[start:end])
+        origins.extend((sec.name, i) for i in range(start, end))
+        for i in range(start, end):
+            insn, reloc = sec.insns[i], sec.relocations.get(i)
+            here = base + i - start
+            if reloc is not None and reloc.kind in ("call", "func"):
+                callee = (reloc.target_section, reloc.offset)
+            elif reloc is None and insn.form.target_field is not None:
+                target = index_of.get(branch_target(insn, starts[i]))
+                if target is None or target >= len(sec.insns):
+                    raise ElfError(f"{insn.form.name} targets slot {branch_target(insn, starts[i])}, which is not "
+                                   "an instruction of the section", **where(sec, i))
+                if insn.form.is_branch:
+                    if not start <= target < end:
+                        raise ElfError(f"jump leaves function '{sec.functions[start]}'", **where(sec, i))
+                    continue
+                callee = (sec.name, target)
+            else:
+                if reloc is not None:
+                    relocations.append((here, replace(reloc, insn=here)))
+                continue
+            callee_sec = sections.get(callee[0])
+            if callee_sec is None:
+                raise ElfError(f"call into section '{callee[0]}', which holds no code", **where(sec, i))
+            func_start, _ = callee_sec.function_at(callee[1])
+            if (callee_sec.name, func_start) not in placed:
+                append(callee_sec, func_start)
+            fixups.append((here, callee_sec.name, callee[1], func_start))
+
+    append(sections[prog.section], prog.start)
+    slots = slot_starts(insns)
+    for here, sec_name, target, func_start in fixups:
+        linked_target = placed[(sec_name, func_start)] + target - func_start
+        old = insns[here]
+        new = Insn.make("call_local") if old.form.kind == "call" else Insn.make("lddw_func", dst=old.dst)
+        try:
+            insns[here] = retarget(new, slots[here], slots[linked_target])
+        except EncodeError as err:
+            raise ElfError(err.message, file=obj.filename, section=prog.section) from None
+    relocations.sort(key=lambda item: item[0])
+    return LinkedProgram(prog.name, prog.section, insns, relocations, functions, origins)
