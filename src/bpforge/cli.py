@@ -18,7 +18,7 @@ import typer
 from . import __version__
 from .errors import BpforgeError
 from .formats import LoadedProgram, ProgramSection, assemble_file, load_program, output_kind
-from .isa import Insn, encode, format_insn, listing, slot_starts
+from .isa import encode, format_insn, listing, slot_count, slot_starts
 from .isa.progtypes import check_prog_type, prog_type_of_section
 
 EXIT_BAD_INPUT = 2
@@ -126,10 +126,6 @@ def info(prog: Prog, section: Section = None, prog_type: ProgType = None, json_o
         _emit_lines(_info_text(report))
 
 
-def _slots(insns: Sequence[Insn]) -> int:
-    return sum(insn.slots for insn in insns)
-
-
 def _info(loaded: LoadedProgram, explicit_type: str | None) -> dict[str, Any]:
     """Everything `info` reports, as the JSON it prints. Positions are slots, as in listings and errors."""
 
@@ -138,7 +134,7 @@ def _info(loaded: LoadedProgram, explicit_type: str | None) -> dict[str, Any]:
 
     def section(sec: ProgramSection) -> dict[str, Any]:
         starts = slot_starts(sec.insns)
-        return {"name": sec.name, "insns": len(sec.insns), "slots": _slots(sec.insns),
+        return {"name": sec.name, "insns": len(sec.insns), "slots": slot_count(sec.insns),
                 "functions": [{"name": name, "index": starts[i]} for i, name in sorted(sec.functions.items())]}
 
     relocations = []
@@ -152,7 +148,7 @@ def _info(loaded: LoadedProgram, explicit_type: str | None) -> dict[str, Any]:
         "format": loaded.kind,
         "license": loaded.license,
         "programs": [{"name": p.name, "section": p.section, "type": type_of(p.section), "insns": len(p.insns),
-                      "slots": _slots(p.insns)} for p in loaded.programs],
+                      "slots": slot_count(p.insns)} for p in loaded.programs],
         "sections": [section(s) for s in loaded.sections],
         "maps": [{"name": m.name, "type": m.type, "type_name": m.type_name, "key_size": m.key_size,
                   "value_size": m.value_size, "max_entries": m.max_entries, "flags": m.flags}

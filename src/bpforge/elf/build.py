@@ -8,7 +8,7 @@ section, and the symbol, string and section-name tables. No BTF: libbpf loads su
 from __future__ import annotations
 
 from ..errors import AsmError, ElfError
-from ..isa import AsmProgram, AsmSection, encode, slot_starts
+from ..isa import AsmProgram, AsmSection, encode, slot_count, slot_starts
 from .layout import (EM_BPF, ET_REL, R_BPF_64_32, R_BPF_64_64, RELOC_TYPES, SHF_ALLOC, SHF_EXECINSTR,
                      SHF_INFO_LINK, SHF_WRITE, SHN_UNDEF, SHT_PROGBITS, SHT_REL, SHT_STRTAB, SHT_SYMTAB, STB_GLOBAL,
                      STT_FUNC, STT_NOTYPE, STT_OBJECT, ElfImage, RawSection, Rel, SectionHeader, StringTable, Sym,
@@ -39,7 +39,7 @@ def build_object(program: AsmProgram, *, license: str = "GPL", filename: str | N
     by_name: dict[str, int] = {}
     called = {rel.symbol for sec in program.sections for rel in sec.relocations}
     for sec in program.sections:
-        starts = slot_starts(sec.insns) + [sum(i.slots for i in sec.insns)]
+        starts = slot_starts(sec.insns) + [slot_count(sec.insns)]
         entries = dict(sec.functions)
         entries.update({label: index for label, index in sec.labels.items() if label in called})
         bounds = sorted(set(entries.values()))

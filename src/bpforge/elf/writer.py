@@ -13,7 +13,7 @@ import bisect
 from dataclasses import replace
 
 from ..errors import BpforgeError, DecodeError, ElfError
-from ..isa import Insn, check_targets, encode, slot_starts
+from ..isa import Insn, check_targets, encode, slot_count, slot_starts
 from .btf_ext import parse_ext_layout, rewrite_ext
 from .edit import SectionEdit
 from .layout import (R_BPF_64_32, R_BPF_64_64, RELOC_NAMES, SHT_REL, SHT_SYMTAB, STT_SECTION, ElfImage, Rel, Sym,
@@ -37,7 +37,7 @@ class _Moves:
     def __init__(self, old: ProgramSection, edit: SectionEdit) -> None:
         self.old_index = slot_index(old.insns)
         self.positions = edit.position_map(len(old.insns))
-        self.new_slots = slot_starts(edit.insns) + [sum(i.slots for i in edit.insns)]
+        self.new_slots = slot_starts(edit.insns) + [slot_count(edit.insns)]
         self.by_origin: dict[int, list[int]] = {}
         for j, origin in enumerate(edit.origins):
             if origin is not None:

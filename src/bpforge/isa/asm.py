@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import AsmError, DecodeError
-from .forms import FIELDS, FORMS, FORMS_BY_NAME, Form
-from .insn import Insn, form_of
+from .forms import FORMS, FORMS_BY_NAME, Form
+from .insn import Insn
 from .syntax import OperandError, Symbol, Template, dispatch_key
 
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:(?!=)")
@@ -228,23 +228,11 @@ def _resolve(sec: AsmSection, items: list[_Pending], fail) -> None:
                 else:
                     values["imm64"] = value.addend
                     sec.relocations.append(Relocation(index, value.name, "R_BPF_64_64", value.addend))
-        fields = dict.fromkeys(FIELDS, 0) | form.fixed_fields
-        for name, value in values.items():
-            if name == "imm64":
-                value &= (1 << 64) - 1
-                fields["imm"], fields["imm_hi"] = _s32(value & 0xFFFFFFFF), _s32(value >> 32)
-            else:
-                fields[name] = value
         try:
-            form_of(form.opcode, *(fields[f] for f in FIELDS))
+            sec.insns.append(Insn.make(form, **values))
         except DecodeError as err:  # a combination the table refuses
             raise fail(err.message, item.line, item.col) from None
-        sec.insns.append(Insn(form.opcode, **fields))
         sec.lines.append(item.line)
-
-
-def _s32(value: int) -> int:
-    return value - (1 << 32) if value >> 31 else value
 
 
 def assemble(text: str, *, filename: str | None = None) -> list[Insn]:

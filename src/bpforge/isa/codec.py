@@ -61,6 +61,11 @@ def slot_starts(insns: Sequence[Insn]) -> list[int]:
     return starts
 
 
+def slot_count(insns: Sequence[Insn]) -> int:
+    """Length of a program in 8-byte slots."""
+    return sum(insn.slots for insn in insns)
+
+
 def branch_target(insn: Insn, slot: int) -> int | None:
     """Slot a pc-relative instruction refers to (jumps, local calls, lddw of a function), else None."""
     name = insn.form.target_field
@@ -90,7 +95,7 @@ def check_targets(insns: Sequence[Insn], *, external: Iterable[int] = ()) -> Non
     `external` lists instruction indexes whose targets lie elsewhere (calls resolved by relocations)."""
     starts = slot_starts(insns)
     valid = set(starts)
-    total = starts[-1] + insns[-1].slots if insns else 0
+    total = slot_count(insns)
     skip = set(external)
     for index, (insn, slot) in enumerate(zip(insns, starts)):
         target = branch_target(insn, slot)

@@ -190,10 +190,10 @@ def _build() -> list[Form]:
             add(Form(f"atomic_fetch_{name}{bits}", code, fetch, "atomic", fixed=(("imm", imm | op.FETCH),), cpu=3,
                      aliases=(fetch.replace("atomic_", f"{kern}_"),) if size == 8 else (),
                      op=name, width=bits, size=size, fetch=True))
-        xchg = f"xchg_64({{rd}}{{off}}, {{rs}})" if size == 8 else f"xchg32_32({{rd}}{{off}}, {{ws}})"
+        xchg = "xchg_64({rd}{off}, {rs})" if size == 8 else "xchg32_32({rd}{off}, {ws})"
         add(Form(f"xchg{bits}", code, f"{{{r}s}} = {xchg}", "atomic", fixed=(("imm", op.XCHG),), cpu=3,
                  aliases=(f"{{{r}s}} = {kern}_xchg({mem}, {{{r}s}})",), op="xchg", width=bits, size=size, fetch=True))
-        cmpxchg = f"cmpxchg_64({{rd}}{{off}}, r0, {{rs}})" if size == 8 else f"cmpxchg32_32({{rd}}{{off}}, w0, {{ws}})"
+        cmpxchg = "cmpxchg_64({rd}{off}, r0, {rs})" if size == 8 else "cmpxchg32_32({rd}{off}, w0, {ws})"
         add(Form(f"cmpxchg{bits}", code, f"{r}0 = {cmpxchg}", "atomic", fixed=(("imm", op.CMPXCHG),), cpu=3,
                  aliases=(f"{r}0 = {kern}_cmpxchg({mem}, {r}0, {{{r}s}})",), op="cmpxchg", width=bits, size=size,
                  fetch=True))

@@ -58,8 +58,8 @@ class Insn:
             fields["imm"], fields["imm_hi"] = _s32(value & 0xFFFFFFFF), _s32(value >> 32)
         fields |= operands
         insn = cls(form.opcode, **fields)
-        if insn.form is not form:
-            raise DecodeError(f"fields {operands} do not make a {form.name} instruction")
+        if insn.form is not form:  # form_of raised already if the fields encode nothing at all
+            raise DecodeError(f"fields {operands} make a {insn.form.name}, not a {form.name} instruction")
         return insn
 
     def __str__(self) -> str:
