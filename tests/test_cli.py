@@ -236,7 +236,7 @@ def test_truncated_object(tmp_path):
 def test_asm_errors(tmp_path):
     src = tmp_path / "bad.s"
     src.write_text("r0 = 1\ngoto +7\nexit\n")
-    bad_input("asm", src, "-o", tmp_path / "x.bin", names=(str(src), "insn 1", "jump out of range"))
+    bad_input("asm", src, "-o", tmp_path / "x.bin", names=(str(src) + ":2:1:", "jump out of range"))
     src.write_text("r0 = 1\nr0 = frob\nexit\n")
     line = bad_input("asm", src, "-o", tmp_path / "x.bin", names=(str(src) + ":2:",))
     assert not (tmp_path / "x.bin").exists(), line

@@ -215,7 +215,7 @@ def test_load_raw_and_words(tmp_path):
 
 
 @pytest.mark.parametrize("data, insn, what", [
-    (b"", None, "no instructions"),
+    (b"", None, "empty file"),
     (slot(0xFF), 0, "unknown opcode 0xff"),
     (slot(0xB7, imm=1) + slot(0x95, imm=1), 1, "reserved field imm=1"),
     (slot(0xB7, imm=1) + slot(0x18, dst=1), 1, "lddw is missing its second slot"),
@@ -297,9 +297,9 @@ def test_assemble_file_outputs(tmp_path):
     assert assemble_file(src, "raw") == encode(assemble(PROGRAM))
     assert parse_words(assemble_file(src, "words").decode()) == encode(assemble(PROGRAM))
     src.write_text("goto +5\nexit\n")
-    with pytest.raises(DecodeError, match="jump out of range") as info:
+    with pytest.raises(AsmError, match="jump out of range") as info:
         assemble_file(src, "raw")
-    assert (info.value.where.file, info.value.where.insn) == (str(src), 0)
+    assert (info.value.where.file, info.value.where.line, info.value.where.col) == (str(src), 1, 1)
     elf_file = tmp_path / "x.o"
     elf_file.write_bytes(b"\x7fELF" + bytes(60))
     with pytest.raises(FormatError, match="ELF object, not assembly"):

@@ -5,7 +5,8 @@ import struct
 import pytest
 
 from bpforge.errors import AsmError, DecodeError, EncodeError
-from bpforge.isa import Insn, assemble, check_targets, decode, encode, parse
+from bpforge.isa import Insn, assemble, check_targets, decode, encode, parse, slot_starts
+from bpforge.isa.asm import parse_statement
 
 SLOT = struct.Struct("<BBhi")
 EXIT = SLOT.pack(0x95, 0, 0, 0)
@@ -53,16 +54,20 @@ def test_decode_error_location_is_completed_by_callers():
     ("call pc+7\nexit", 0),
 ])
 def test_jumps_out_of_range(text, slot):
-    insns = assemble(text)
+    insns = [Insn.make(form, **values) for form, values in map(parse_statement, text.splitlines())]
     with pytest.raises(DecodeError) as info:
         check_targets(insns)
     assert info.value.where.insn == slot
+    with pytest.raises(AsmError, match="jump out of range") as info:  # the assembler names the line
+        assemble(text)
+    line = next(i for i, s in enumerate(slot_starts(insns)) if s == slot) + 1
+    assert info.value.where.line == line
 
 
 def test_jump_into_the_middle_of_lddw():
-    insns = assemble("goto +1\nr1 = 5 ll\nexit")
-    with pytest.raises(DecodeError, match="middle of lddw"):
-        check_targets(insns)
+    with pytest.raises(AsmError, match="middle of lddw") as info:
+        assemble("r0 = 0\ngoto +1\nr1 = 5 ll\nexit")
+    assert (info.value.where.line, info.value.where.col) == (2, 1)
 
 
 def test_encode_refuses_fields_that_do_not_fit():
@@ -127,13 +132,13 @@ def test_kernel_log_spelling():
     2: (bf) r2 = r10
     3: (07) r2 += -4
     4: (85) call bpf_map_lookup_elem#1
-    5: (15) if r0 == 0x0 goto pc+2
+    5: (15) if r0 == 0x0 goto pc+1
     6: (db) r1 = atomic64_fetch_add((u64 *)(r0 +0), r1)
     7: (95) exit
     """
     insns = assemble(log)
     assert [str(i) for i in insns] == [
-        "r1 = 0", "*(u32 *)(r10 - 4) = r1", "r2 = r10", "r2 += -4", "call 1", "if r0 == 0 goto +2",
+        "r1 = 0", "*(u32 *)(r10 - 4) = r1", "r2 = r10", "r2 += -4", "call 1", "if r0 == 0 goto +1",
         "r1 = atomic_fetch_add((u64 *)(r0 + 0), r1)", "exit"]
 
 

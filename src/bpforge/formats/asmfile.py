@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import elf
 from ..errors import BpforgeError, FormatError
-from ..isa import AsmProgram, assemble, check_targets, encode, parse
+from ..isa import AsmProgram, assemble, encode, parse
 from .detect import ELF_MAGIC
 from .words import format_words
 
@@ -31,7 +31,6 @@ def assemble_file(path: str | Path, kind: str, *, license: str = "GPL") -> bytes
         insns = assemble(text, filename=filename)
         if not insns:
             raise FormatError("no instructions")
-        check_targets(insns)
         return format_words(insns).encode() if kind == "words" else encode(insns)
     except BpforgeError as err:
         raise err.at(file=filename) from None
@@ -40,11 +39,6 @@ def assemble_file(path: str | Path, kind: str, *, license: str = "GPL") -> bytes
 def _object(program: AsmProgram, license: str) -> bytes:
     if not program.sections:
         raise FormatError("no instructions")
-    for sec in program.sections:
-        try:
-            check_targets(sec.insns, external=[r.insn for r in sec.relocations])
-        except BpforgeError as err:
-            raise err.at(section=sec.name) from None
     return elf.build_object(program, license=license)
 
 

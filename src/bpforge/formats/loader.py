@@ -87,9 +87,12 @@ def load_program(path: str | Path, *, section: str | None = None, prog_type: str
 
 def _read(path: Path, filename: str) -> bytes:
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as err:  # missing file, a directory, no permission: bad input like any other
         raise FormatError(err.strerror or str(err), file=filename) from None
+    if not data:
+        raise FormatError("empty file", file=filename)
+    return data
 
 
 def _single(filename: str, kind: str, insns: list[Insn], **extra) -> LoadedProgram:

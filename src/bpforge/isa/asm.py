@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from ..errors import AsmError, DecodeError
 from .forms import FORMS, FORMS_BY_NAME, Form
+from .codec import check_targets, slot_starts
 from .insn import Insn
 from .syntax import OperandError, Symbol, Template, dispatch_key
 
@@ -93,9 +94,11 @@ def _strip_comment(line: str) -> str:
     return line[:m.start()] if m else line
 
 
-def parse(text: str, *, filename: str | None = None) -> AsmProgram:
+def parse(text: str, *, filename: str | None = None, check_jumps: bool = True) -> AsmProgram:
     """Parse assembly into sections of instructions with labels and relocations; symbols still unresolved
-    are kept as relocations (lddw of a symbol, calls to functions defined elsewhere)."""
+    are kept as relocations (lddw of a symbol, calls to functions defined elsewhere).
+
+    Jumps must land inside their section unless `check_jumps` is off (fragments of a larger program)."""
     sections: dict[str, AsmSection] = {}
     pending: dict[str, list[_Pending]] = {}
     global_names: set[str] = set()
@@ -162,6 +165,13 @@ def parse(text: str, *, filename: str | None = None) -> AsmProgram:
 
     for name, sec in sections.items():
         _resolve(sec, pending[name], fail)
+        if not check_jumps:
+            continue
+        try:  # a numeric offset may still point outside the section; say which line wrote it
+            check_targets(sec.insns, external=[r.insn for r in sec.relocations])
+        except DecodeError as err:
+            index = slot_starts(sec.insns).index(err.where.insn)
+            raise fail(err.message, sec.lines[index], pending[name][index].col) from None
     # Function entries: `.globl`/`.type x,@function` names, targets of calls from anywhere, else a section's
     # first label (llvm-objdump's `<name>:` headers were recorded as functions while parsing).
     called = {r.symbol for sec in sections.values() for r in sec.relocations if r.type == "R_BPF_64_32"}
@@ -235,9 +245,9 @@ def _resolve(sec: AsmSection, items: list[_Pending], fail) -> None:
         sec.lines.append(item.line)
 
 
-def assemble(text: str, *, filename: str | None = None) -> list[Insn]:
+def assemble(text: str, *, filename: str | None = None, check_jumps: bool = True) -> list[Insn]:
     """Assemble text holding one program (one section, no unresolved symbols) into instructions."""
-    program = parse(text, filename=filename)
+    program = parse(text, filename=filename, check_jumps=check_jumps)
     if not program.sections:
         return []
     if len(program.sections) > 1:
