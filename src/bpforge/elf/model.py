@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ElfError
 from ..isa import Insn
+from ..isa.maptypes import MAP_TYPES, map_type_name  # noqa: F401  (used by the readers of objects)
 
 if TYPE_CHECKING:
     from .btf import Btf
@@ -106,19 +107,6 @@ class LinkedProgram:
     relocations: list[tuple[int, Reloc]]
     functions: dict[int, str]
     origins: list[tuple[str, int]]
-
-
-MAP_TYPES = (
-    "unspec", "hash", "array", "prog_array", "perf_event_array", "percpu_hash", "percpu_array", "stack_trace",
-    "cgroup_array", "lru_hash", "lru_percpu_hash", "lpm_trie", "array_of_maps", "hash_of_maps", "devmap",
-    "sockmap", "cpumap", "xskmap", "sockhash", "cgroup_storage", "reuseport_sockarray", "percpu_cgroup_storage",
-    "queue", "stack", "sk_storage", "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage",
-    "bloom_filter", "user_ringbuf", "cgrp_storage", "arena",
-)  # enum bpf_map_type, spelled as bpftool prints it
-
-
-def map_type_name(number: int) -> str:
-    return MAP_TYPES[number] if 0 <= number < len(MAP_TYPES) else f"unknown({number})"
 
 
 @dataclass

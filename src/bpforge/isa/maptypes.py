@@ -1,0 +1,60 @@
+"""Map types and the map API shared by the interpreter's maps and the kernel's (uapi `enum bpf_map_type`,
+update flags, and the errors both report the same way)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from typing import Protocol
+
+from ..errors import BpforgeError
+
+MAP_TYPES = (
+    "unspec", "hash", "array", "prog_array", "perf_event_array", "percpu_hash", "percpu_array", "stack_trace",
+    "cgroup_array", "lru_hash", "lru_percpu_hash", "lpm_trie", "array_of_maps", "hash_of_maps", "devmap",
+    "sockmap", "cpumap", "xskmap", "sockhash", "cgroup_storage", "reuseport_sockarray", "percpu_cgroup_storage",
+    "queue", "stack", "sk_storage", "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage",
+    "bloom_filter", "user_ringbuf", "cgrp_storage", "arena",
+)  # enum bpf_map_type, spelled as bpftool prints it
+MAP_TYPE_IDS = {name: number for number, name in enumerate(MAP_TYPES)}
+PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash", "percpu_cgroup_storage"})
+
+# Update flags (bpf_map_update_elem's last argument).
+BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK = 0, 1, 2, 4
+# Map creation flags that change behaviour the interpreter models.
+BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG = 0x1, 0x2, 0x80, 0x100
+
+
+def map_type_name(number: int) -> str:
+    return MAP_TYPES[number] if 0 <= number < len(MAP_TYPES) else f"unknown({number})"
+
+
+class MapError(BpforgeError):
+    """A map operation refused, with the errno the kernel gives for it (ENOENT, EEXIST, E2BIG, EINVAL...)."""
+
+    def __init__(self, err: int, message: str = "", **where):
+        self.errno = err
+        super().__init__(message or f"{errno.errorcode.get(err, err)}: {os.strerror(err)}", **where)
+
+
+class BpfMap(Protocol):
+    """What both the interpreter's maps and the kernel's maps offer to Python code (keys and values as bytes;
+    a per-CPU map's value is the concatenation of every CPU's value, each rounded up to 8 bytes, as in the
+    syscall ABI)."""
+
+    name: str
+    type_name: str
+    key_size: int
+    value_size: int
+    max_entries: int
+
+    def lookup(self, key: bytes) -> bytes | None: ...
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def keys(self) -> Iterator[bytes]: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
