@@ -1,0 +1,7 @@
+"""The reference interpreter: exact RFC 9669 / kernel semantics, memory regions, maps, helpers, contexts."""
+
+from .interp import Machine, RunResult, run
+from .memory import Memory, VmFault
+from .program import VmProgram, from_insns, from_object
+
+__all__ = ["Machine", "Memory", "RunResult", "VmFault", "VmProgram", "from_insns", "from_object", "run"]
