@@ -20,6 +20,7 @@ from .errors import BpforgeError
 from .formats import LoadedProgram, ProgramSection, assemble_file, load_program, output_kind
 from .isa import encode, format_insn, listing, slot_count, slot_starts
 from .isa.progtypes import check_prog_type, prog_type_of_section
+from .runner import read_map_file, run_loaded
 
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 3
@@ -208,6 +209,62 @@ def _table(headers: list[str], rows: list[list[Any]]) -> Iterable[str]:
     for row in cells:
         parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
         yield "  " + "  ".join(parts).rstrip()
+
+
+# ---- run ---------------------------------------------------------------------------------------------------
+
+@app.command()
+def run(prog: Prog,
+        data: Annotated[str | None, typer.Option("--data", metavar="HEX", help="Packet (or memory) bytes in hex.")] = None,
+        data_file: Annotated[str | None, typer.Option("--data-file", metavar="FILE", help="Packet bytes from a file.")] = None,
+        engine: Annotated[str, typer.Option(help="fast (compiled interpreter), interp (reference) or kernel.")] = "fast",
+        repeat: Annotated[int, typer.Option(help="Runs on the same input; maps carry over, time is averaged.")] = 1,
+        ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context (xdp_md / __sk_buff) in hex.")] = None,
+        map_files: Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE",
+                             help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')] = None,
+        dump_maps: Annotated[bool, typer.Option("--dump-maps", help="Print every map's contents after the run.")] = False,
+        seed: Annotated[int, typer.Option(help="Seed of bpf_get_prandom_u32 in the interpreter.")] = 0,
+        section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
+    """Run a program on a packet in the interpreter or the kernel; print retval, data_out and time per run."""
+    packet = _input_bytes(data, data_file)
+    preload = {}
+    for item in map_files or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise BpforgeError(f"--map takes NAME=FILE, not '{item}'")
+        preload[name] = read_map_file(path)
+    loaded = load_program(prog, section=section, prog_type=prog_type)
+    report = run_loaded(loaded, packet, engine=engine, repeat=repeat, ctx=_hex(ctx, "--ctx") if ctx else None,
+                        preload=preload, dump_maps=dump_maps, seed=seed)
+    if json_out:
+        _emit_json(report.as_json())
+        return
+    lines = [f"retval: {report.retval}", f"data_out: {report.data_out.hex()}",
+             f"ns_per_run: {report.ns_per_run:.0f} ({report.engine}, {report.repeat} runs)"]
+    lines += [f"trace: {line}" for line in report.trace]
+    for m in report.maps:
+        lines.append(f"map {m['name']} ({m['type']}): {len(m['entries'])} entries")
+        lines += [f"  {e['key']}: {e['value']}" for e in m["entries"]]
+    _emit_lines(lines)
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text.replace(" ", "").replace(":", ""))
+    except ValueError:
+        raise BpforgeError(f"{what} must be hex bytes, not '{text[:40]}'") from None
+
+
+def _input_bytes(data: str | None, data_file: str | None) -> bytes:
+    if (data is None) == (data_file is None):
+        raise BpforgeError("give the input with exactly one of --data HEX or --data-file FILE")
+    if data is not None:
+        return _hex(data, "--data")
+    try:
+        with open(data_file, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise BpforgeError(f"{data_file}: {err.strerror}") from None
 
 
 # ---- output and errors -------------------------------------------------------------------------------------

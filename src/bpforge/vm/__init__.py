@@ -2,6 +2,8 @@
 
 from .interp import Machine, RunResult, run
 from .memory import Memory, VmFault
-from .program import VmProgram, from_insns, from_object
+from .fast import run_fast
+from .program import VmProgram, from_insns, from_loaded, from_object
 
-__all__ = ["Machine", "Memory", "RunResult", "VmFault", "VmProgram", "from_insns", "from_object", "run"]
+__all__ = ["Machine", "Memory", "RunResult", "VmFault", "VmProgram", "from_insns", "from_loaded", "from_object", "run",
+           "run_fast"]

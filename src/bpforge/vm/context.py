@@ -73,8 +73,8 @@ def prepare(memory: Memory, prog_type: str, data: bytes, ctx_in: bytes | None = 
     if prog_type in ("sched_cls", "sched_act", "socket_filter"):
         return _skb(memory, prog_type, data, ctx_in)
     if prog_type == "mem":
-        region = memory.map(bytearray(data), "memory")
-        return Input(region.base, len(data), None, None, prog_type)
+        region = memory.map(bytearray(data), "memory")  # data_out: the buffer as the program left it
+        return Input(region.base, len(data), Packet(region, 0, 0, len(data), len(data)), None, prog_type)
     raise BpforgeError(f"the interpreter does not run {prog_type} programs (xdp, sched_cls, socket_filter, mem)")
 
 

@@ -288,6 +288,7 @@ def compiled(program: VmProgram) -> CompiledProgram:
 
 def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in: bytes | None = None) -> RunResult:
     """Run `machine.program` in the fast tier; same results, faults and budget as `Machine.run`."""
+    machine.reset()
     inp = prepare(machine.memory, prog_type, data, ctx_in)
     machine.input = inp
     state = _RunState(machine, inp, machine.budget)

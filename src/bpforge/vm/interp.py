@@ -96,7 +96,15 @@ class Machine:
 
     # ---- running -------------------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """A fresh address space for the next run (maps keep their contents: they are not memory here)."""
+        self.memory = Memory()
+        self._map_handles.clear()
+        self._handle_of.clear()
+        self._code_of.clear()
+
     def run(self, data: bytes = b"", prog_type: str = "xdp", ctx_in: bytes | None = None) -> RunResult:
+        self.reset()
         inp = prepare(self.memory, prog_type, data, ctx_in)
         self.input = inp
         retval, executed = Interpreter(self, inp).execute()

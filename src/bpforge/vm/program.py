@@ -67,3 +67,23 @@ def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, R
 def from_insns(insns: Sequence[Insn], maps: Sequence[object] = (), name: str = "prog") -> VmProgram:
     """A raw program whose lddw map_fd/map_value instructions already hold indexes into `maps`."""
     return VmProgram(name, list(insns), list(maps), [getattr(m, "name", str(i)) for i, m in enumerate(maps)])
+
+
+def from_loaded(loaded, *, num_cpus: int = 1) -> VmProgram:
+    """What `formats.load_program` read, ready for the interpreter: an object's program with its maps and
+    global data, a K2 program with maps from NAME.maps (lddw map_fd imm = the map's fd there), or map-less
+    raw/asm code."""
+    if loaded.object is not None:
+        return from_object(loaded.object, loaded.name, num_cpus=num_cpus)
+    if loaded.relocations:
+        rel = loaded.relocations[0]
+        raise BpforgeError(f"symbol '{rel.symbol}' needs a relocation: assemble to an object (.o) with its maps",
+                           file=loaded.filename)
+    maps: list = []
+    if loaded.maps:
+        from .maps import create_map
+    for spec in loaded.maps:  # K2: the program names maps by their fd
+        fd = getattr(spec, "fd", len(maps))
+        maps += [None] * (fd + 1 - len(maps))
+        maps[fd] = create_map(spec, num_cpus=num_cpus)
+    return from_insns(loaded.insns, maps, loaded.name or "prog")
