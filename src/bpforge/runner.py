@@ -89,8 +89,10 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget)
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
     execute = machine.run if engine == "interp" else (lambda *a: vm.run_fast(machine, *a))
     start = time.perf_counter_ns()
-    for _ in range(repeat):  # like the kernel's repeat: same input each time, maps carry over
-        result = execute(data, loaded.prog_type, ctx)
+    packet = data
+    for _ in range(repeat):  # like the kernel's repeat: each run sees the packet the last one left; maps carry over
+        result = execute(packet, loaded.prog_type, ctx)
+        packet = result.data_out if loaded.prog_type != "socket_filter" else data
     elapsed = (time.perf_counter_ns() - start) / repeat
     dumped = [dump_map(n, m) for n, m in maps.items()] if dump_maps else []
     return RunReport(result.retval & 0xFFFFFFFF, result.data_out, elapsed, engine, repeat, result.ctx_out,

@@ -1,9 +1,16 @@
-"""bpf(2) through ctypes: just what loading a program needs (BPF_PROG_LOAD with the verifier log)."""
+"""bpf(2) through ctypes: one `bpf(cmd, attr)` and, per command, its part of `union bpf_attr`.
+
+Each command's attribute block is its own ctypes Structure holding the uapi fields in order up to the last
+one bpforge sets or reads. The kernel copies min(size we pass, its own sizeof(union bpf_attr)) and zero-fills
+the rest, so a shorter block means "every later field zero", which is what we want for fields we do not use;
+a longer one would have to be zero in its tail (bpf_check_uarg_tail_zero). Layouts: include/uapi/linux/bpf.h.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 from dataclasses import dataclass
@@ -12,7 +19,14 @@ from functools import lru_cache
 from ..errors import BpforgeError
 from ..isa.progtypes import PROG_TYPES, check_prog_type
 
+# enum bpf_cmd (the ones bpforge issues).
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = range(5)
 BPF_PROG_LOAD = 5
+BPF_PROG_TEST_RUN = 10
+BPF_BTF_LOAD = 18
+BPF_MAP_FREEZE = 22
+
+BPF_OBJ_NAME_LEN = 16
 # x86_64 and aarch64 syscall numbers of bpf(2).
 _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
 
@@ -20,6 +34,110 @@ _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
 class KernelUnavailable(BpforgeError):
     """bpf() cannot be used here (not Linux, no permission, unsupported architecture)."""
 
+
+_u32, _s32, _u64 = ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
+
+
+class MapCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
+        ("map_flags", _u32), ("inner_map_fd", _u32), ("numa_node", _u32),
+        ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("map_ifindex", _u32), ("btf_fd", _u32),
+        ("btf_key_type_id", _u32), ("btf_value_type_id", _u32), ("btf_vmlinux_value_type_id", _u32),
+        ("map_extra", _u64),
+    ]
+
+
+class MapElemAttr(ctypes.Structure):
+    # BPF_MAP_LOOKUP_ELEM / UPDATE_ELEM / DELETE_ELEM / GET_NEXT_KEY; `value` doubles as `next_key`.
+    # c_uint64 members are 8-aligned on the ABIs we run on, which matches __aligned_u64.
+    _fields_ = [("map_fd", _u32), ("key", _u64), ("value", _u64), ("flags", _u64)]
+
+
+class MapFdAttr(ctypes.Structure):
+    # BPF_MAP_FREEZE reads only map_fd (the first field of the MAP_*_ELEM block).
+    _fields_ = [("map_fd", _u32)]
+
+
+class ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", _u32), ("insn_cnt", _u32), ("insns", _u64), ("license", _u64), ("log_level", _u32),
+        ("log_size", _u32), ("log_buf", _u64), ("kern_version", _u32), ("prog_flags", _u32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("prog_ifindex", _u32), ("expected_attach_type", _u32),
+        ("prog_btf_fd", _u32), ("func_info_rec_size", _u32), ("func_info", _u64), ("func_info_cnt", _u32),
+        ("line_info_rec_size", _u32), ("line_info", _u64), ("line_info_cnt", _u32), ("attach_btf_id", _u32),
+        ("attach_prog_fd", _u32), ("core_relo_cnt", _u32), ("fd_array", _u64), ("core_relos", _u64),
+        ("core_relo_rec_size", _u32),
+        ("log_true_size", _u32),  # output (6.4+): the log size the verifier wanted
+    ]
+
+
+class TestRunAttr(ctypes.Structure):
+    __test__ = False  # not a pytest class, whatever its name says
+    _fields_ = [
+        ("prog_fd", _u32), ("retval", _u32), ("data_size_in", _u32), ("data_size_out", _u32),
+        ("data_in", _u64), ("data_out", _u64), ("repeat", _u32), ("duration", _u32), ("ctx_size_in", _u32),
+        ("ctx_size_out", _u32), ("ctx_in", _u64), ("ctx_out", _u64), ("flags", _u32), ("cpu", _u32),
+        ("batch_size", _u32),
+    ]
+
+
+class BtfLoadAttr(ctypes.Structure):
+    _fields_ = [("btf", _u64), ("btf_log_buf", _u64), ("btf_size", _u32), ("btf_log_size", _u32),
+                ("btf_log_level", _u32)]
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _raw_bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
+    nr = _SYSCALL_NR.get(platform.machine())
+    if nr is None or os.uname().sysname != "Linux":
+        raise KernelUnavailable(f"kernel BPF not available: bpf() unsupported on {platform.system()} "
+                                f"{platform.machine()}")
+    ctypes.set_errno(0)
+    result = _libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
+                             ctypes.c_uint(ctypes.sizeof(attr)))
+    return result, (ctypes.get_errno() if result < 0 else 0)
+
+
+def bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
+    """Issue bpf(cmd, &attr, sizeof attr): (result, 0) on success, (-1, errno) when the kernel refuses.
+
+    KernelUnavailable when bpf() cannot be used at all: not Linux / unknown architecture, ENOSYS, or EPERM
+    from a process that cannot load programs. EPERM is also an ordinary answer (updating a frozen map), so
+    it is only taken as "unavailable" when the probe `kernel_available()` fails too."""
+    result, err = _raw_bpf(cmd, attr)
+    if err == errno.ENOSYS:
+        raise KernelUnavailable("kernel BPF not available: bpf() is not implemented by this kernel (ENOSYS)")
+    if err == errno.EPERM:
+        reason = kernel_available()
+        if reason is not None:
+            raise KernelUnavailable(reason)
+    return result, err
+
+
+def close_fd(fd: int | None) -> None:
+    """Close a file descriptor we own, tolerating one that is already gone."""
+    if fd is not None and fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def obj_name(name: str | None) -> bytes:
+    """A name as the kernel accepts it for maps and programs: at most 15 characters of [A-Za-z0-9_.]
+    (bpf_obj_name_cpy refuses anything else with EINVAL)."""
+    if not name:
+        return b""
+    clean = "".join(c if c.isascii() and (c.isalnum() or c in "_.") else "_" for c in name)
+    return clean[:BPF_OBJ_NAME_LEN - 1].encode()
+
+
+# ---- the minimal load kept for callers that only want the verifier's verdict on raw bytecode ----------
 
 @dataclass
 class LoadResult:
@@ -32,61 +150,49 @@ class LoadResult:
         return self.fd is not None
 
 
-class _ProgLoadAttr(ctypes.Structure):
-    # The leading fields of union bpf_attr for BPF_PROG_LOAD; the kernel zero-checks the rest.
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32), ("_rest", ctypes.c_uint8 * 96),
-    ]
-
-
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
-    nr = _SYSCALL_NR.get(platform.machine())
-    if nr is None or os.uname().sysname != "Linux":
-        raise KernelUnavailable(f"kernel BPF not available: bpf() unsupported on {platform.system()} "
-                                f"{platform.machine()}")
-    result = _libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
-    return result, ctypes.get_errno()
-
-
 def prog_load(bytecode: bytes, prog_type: str = "xdp", *, license: str = "GPL", log_level: int = 1,
               log_size: int = 1 << 20) -> LoadResult:
-    """Ask the kernel's verifier about `bytecode`. Rejection is a result, not an exception; an unusable
-    bpf() raises KernelUnavailable."""
+    """Ask the kernel's verifier about `bytecode` (no maps). Rejection is a result, not an exception; an
+    unusable bpf() raises KernelUnavailable. (program.load_insns does the same with maps and a verdict.)"""
+    return _prog_load(bytecode, _prog_type_id(prog_type), license=license, log_level=log_level,
+                      log_size=log_size, checked=True)
+
+
+def _prog_type_id(prog_type: str) -> int:
     type_id = PROG_TYPES[check_prog_type(prog_type)]
     if type_id is None:
         raise BpforgeError(f"program type {prog_type!r} exists only outside the kernel")
+    return type_id
+
+
+def _prog_load(bytecode: bytes, type_id: int, *, license: str, log_level: int, log_size: int,
+               checked: bool) -> LoadResult:
     code = ctypes.create_string_buffer(bytecode, len(bytecode))
     lic = ctypes.create_string_buffer(license.encode())
-    log = ctypes.create_string_buffer(log_size)
-    attr = _ProgLoadAttr(prog_type=type_id, insn_cnt=len(bytecode) // 8,
-                         insns=ctypes.addressof(code), license=ctypes.addressof(lic), log_level=log_level,
-                         log_size=log_size, log_buf=ctypes.addressof(log))
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    log = ctypes.create_string_buffer(log_size if log_level else 1)
+    attr = ProgLoadAttr(prog_type=type_id, insn_cnt=len(bytecode) // 8, insns=ctypes.addressof(code),
+                        license=ctypes.addressof(lic), log_level=log_level, log_size=log_size if log_level else 0,
+                        log_buf=ctypes.addressof(log) if log_level else 0)
+    fd, err = (bpf if checked else _raw_bpf)(BPF_PROG_LOAD, attr)
     text = log.value.decode(errors="replace")
     if fd < 0:
-        if err in (1, 38) and not text:  # EPERM / ENOSYS before the verifier ran
-            raise KernelUnavailable(f"kernel BPF not available: {os.strerror(err)}")
         return LoadResult(None, text, err)
     return LoadResult(fd, text)
 
 
 @lru_cache(maxsize=1)
 def kernel_available() -> str | None:
-    """None when programs can be loaded here, else the reason they cannot."""
+    """None when programs can be loaded here, else the reason they cannot (cached: asked once)."""
     try:
-        result = prog_load(bytes.fromhex("b700000002000000" "9500000000000000"))
+        result = _prog_load(bytes.fromhex("b700000002000000" "9500000000000000"), PROG_TYPES["xdp"],
+                            license="GPL", log_level=0, log_size=0, checked=False)
     except KernelUnavailable as err:
         return err.message
     if result.fd is None:
+        if result.errno == errno.EPERM:
+            return "kernel BPF not available: loading a program needs CAP_BPF and CAP_NET_ADMIN (EPERM)"
+        if result.errno == errno.ENOSYS:
+            return "kernel BPF not available: bpf() is not implemented by this kernel (ENOSYS)"
         return f"kernel BPF not available: loading a trivial program failed: {os.strerror(result.errno)}"
     os.close(result.fd)
     return None

@@ -61,7 +61,11 @@ class Input:
     prog_type: str
 
     def data_out(self) -> bytes:
-        return self.packet.bytes() if self.packet is not None else b""
+        if self.packet is None:
+            return b""
+        if self.prog_type == "socket_filter":  # test_run pushes the pulled Ethernet header back, zeroed
+            return bytes(ETH_HLEN) + self.packet.bytes()
+        return self.packet.bytes()
 
     def ctx_out(self) -> bytes | None:
         return bytes(self.ctx.buf) if self.ctx is not None else None

@@ -1,0 +1,414 @@
+"""Loading programs into the kernel: maps created and relocations resolved the way libbpf does, then
+BPF_PROG_LOAD. The verifier's answer is a `KernelVerdict`; a rejection raises `VerifierRejected`, which
+carries the verdict (log, message, failing instruction), so a caller such as `bpforge verify` reports it as
+a clean "no" rather than an error.
+
+Map references in raw instruction lists (`load_insns`): an lddw with src_reg BPF_PSEUDO_MAP_FD (1) or
+BPF_PSEUDO_MAP_VALUE (2) names a map by its `imm`, which is a *key into the `maps` argument* — an index when
+`maps` is a list, a key when it is a dict (K2 programs: the map's `fd` in NAME.maps) — and is replaced by
+the map's real fd before loading. BPF_PSEUDO_MAP_IDX (5) / BPF_PSEUDO_MAP_IDX_VALUE (6) keep their index
+and the kernel resolves it through `fd_array`, built from the same `maps` (slot i = the map keyed i).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import BpforgeError
+from ..isa import Insn, encode, slot_starts
+from ..isa.opcodes import PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
+from ..isa.progtypes import prog_type_of_section
+from .btf import BtfError, ProgramBtf, program_btf
+from .maps import KernelMap
+from .syscall import BPF_PROG_LOAD, ProgLoadAttr, _prog_type_id, bpf, close_fd, obj_name
+
+if TYPE_CHECKING:
+    from ..elf.model import BpfObject, LinkedProgram, MapDef
+    from ..formats.loader import LoadedProgram
+    from .testrun import RunResult
+
+DEFAULT_LOG_SIZE = 1 << 20  # the last MiB of a longer log is kept (see _prog_load)
+_MAP_LOADS = ("lddw_map_fd", "lddw_map_value")  # imm: a key into `maps`, replaced by the map's fd
+_MAP_IDX_LOADS = ("lddw_map_idx", "lddw_map_idx_value")
+
+# Verifier log lines that are not the complaint: the instruction trace, register states, progress notes.
+_INSN_LINE = re.compile(r"^(\d+): \([0-9a-f]{2}\)")
+_NOT_COMPLAINT = re.compile(r"^(\d+: R\d|\d+: \(|from \d+ to \d+|func#\d+ @\d+|processed \d+ insns|"
+                            r"verification time|stack depth|Validating |Func#\d+ .* is global|; |mark_precise|"
+                            r"last_idx |regs=|parent didn't have|\s*$)")
+_PROCESSED = re.compile(r"processed (\d+) insns")
+_STATS_TAIL = re.compile(r"(?<=\S)processed \d+ insns \(limit.*$")
+# The kernel's complaints about func_info/line_info records (check_btf_func/check_btf_line), not the code.
+_BTF_COMPLAINT = re.compile(r"func_info|line_info|BTF section|invalid btf|invalid type id", re.IGNORECASE)
+
+
+@dataclass
+class KernelVerdict:
+    """What BPF_PROG_LOAD said. `slot` is the kernel's instruction number (8-byte slots) of the complaint,
+    `insn` the same as an index into the instruction list that was loaded; both None when the log names
+    no instruction (or on acceptance)."""
+
+    accepted: bool
+    log: str
+    errno: int = 0
+    message: str = ""
+    slot: int | None = None
+    insn: int | None = None
+    btf: bool = False  # whether the object's BTF (func_info, line_info) went along
+    btf_error: str | None = None  # why it did not, when the object had BTF the kernel refused
+    log_truncated: bool = False  # the log outgrew log_size: `log` holds its end (kernels >= 6.4)
+
+    @property
+    def processed_insns(self) -> int | None:
+        """The verifier's "processed N insns" (its work, not the program size), when the log has it."""
+        match = _PROCESSED.search(self.log)
+        return int(match.group(1)) if match else None
+
+
+class VerifierRejected(BpforgeError):
+    """The kernel refused to load the program. `verdict` holds the log; not an internal error."""
+
+    def __init__(self, verdict: KernelVerdict, **where):
+        self.verdict = verdict
+        super().__init__(f"kernel verifier rejects the program: {verdict.message}", insn=verdict.slot, **where)
+
+
+@dataclass(eq=False)
+class KernelProgram:
+    """A loaded program (`fd`) and the maps it uses by name. `close()` (or `with`) closes the program and
+    the maps it created; maps the caller passed in stay open (they are the caller's)."""
+
+    fd: int
+    name: str
+    prog_type: str
+    insns: list[Insn]  # as loaded: map references resolved to this load's fds
+    maps: dict[str, KernelMap]
+    verdict: KernelVerdict
+    owned: list[KernelMap] = field(default_factory=list, repr=False)
+
+    @property
+    def log(self) -> str:
+        return self.verdict.log
+
+    def test_run(self, data: bytes, **options) -> RunResult:
+        """`testrun.test_run(self, data, ...)`."""
+        from .testrun import test_run
+
+        return test_run(self, data, **options)
+
+    def close(self) -> None:
+        close_fd(self.fd)
+        self.fd = -1
+        for kmap in self.owned:
+            kmap.close()
+        self.owned = []
+
+    def __enter__(self) -> KernelProgram:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- objects -----------------------------------------------------------------------------------------------
+
+def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
+                 maps: Mapping[str, KernelMap] | None = None, license: str | None = None, log_level: int = 1,
+                 log_size: int = DEFAULT_LOG_SIZE, explain: bool = True, prog_flags: int = 0,
+                 expected_attach_type: int = 0, max_entries: Mapping[str, int] | None = None,
+                 btf: bool = True) -> KernelProgram:
+    """Load an object's linked program as libbpf would: every map it references is taken from `maps` (by
+    name) or created from the object's definition (global data sections become one-element arrays holding
+    their initial contents, .rodata ones frozen); lddw of a map gets src_reg BPF_PSEUDO_MAP_FD and imm = its
+    fd, lddw of global data BPF_PSEUDO_MAP_VALUE, imm = fd and the second imm = the offset in the section.
+
+    With `btf` (and an object that has .BTF/.BTF.ext) the object's BTF goes along with the program's
+    func_info and line_info, as libbpf sends them: global functions are then verified on their own and the
+    log shows source lines; BTF the kernel refuses is left out (`verdict.btf_error` says why).
+    `log_level` 0 loads without a log (faster); a rejection is then loaded again with one to explain it,
+    unless `explain` is False (the cheapest yes/no: errno only, for gates that try many candidates).
+    `prog_type` defaults to what the section name says (libbpf's SEC() conventions);
+    `license` defaults to the object's (else "GPL"); `max_entries` shrinks named maps (big tables in
+    tests). Raises VerifierRejected with the verdict when the verifier says no; BpforgeError for references
+    bpforge cannot resolve (externs: kfuncs, ksyms, kconfig); MapError when a map cannot be created."""
+    where = dict(file=obj.filename if obj else None, section=linked.section)
+    prog_type = prog_type or prog_type_of_section(linked.section)
+    if prog_type is None:
+        raise BpforgeError("the section name does not say the program type: pass prog_type", **where)
+    given = dict(maps or {})
+    starts = slot_starts(linked.insns)
+    needed: dict[str, MapDef | None] = {}
+    for index, reloc in linked.relocations:
+        if reloc.kind == "extern":
+            raise BpforgeError(f"'{reloc.target}' is an extern symbol (kfunc, ksym or kconfig variable); "
+                               "bpforge does not resolve externs", insn=starts[index], **where)
+        if reloc.kind in ("map", "data") and reloc.target not in given:
+            needed[reloc.target] = _find_mapdef(obj, reloc.kind, reloc.target, starts[index], where)
+    owned: list[KernelMap] = []
+    try:
+        for name, mapdef in needed.items():
+            if mapdef.values:
+                raise BpforgeError(f"map '{name}' has initial slots ({mapdef.type_name}); bpforge does not "
+                                   "populate prog arrays or map-in-map slots", **where)
+            entries = (max_entries or {}).get(name)
+            kmap = KernelMap.create(mapdef, name=_kernel_map_name(obj, mapdef), max_entries=entries)
+            kmap.name = name  # bpforge's name (the kernel's may be prefixed/truncated)
+            owned.append(kmap)
+            given[name] = kmap
+        insns = list(linked.insns)
+        for index, reloc in linked.relocations:
+            if reloc.kind not in ("map", "data"):
+                continue  # call/func were resolved by linking
+            insns[index] = _patch(insns[index], given[reloc.target], reloc.kind, reloc.offset,
+                                  starts[index], where)
+        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in ("map", "data")}
+        if license is None:
+            license = (obj.license if obj is not None else None) or "GPL"
+        prog_btf, btf_error = None, None
+        if btf and obj is not None and obj.btf_bytes is not None and obj.btf_ext_bytes is not None:
+            try:
+                prog_btf = program_btf(obj, linked)
+            except BtfError as err:
+                btf_error = err.message
+        options = dict(name=linked.name, maps=used, owned=owned, license=license, log_level=log_level,
+                       log_size=log_size, explain=explain, prog_flags=prog_flags,
+                       expected_attach_type=expected_attach_type, fd_array=None, where=where)
+        try:
+            return _load(insns, prog_type, btf=prog_btf, btf_error=btf_error, **options)
+        except VerifierRejected as err:
+            if prog_btf is None or not _BTF_COMPLAINT.search(err.verdict.message):
+                raise
+            # Our func_info/line_info, not the program, is what the kernel refused: load as without BTF.
+            return _load(insns, prog_type, btf=None, btf_error=err.verdict.message, **options)
+        finally:
+            if prog_btf is not None:
+                prog_btf.close()  # a loaded program holds its own reference
+    except BaseException:
+        for kmap in owned:
+            kmap.close()
+        raise
+
+
+def _find_mapdef(obj: BpfObject | None, kind: str, target: str, slot: int, where: dict) -> MapDef:
+    if obj is None:
+        raise BpforgeError(f"the program refers to {'map' if kind == 'map' else 'global data'} '{target}': "
+                           "pass the object or the map", insn=slot, **where)
+    for mapdef in obj.maps:
+        if (kind == "map" and mapdef.name == target and mapdef.source != "data") or \
+           (kind == "data" and mapdef.source == "data" and mapdef.section == target):
+            return mapdef
+    raise BpforgeError(f"the object defines no {'map' if kind == 'map' else 'data section'} '{target}'",
+                       insn=slot, **where)
+
+
+def _kernel_map_name(obj: BpfObject | None, mapdef: MapDef) -> str:
+    """The kernel-side name libbpf gives a map: its own name, or for global data the object's name cut to 8
+    characters plus the section (`global_d.rodata`) — only the standard three sections, others keep their
+    section name (".rodata.cst16")."""
+    if mapdef.source != "data" or obj is None or mapdef.section not in (".data", ".rodata", ".bss"):
+        return mapdef.name
+    stem = os.path.basename(obj.filename).split(".")[0]
+    return stem[:8] + mapdef.section
+
+
+def _patch(insn: Insn, kmap: KernelMap, kind: str, offset: int, slot: int, where: dict) -> Insn:
+    if insn.form.kind != "lddw":
+        raise BpforgeError(f"relocation against '{kmap.name}' patches a {insn.form.name}, not an lddw",
+                           insn=slot, **where)
+    if kind == "map":
+        return insn.replace(src=PSEUDO_MAP_FD, imm=kmap.fd, imm_hi=0)
+    if not 0 <= offset < max(kmap.value_size, 1):
+        raise BpforgeError(f"offset {offset} lies outside '{kmap.name}' ({kmap.value_size} bytes)",
+                           insn=slot, **where)
+    return insn.replace(src=PSEUDO_MAP_VALUE, imm=kmap.fd, imm_hi=offset)
+
+
+# ---- raw instruction lists ---------------------------------------------------------------------------------
+
+def load_insns(insns: Sequence[Insn], prog_type: str, *,
+               maps: Sequence[KernelMap] | Mapping[int, KernelMap] | None = None, name: str | None = None,
+               license: str = "GPL", log_level: int = 1, log_size: int = DEFAULT_LOG_SIZE, explain: bool = True,
+               prog_flags: int = 0, expected_attach_type: int = 0) -> KernelProgram:
+    """Load raw/assembled instructions. Map references follow the module's convention: the imm of a
+    PSEUDO_MAP_FD/VALUE lddw is a key into `maps` (list index, or dict key such as K2's map fd), replaced by
+    the real fd; PSEUDO_MAP_IDX(_VALUE) go to the kernel through fd_array. The maps stay the caller's.
+    Logging options as for load_program."""
+    return _load_with_maps(insns, prog_type, maps=maps, owned=[], name=name, license=license,
+                           log_level=log_level, log_size=log_size, explain=explain, prog_flags=prog_flags,
+                           expected_attach_type=expected_attach_type)
+
+
+def _load_with_maps(insns, prog_type, *, maps, owned, name, license, log_level, prog_flags,
+                    expected_attach_type, log_size=DEFAULT_LOG_SIZE, explain=True, where=None) -> KernelProgram:
+    where = where or {}
+    table: dict[int, KernelMap] = dict(enumerate(maps)) if isinstance(maps, Sequence) else dict(maps or {})
+    starts = slot_starts(insns)
+    out: list[Insn] = []
+    uses_idx = False
+    for i, insn in enumerate(insns):
+        form = insn.form.name
+        if form in _MAP_LOADS or form in _MAP_IDX_LOADS:
+            kmap = table.get(insn.imm)
+            if kmap is None:
+                known = ", ".join(str(k) for k in sorted(table)) or "none given"
+                raise BpforgeError(f"{form} refers to map {insn.imm}, which is not among the maps ({known})",
+                                   insn=starts[i], **where)
+            if form in _MAP_LOADS:
+                insn = insn.replace(imm=kmap.fd)
+            else:
+                uses_idx = True
+        out.append(insn)
+    fd_array = None
+    if uses_idx:
+        fd_array = [table[k].fd if k in table else -1 for k in range(max(table) + 1)]
+    used = {kmap.name: kmap for kmap in table.values()}
+    return _load(out, prog_type, name=name, maps=used, owned=owned, license=license, log_level=log_level,
+                 log_size=log_size, explain=explain, prog_flags=prog_flags,
+                 expected_attach_type=expected_attach_type, fd_array=fd_array, where=where)
+
+
+def load_loaded(loaded: LoadedProgram, *, prog_type: str | None = None, log_level: int = 1) -> KernelProgram:
+    """Load what `formats.load_program` read: an object's program with its maps and global data, a K2
+    program with maps made from NAME.maps (keyed by their fd, K2's convention), or map-less raw/asm code."""
+    prog_type = prog_type or loaded.prog_type
+    if loaded.object is not None:
+        obj = loaded.object
+        return load_program(obj.linked(loaded.name), obj, prog_type=prog_type, log_level=log_level)
+    owned: list[KernelMap] = []
+    try:
+        table = {}
+        for spec in loaded.maps:
+            kmap = KernelMap.create(spec)
+            owned.append(kmap)
+            table[getattr(spec, "fd", len(table))] = kmap
+        return _load_with_maps(loaded.insns, prog_type, maps=table, owned=owned, name=loaded.name,
+                               license=loaded.license or "GPL", log_level=log_level, prog_flags=0,
+                               expected_attach_type=0, where=dict(file=loaded.filename))
+    except BaseException:
+        for kmap in owned:
+            kmap.close()
+        raise
+
+
+# ---- verdicts without keeping the program ------------------------------------------------------------------
+
+def verify_insns(insns: Sequence[Insn], prog_type: str, **options) -> KernelVerdict:
+    """The verifier's verdict on instructions (options as for load_insns); the program is closed again."""
+    try:
+        with load_insns(insns, prog_type, **options) as prog:
+            return prog.verdict
+    except VerifierRejected as err:
+        return err.verdict
+
+
+def verify_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
+                   **options) -> KernelVerdict:
+    """The verifier's verdict on an object's program (options as for load_program); everything is closed."""
+    try:
+        with load_program(linked, obj, prog_type=prog_type, **options) as prog:
+            return prog.verdict
+    except VerifierRejected as err:
+        return err.verdict
+
+
+# ---- BPF_PROG_LOAD -----------------------------------------------------------------------------------------
+
+def _load(insns: list[Insn], prog_type: str, *, name, maps, owned, license, log_level, log_size, explain,
+          prog_flags, expected_attach_type, fd_array, where, btf=None, btf_error=None) -> KernelProgram:
+    type_id = _prog_type_id(prog_type)
+    code = encode(insns)
+    options = dict(name=name, license=license, log_size=log_size, prog_flags=prog_flags,
+                   expected_attach_type=expected_attach_type, fd_array=fd_array, btf=btf)
+    fd, verdict = _prog_load(code, type_id, log_level=log_level, **options)
+    if fd < 0 and log_level == 0 and explain:
+        # Loading without a log is the fast path; a "no" deserves its explanation, so ask again with one.
+        again, explained = _prog_load(code, type_id, log_level=1, **options)
+        if again >= 0:  # a transient failure (ENOMEM, EAGAIN) the second try did not meet: keep the first
+            close_fd(again)
+        else:
+            verdict = explained
+    verdict.btf = btf is not None
+    verdict.btf_error = btf_error
+    if fd < 0:
+        verdict.insn = _insn_of_slot(insns, verdict.slot)
+        raise VerifierRejected(verdict, **where)
+    return KernelProgram(fd, name or "", prog_type, insns, dict(maps), verdict, list(owned))
+
+
+def _prog_load(code: bytes, type_id: int, *, name, license, log_level, log_size, prog_flags, expected_attach_type,
+               fd_array, btf: ProgramBtf | None) -> tuple[int, KernelVerdict]:
+    code_buf = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license.encode())
+    fds = (ctypes.c_int32 * len(fd_array))(*fd_array) if fd_array else None
+    log_size = log_size if log_level else 0
+    log = ctypes.create_string_buffer(max(log_size, 1))
+    attr = ProgLoadAttr(prog_type=type_id, insn_cnt=len(code) // 8, insns=ctypes.addressof(code_buf),
+                        license=ctypes.addressof(lic), log_level=log_level, log_size=log_size,
+                        log_buf=ctypes.addressof(log) if log_size else 0, prog_flags=prog_flags,
+                        prog_name=obj_name(name), expected_attach_type=expected_attach_type,
+                        fd_array=ctypes.addressof(fds) if fds is not None else 0)
+    if btf is not None:
+        _set_btf(attr, btf)
+    fd, err = bpf(BPF_PROG_LOAD, attr)
+    truncated = err == errno.ENOSPC and log_size > 0
+    if truncated:
+        # The log did not fit, and then the kernel fails the load whatever the verdict (errno ENOSPC). Since
+        # 6.4 the log keeps its *end*, where the complaint is; growing the buffer would mean verifying again
+        # with the (slow) log on, so ask for the verdict alone instead.
+        attr.log_level, attr.log_size, attr.log_buf = 0, 0, 0
+        fd, err = bpf(BPF_PROG_LOAD, attr)
+    text = log.value.decode(errors="replace") if log_size else ""
+    if truncated:
+        text = text[text.find("\n") + 1:]  # the kept end starts mid-line
+    if fd >= 0:
+        return fd, KernelVerdict(True, text, log_truncated=truncated)
+    message, slot = _complaint(text)
+    return fd, KernelVerdict(False, text, err, message or _errno_text(err), slot, log_truncated=truncated)
+
+
+def _set_btf(attr: ProgLoadAttr, btf: ProgramBtf) -> None:
+    # The record buffers must outlive the syscall: keep them on the attr object.
+    attr._btf_bufs = [ctypes.create_string_buffer(b, max(len(b), 1)) for b in (btf.func_info, btf.line_info)]
+    attr.prog_btf_fd = btf.fd
+    if btf.func_info_cnt:
+        attr.func_info_rec_size, attr.func_info_cnt = btf.func_info_rec_size, btf.func_info_cnt
+        attr.func_info = ctypes.addressof(attr._btf_bufs[0])
+    if btf.line_info_cnt:
+        attr.line_info_rec_size, attr.line_info_cnt = btf.line_info_rec_size, btf.line_info_cnt
+        attr.line_info = ctypes.addressof(attr._btf_bufs[1])
+
+
+def _complaint(log: str) -> tuple[str, int | None]:
+    """The verifier's complaint (the lines after the last instruction it traced, minus the statistics)
+    and the slot of that instruction."""
+    # some complaints lack their newline and run into the statistics line
+    lines = [_STATS_TAIL.sub("", line) for line in log.splitlines()]
+    last = None
+    for i, line in enumerate(lines):
+        if _INSN_LINE.match(line):
+            last = i
+    tail = lines[last + 1:] if last is not None else lines
+    message = "; ".join(line.strip() for line in tail if not _NOT_COMPLAINT.match(line))
+    slot = int(_INSN_LINE.match(lines[last]).group(1)) if last is not None and message else None
+    return message, slot
+
+
+def _insn_of_slot(insns: Sequence[Insn], slot: int | None) -> int | None:
+    if slot is None:
+        return None
+    starts = slot_starts(insns)
+    return starts.index(slot) if slot in starts else None
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)}: {os.strerror(err)}"
+
+
+__all__ = ["KernelProgram", "KernelVerdict", "VerifierRejected", "load_insns", "load_loaded", "load_program",
+           "verify_insns", "verify_program"]
