@@ -171,3 +171,10 @@ def test_forms_without_interpreter_support_are_named():
     assert FORMS_BY_NAME["call_kfunc"].kind == "call"
     with pytest.raises(VmFault, match="kfunc"):
         run(from_insns(assemble("call kfunc(5, 0)\nexit")), bytes(64))
+
+
+def test_every_implemented_helper_has_a_signature_in_the_one_table():
+    from bpforge.isa.helpers import HELPER_SIGNATURES
+    from bpforge.vm.helpers import implemented
+
+    assert set(implemented()) == set(HELPER_SIGNATURES)

@@ -1,9 +1,10 @@
-"""Kernel helper functions by id (the order of the kernel's __BPF_FUNC_MAPPER, ids 1..211).
-
-Argument and return kinds are added with the interpreter and verifier; this table gives names to `call N`.
+"""Kernel helper functions by id (the order of the kernel's __BPF_FUNC_MAPPER, ids 1..211), and the argument
+and return kinds of those bpforge implements.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # Index i holds the name of helper id i + 1, without the "bpf_" prefix the C declarations carry.
 _NAMES = (
@@ -61,3 +62,48 @@ def helper_name(helper_id: int) -> str | None:
 def helper_id(name: str) -> int | None:
     """Id of a helper named with or without the bpf_ prefix."""
     return HELPER_IDS.get(name if name.startswith("bpf_") else "bpf_" + name)
+
+
+@dataclass(frozen=True)
+class HelperSignature:
+    """Argument and return kinds of a helper, as the kernel's bpf_func_proto declares them (the verifier
+    checks calls against these; the interpreter implements the helpers that have one)."""
+
+    args: tuple[str, ...]
+    ret: str
+
+
+_CTX, _MAP, _ANY, _SIZE, _SIZE0 = "ptr_to_ctx", "const_map_ptr", "anything", "const_size", "const_size_or_zero"
+_ROMEM, _NULLABLE_ROMEM, _UNINIT = "ptr_to_mem_readonly", "ptr_to_mem_readonly_or_null", "ptr_to_uninit_mem"
+_INT, _VOID = "integer", "void"
+
+_SIGNATURES = {
+    "map_lookup_elem": ((_MAP, "ptr_to_map_key"), "ptr_to_map_value_or_null"),
+    "map_update_elem": ((_MAP, "ptr_to_map_key", "ptr_to_map_value", _ANY), _INT),
+    "map_delete_elem": ((_MAP, "ptr_to_map_key"), _INT),
+    "ktime_get_ns": ((), _INT),
+    "ktime_get_boot_ns": ((), _INT),
+    "trace_printk": ((_ROMEM, _SIZE, _ANY, _ANY, _ANY), _INT),
+    "get_prandom_u32": ((), _INT),
+    "get_smp_processor_id": ((), _INT),
+    "skb_store_bytes": ((_CTX, _ANY, _ROMEM, _SIZE, _ANY), _INT),
+    "l3_csum_replace": ((_CTX, _ANY, _ANY, _ANY, _ANY), _INT),
+    "l4_csum_replace": ((_CTX, _ANY, _ANY, _ANY, _ANY), _INT),
+    "tail_call": ((_CTX, _MAP, _ANY), _VOID),
+    "redirect": ((_ANY, _ANY), _INT),
+    "get_hash_recalc": ((_CTX,), _INT),
+    "skb_load_bytes": ((_CTX, _ANY, _UNINIT, _SIZE), _INT),
+    "csum_diff": ((_NULLABLE_ROMEM, _SIZE0, _NULLABLE_ROMEM, _SIZE0, _ANY), _INT),
+    "xdp_adjust_head": ((_CTX, _ANY), _INT),
+    "redirect_map": ((_MAP, _ANY, _ANY), _INT),
+    "xdp_adjust_meta": ((_CTX, _ANY), _INT),
+    "xdp_adjust_tail": ((_CTX, _ANY), _INT),
+    "fib_lookup": ((_CTX, "ptr_to_mem", _SIZE, _ANY), _INT),
+    "ringbuf_output": ((_MAP, _ROMEM, _SIZE0, _ANY), _INT),
+    "ringbuf_reserve": ((_MAP, "const_alloc_size_or_zero", _ANY), "ptr_to_ringbuf_mem_or_null"),
+    "ringbuf_submit": (("ptr_to_ringbuf_mem", _ANY), _VOID),
+    "ringbuf_discard": (("ptr_to_ringbuf_mem", _ANY), _VOID),
+}
+HELPER_SIGNATURES: dict[int, HelperSignature] = {
+    HELPER_IDS["bpf_" + name]: HelperSignature(args, ret) for name, (args, ret) in _SIGNATURES.items()
+}
