@@ -81,12 +81,17 @@ def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repe
 
 def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget) -> RunReport:
     from . import vm
+    from .kernel.maps import possible_cpus
+    from .vm.fast import compiled
     from .vm.interp import DEFAULT_BUDGET
 
-    program = vm.from_loaded(loaded)
+    # As many CPUs as the kernel's per-CPU maps have, so map files and dumps mean the same in every engine.
+    program = vm.from_loaded(loaded, num_cpus=possible_cpus())
     maps = {name: m for name, m in zip(program.map_names, program.maps) if m is not None}
     _preload(maps, preload)
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
+    if engine == "fast":
+        compiled(program)  # translated once, before the clock starts
     execute = machine.run if engine == "interp" else (lambda *a: vm.run_fast(machine, *a))
     start = time.perf_counter_ns()
     packet = data
