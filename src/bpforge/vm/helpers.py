@@ -68,8 +68,12 @@ def _err(code: int) -> int:
 @helper("map_lookup_elem")
 def _map_lookup(vm, map_ptr, key_ptr, *_):
     m = vm.machine.map_at(map_ptr)
-    storage = m.prog_lookup(vm.machine.memory.read(key_ptr, m.key_size), vm.machine.cpu)
-    return 0 if storage is None else vm.machine.value_pointer(m, storage)
+    found = m.prog_lookup(vm.machine.memory.read(key_ptr, m.key_size), vm.machine.cpu)
+    if found is None:
+        return 0
+    if not isinstance(found, bytearray):  # map-in-map: the inner map itself
+        return vm.machine.map_handle(found)
+    return vm.machine.value_pointer(m, found)
 
 
 @helper("map_update_elem")
@@ -81,7 +85,7 @@ def _map_update(vm, map_ptr, key_ptr, value_ptr, flags, _):
 @helper("map_delete_elem")
 def _map_delete(vm, map_ptr, key_ptr, *_):
     m = vm.machine.map_at(map_ptr)
-    return m.prog_delete(vm.machine.memory.read(key_ptr, m.key_size))
+    return m.prog_delete(vm.machine.memory.read(key_ptr, m.key_size), vm.machine.cpu)
 
 
 @helper("tail_call")

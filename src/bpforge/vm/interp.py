@@ -77,7 +77,7 @@ class Machine:
         return vm_map
 
     def value_pointer(self, vm_map, storage: bytearray) -> int:
-        readonly = getattr(vm_map, "frozen", False)
+        readonly = getattr(vm_map, "readonly_prog", False)  # BPF_F_RDONLY_PROG (.rodata), not syscall freezing
         return self.memory.map(storage, f"value of map {getattr(vm_map, 'name', '?')}", writable=not readonly).base
 
     def code_pointer(self, program: VmProgram, slot: int) -> int:

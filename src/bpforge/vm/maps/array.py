@@ -107,7 +107,7 @@ class ArrayMap(VmMap):
             self._slot(index)[:] = value  # in place: a pointer from an earlier lookup sees the new value
         return err
 
-    def prog_delete(self, key):
+    def prog_delete(self, key, cpu=0):
         return -errno.EINVAL
 
     def set_initial(self, data: bytes) -> None:

@@ -17,7 +17,13 @@ from ...errors import BpforgeError
 from ...isa.maptypes import BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, map_type_name
 
 ENOTSUPP = 524  # kernel-internal errno (not in userspace errno.h) that some map types return through bpf()
-BPF_F_RDONLY, BPF_F_WRONLY = 0x8, 0x10  # map creation flags: the syscall side may only read / only write
+
+# Map creation flags (uapi BPF_F_*) that creation checks or behaviour depend on.
+BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_NUMA_NODE = 0x1, 0x2, 0x4
+BPF_F_RDONLY, BPF_F_WRONLY = 0x8, 0x10  # the syscall side may only read / only write
+BPF_F_ZERO_SEED, BPF_F_WRONLY_PROG, BPF_F_MMAPABLE = 0x40, 0x100, 0x400
+BPF_F_PRESERVE_ELEMS, BPF_F_INNER_MAP = 0x800, 0x1000
+BPF_F_ACCESS_MASK = BPF_F_RDONLY | BPF_F_RDONLY_PROG | BPF_F_WRONLY | BPF_F_WRONLY_PROG
 
 
 def round8(n: int) -> int:
@@ -32,8 +38,8 @@ class VmMap:
     """An interpreter map. Subclasses implement the `_sys_*` operations (syscall semantics) and the `prog_*`
     ones (helper semantics); this class adds the checks common to all maps and the tooling.
 
-    `syscall_cpu` is the CPU the Python side runs on: it matters to LRU maps, whose free lists are per CPU
-    (the kernel differential tests pin themselves to that CPU)."""
+    `syscall_cpu` is the CPU the Python side runs on (0 unless set): it matters to hash maps, whose free
+    lists and LRU lists are per CPU (the kernel differential tests run their syscalls on that CPU)."""
 
     percpu = False
 
@@ -105,9 +111,8 @@ class VmMap:
         return self._next_key(None if key is None else self._key(key))
 
     def freeze(self) -> None:
-        """BPF_MAP_FREEZE: from now on the syscall side may not write (programs still may)."""
-        if self.frozen:
-            raise self._error(errno.EBUSY, "freeze")
+        """BPF_MAP_FREEZE: from now on the syscall side may not write (programs still may). Freezing again
+        is EPERM, not EBUSY: map_freeze checks write permission first, which a frozen map has lost."""
         self._writable("freeze")
         self.frozen = True
 
@@ -119,6 +124,7 @@ class VmMap:
         return [value[i * step:i * step + self.value_size] for i in range(self.num_cpus)]
 
     def __len__(self) -> int:
+        """Elements present (an array's are all there)."""
         return sum(1 for _ in self._keys())
 
     # ---- the program side (what the helpers do) ----------------------------------------------------------
@@ -131,8 +137,9 @@ class VmMap:
         """bpf_map_update_elem: 0 or -errno."""
         raise self._prog_refused("bpf_map_update_elem")
 
-    def prog_delete(self, key: bytes) -> int:
-        """bpf_map_delete_elem: 0 or -errno."""
+    def prog_delete(self, key: bytes, cpu: int = 0) -> int:
+        """bpf_map_delete_elem: 0 or -errno. `cpu` matters to hash maps (the freed element goes onto that
+        CPU's free list, whence that CPU's next insert takes it)."""
         raise self._prog_refused("bpf_map_delete_elem")
 
     # ---- dump and preload ---------------------------------------------------------------------------------
@@ -263,12 +270,6 @@ def _hex(text: object, what: str) -> bytes:
         raise BpforgeError(f"{what} is not hex: {text!r}") from None
 
 
-# Map creation flags (uapi BPF_F_*) that creation checks or behaviour depend on.
-BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_NUMA_NODE = 0x1, 0x2, 0x4
-BPF_F_ZERO_SEED, BPF_F_WRONLY_PROG, BPF_F_MMAPABLE = 0x40, 0x100, 0x400
-BPF_F_PRESERVE_ELEMS, BPF_F_INNER_MAP = 0x800, 0x1000
-BPF_F_ACCESS_MASK = BPF_F_RDONLY | BPF_F_RDONLY_PROG | BPF_F_WRONLY | BPF_F_WRONLY_PROG
-
 
 def check_create(name: str, type_name: str, ok: bool, why: str, err: int = errno.EINVAL) -> None:
     """Refuse a definition the kernel's map_alloc_check would refuse (BPF_MAP_CREATE fails with `err`)."""
@@ -290,7 +291,7 @@ class PerCpuValue:
     to (value_size bytes); `pads[cpu]` holds the bytes that round it up to 8, which the syscall copies in
     and out (bpf_long_memcpy of round_up(value_size, 8)) but no program can reach."""
 
-    __slots__ = ("values", "pads")
+    __slots__ = ("pads", "values")
 
     def __init__(self, num_cpus: int, value_size: int):
         self.values = [bytearray(value_size) for _ in range(num_cpus)]

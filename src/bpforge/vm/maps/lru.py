@@ -8,10 +8,11 @@ keeps a local free list, refilled `target_free` nodes at a time, and a pending l
 out since its last refill, and steals from other CPUs when everything is taken. With BPF_F_NO_COMMON_LRU
 each CPU has its own lists and its own share of the nodes.
 
-Under no contention that machinery is deterministic, and this module replays it: the same operations on
-the same CPUs evict the same keys as the kernel (the differential tests check that on one pinned CPU).
-Where it cannot follow: the kernel gives up on a lock it cannot take (concurrent CPUs, NMI) by failing the
-allocation or deferring a free; one Python thread never contends, so neither happens here.
+Without contention that machinery is deterministic, and this module replays it: the same operations on
+the same CPUs evict the same keys as the kernel (test_vm_maps_kernel.py checks it, hopping between CPUs).
+Where it cannot follow: when CPUs race, the kernel gives up on a lock it cannot take (rqspinlock timeout,
+NMI) by failing the allocation or deferring a free (`pending_free`); one Python thread never contends, so
+neither happens here, and an interpreter running "CPUs" one after another sees the uncontended kernel.
 
 Linked lists are ported literally (head insertion, tail scans, a rotation cursor that points into the
 inactive list), since the order of scans decides which element goes.
@@ -30,7 +31,7 @@ PERCPU_FREE_TARGET = 4  # ... of a per-CPU LRU
 class Link:
     """A list_head: a list is a sentinel Link; a node is a Link in one list at a time."""
 
-    __slots__ = ("prev", "next")
+    __slots__ = ("next", "prev")
 
     def __init__(self) -> None:
         self.prev = self.next = self
@@ -68,7 +69,7 @@ def _reversed(head: Link):
 class Node(Link):
     """An LRU node: a map element (the hash map subclasses it with key and value)."""
 
-    __slots__ = ("type", "ref", "cpu")
+    __slots__ = ("cpu", "ref", "type")
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,8 +103,7 @@ class LruList:
     def free_nodes(self):
         """The free list from its head, materializing fresh nodes as the walk reaches them."""
         head = self.lists[FREE]
-        for node in list(_forward(head)):
-            yield node
+        yield from list(_forward(head))
         while self.fresh:
             yield self._materialize()
 

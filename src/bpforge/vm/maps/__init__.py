@@ -1,0 +1,125 @@
+"""The interpreter's maps: the kernel's map semantics, in Python.
+
+`create_map(mapdef, num_cpus=N)` makes one from an `elf.MapDef`. Every map has two faces:
+
+- the syscall face, the `isa.maptypes.BpfMap` protocol as bpf() behaves: `lookup`, `update`, `delete`,
+  `keys`, `items`, plus `next_key` (BPF_MAP_GET_NEXT_KEY from any key) and `freeze`. Failures raise
+  `MapError` with the kernel's errno. Per-CPU values are all CPUs' values, each rounded up to 8 bytes.
+- the program face, what the helpers call: `prog_lookup(key, cpu)` returns the element's *live* storage
+  (a bytearray the interpreter maps into the program's memory; the same object for as long as the element
+  lives), `prog_update(key, value, flags, cpu)` and `prog_delete(key, cpu)` return 0 or -errno. Map-in-map
+  lookups return the inner map object instead of storage; `prog_array.prog_at(i)` is the tail-call target;
+  ring buffers have `reserve`/`submit`/`discard`/`output`/`query`/`owns` and `records`/`consume`.
+
+`dump()` gives a map as JSON-friendly data and `load_entries(read_entries(path))` preloads one from a
+file in the same format (a JSON list of {"key": hex, "value": hex}, or a dump's object).
+
+Each module says where it follows the kernel source and where it cannot (LRU eviction under contention,
+hash seeds, the reuse order of freed elements).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from ...elf.model import MapDef
+from ...errors import BpforgeError
+from .array import ArrayMap, PercpuArrayMap
+from .base import ENOTSUPP, PerCpuValue, VmMap
+from .fdmaps import ArrayOfMapsMap, HashOfMapsMap, ProgArrayMap
+from .hash import HashMap, jhash
+from .lpm import LpmTrieMap
+from .ringbuf import RingBufMap
+
+_CLASSES: dict[str, type] = {
+    "array": ArrayMap, "percpu_array": PercpuArrayMap,
+    "hash": HashMap, "percpu_hash": HashMap, "lru_hash": HashMap, "lru_percpu_hash": HashMap,
+    "lpm_trie": LpmTrieMap, "prog_array": ProgArrayMap, "ringbuf": RingBufMap,
+    "array_of_maps": ArrayOfMapsMap, "hash_of_maps": HashOfMapsMap,
+}
+SUPPORTED = tuple(_CLASSES)
+
+
+def create_map(mapdef: MapDef, *, num_cpus: int = 1) -> VmMap:
+    """A new interpreter map for `mapdef` (an elf.MapDef, or anything with its name, type, type_name,
+    key_size, value_size, max_entries and flags, such as a K2 map), with `num_cpus` values per element if
+    it is a per-CPU map (and as many CPUs' LRU lists and free lists). Global data (`mapdef.initial`) fills
+    the single element; a map read-only to programs (.rodata) is then frozen, as libbpf does. MapError when
+    the kernel would refuse the definition; BpforgeError for a map type the interpreter does not model."""
+    if num_cpus < 1:
+        raise BpforgeError(f"map '{mapdef.name}': num_cpus must be at least 1, not {num_cpus}")
+    cls = _CLASSES.get(mapdef.type_name)
+    if cls is None:
+        raise BpforgeError(f"map '{mapdef.name}': the interpreter has no {mapdef.type_name} maps "
+                           f"(it models {', '.join(SUPPORTED)})")
+    vm_map = cls(mapdef, num_cpus)
+    initial = getattr(mapdef, "initial", None)
+    if initial is not None:
+        vm_map.set_initial(bytes(initial))
+        if vm_map.readonly_prog:
+            vm_map.freeze()
+    return vm_map
+
+
+def create_maps(mapdefs: Iterable[MapDef], *, num_cpus: int = 1,
+                programs: Mapping[str, object] | None = None) -> dict[str, VmMap]:
+    """Every map of an object, by name, with the slots its definitions fill (`MapDef.values`): inner maps
+    of a map-in-map by map name, programs of a prog_array from `programs` by name (without `programs`,
+    prog_array slots stay empty for the caller to fill)."""
+    defs = list(mapdefs)
+    maps = {d.name: create_map(d, num_cpus=num_cpus) for d in defs}
+    for d in defs:
+        target = maps[d.name]
+        for slot, symbol in sorted(getattr(d, "values", {}).items()):
+            if isinstance(target, ProgArrayMap):
+                if programs is None:
+                    continue
+                obj = programs.get(symbol)
+                what = "program"
+            else:
+                obj = maps.get(symbol)
+                what = "map"
+            if obj is None:
+                raise BpforgeError(f"map '{d.name}': slot {slot} names {what} '{symbol}', which does not exist")
+            key = slot.to_bytes(target.key_size, "little")
+            target.update(key, target.register(obj).to_bytes(4, "little"))  # type: ignore[attr-defined]
+    return maps
+
+
+def read_entries(path: str) -> list[dict]:
+    """The entries of a preload file: a JSON list of {"key": hex, "value": hex} (per-CPU maps may give
+    "values": [hex per CPU]), or an object with such an "entries" list (what `dump()` writes)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as err:
+        raise BpforgeError(f"cannot read map entries: {err.strerror}", file=path) from None
+    except json.JSONDecodeError as err:
+        raise BpforgeError(f"map entries are not JSON: {err.msg}", file=path, line=err.lineno,
+                           col=err.colno) from None
+    if isinstance(data, dict) and "entries" in data:
+        data = data["entries"]
+    if not isinstance(data, list):
+        raise BpforgeError('map entries must be a JSON list of {"key": hex, "value": hex}', file=path)
+    return data
+
+
+__all__ = [
+    "ENOTSUPP",
+    "SUPPORTED",
+    "ArrayMap",
+    "ArrayOfMapsMap",
+    "HashMap",
+    "HashOfMapsMap",
+    "LpmTrieMap",
+    "PerCpuValue",
+    "PercpuArrayMap",
+    "ProgArrayMap",
+    "RingBufMap",
+    "VmMap",
+    "create_map",
+    "create_maps",
+    "jhash",
+    "read_entries",
+]
