@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bpforge.errors import AsmError, BpforgeError, DecodeError, FormatError
+from bpforge.errors import AsmError, BpforgeError, FormatError
 from bpforge.formats import (
     K2Desc, assemble_file, detect_format, format_k2_desc, format_k2_maps, format_words, k2_paths,
     load_program, looks_like_words, output_kind, parse_k2_desc, parse_k2_maps, parse_words,

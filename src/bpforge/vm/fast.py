@@ -25,7 +25,6 @@ from .program import VmProgram
 from .semantics import SOURCE_OPS, alu, byte_swap, condition, imm_operand
 
 M64 = (1 << 64) - 1
-_CACHE: dict[tuple[int, int], object] = {}
 
 
 def _sdiv(a: int, b: int, w: int) -> int:
@@ -279,11 +278,10 @@ class CompiledProgram:
 
 
 def compiled(program: VmProgram) -> CompiledProgram:
-    key = (id(program), len(program.insns))
-    entry = _CACHE.get(key)
-    if entry is None or entry.program is not program:
-        entry = _CACHE[key] = CompiledProgram(program)
-    return entry
+    """The program's translation, made on first use and kept with the program (and freed with it)."""
+    if program.compiled is None or program.compiled.program is not program:
+        program.compiled = CompiledProgram(program)
+    return program.compiled
 
 
 def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in: bytes | None = None) -> RunResult:

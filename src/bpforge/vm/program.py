@@ -19,6 +19,7 @@ class VmProgram:
     maps: list = field(default_factory=list)  # VmMap objects; lddw map_fd/map_value imm indexes this list
     map_names: list[str] = field(default_factory=list)
     functions: dict[int, str] = field(default_factory=dict)
+    compiled: object = field(default=None, repr=False, compare=False)  # the fast tier's translation
 
     def map(self, name: str):
         return self.maps[self.map_names.index(name)]
