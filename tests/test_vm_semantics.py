@@ -178,3 +178,73 @@ def test_every_implemented_helper_has_a_signature_in_the_one_table():
     from bpforge.vm.helpers import implemented
 
     assert set(implemented()) == set(HELPER_SIGNATURES)
+
+
+def _map(name: str, type_name: str, key_size: int, value_size: int, max_entries: int):
+    from bpforge.elf import MapDef
+    from bpforge.isa.maptypes import MAP_TYPE_IDS
+    from bpforge.vm.maps import create_map
+
+    return create_map(MapDef(name, MAP_TYPE_IDS[type_name], type_name, key_size, value_size, max_entries))
+
+
+@pytest.mark.parametrize("tier", ["interp", "fast"])
+def test_tail_calls_replace_the_program_and_stop_after_33(tier):
+    jumps = _map("jumps", "prog_array", 4, 4, 2)
+    counter = _map("counter", "array", 4, 8, 1)
+    # the program counts its own runs in `counter`, then tail-calls itself through slot 0
+    text = """
+    r6 = r1
+    r1 = 0
+    *(u32 *)(r10 - 4) = r1
+    r2 = r10
+    r2 += -4
+    r1 = map_fd(1) ll
+    call bpf_map_lookup_elem
+    if r0 == 0 goto +3
+    r1 = 1
+    lock *(u64 *)(r0 + 0) += r1
+    r1 = r6
+    r2 = map_fd(0) ll
+    r3 = 0
+    call bpf_tail_call
+    r0 = 7
+    exit
+    """
+    program = from_insns(assemble(text), [jumps, counter])
+    jumps.set(0, program)
+    machine = Machine(program)
+    result = machine.run(bytes(64)) if tier == "interp" else run_fast(machine, bytes(64))
+    assert result.retval == 7
+    assert counter.lookup(bytes(4)) == (1 + 33).to_bytes(8, "little")  # the first run and 33 tail calls
+
+
+@pytest.mark.parametrize("tier", ["interp", "fast"])
+def test_ringbuf_reserve_submit_discard(tier):
+    ring = _map("events", "ringbuf", 0, 0, 4096)
+    text = """
+    r1 = map_fd(0) ll
+    r2 = 8
+    r3 = 0
+    call bpf_ringbuf_reserve
+    if r0 == 0 goto +6
+    r1 = 0x1122334455667788 ll
+    *(u64 *)(r0 + 0) = r1
+    r1 = r0
+    r2 = 0
+    call bpf_ringbuf_submit
+    r1 = map_fd(0) ll
+    r2 = 16
+    r3 = 0
+    call bpf_ringbuf_reserve
+    if r0 == 0 goto +3
+    r1 = r0
+    r2 = 0
+    call bpf_ringbuf_discard
+    r0 = 0
+    exit
+    """
+    program = from_insns(assemble(text), [ring])
+    machine = Machine(program)
+    machine.run(bytes(64)) if tier == "interp" else run_fast(machine, bytes(64))
+    assert ring.records() == [(0x1122334455667788).to_bytes(8, "little")]
