@@ -26,6 +26,17 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK = 0, 1, 2, 4
 BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG = 0x1, 0x2, 0x80, 0x100
 
 
+def round8(size: int) -> int:
+    """A per-CPU value's stride in the syscall ABI: each CPU's value rounded up to 8 bytes."""
+    return (size + 7) & ~7
+
+
+def split_cpu_values(value: bytes, value_size: int, num_cpus: int) -> list[bytes]:
+    """A per-CPU map's syscall value split into each CPU's `value_size` bytes (the 8-byte padding dropped)."""
+    step = round8(value_size)
+    return [value[i * step:i * step + value_size] for i in range(num_cpus)]
+
+
 def map_type_name(number: int) -> str:
     return MAP_TYPES[number] if 0 <= number < len(MAP_TYPES) else f"unknown({number})"
 

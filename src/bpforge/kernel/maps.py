@@ -20,6 +20,8 @@ from ..isa.maptypes import (
     BPF_F_NO_PREALLOC,
     BPF_F_RDONLY_PROG,
     MAP_TYPE_IDS,
+    round8,
+    split_cpu_values,
     PERCPU_TYPES,
     MapError,
     map_type_name,
@@ -76,8 +78,6 @@ def possible_cpus() -> int:
     return count
 
 
-def _round8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 @dataclass(eq=False)
@@ -110,7 +110,7 @@ class KernelMap:
     @property
     def syscall_value_size(self) -> int:
         """Bytes of a value through the syscall: every CPU's value, each rounded up to 8, for per-CPU maps."""
-        return self.ncpus * _round8(self.value_size) if self.percpu else self.value_size
+        return self.ncpus * round8(self.value_size) if self.percpu else self.value_size
 
     # ---- creation / lifetime ---------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class KernelMap:
         kbuf = self._key(key)
         value = bytes(value)
         if len(value) != self.syscall_value_size:
-            per = f" ({self.ncpus} CPUs x {_round8(self.value_size)} bytes)" if self.percpu else ""
+            per = f" ({self.ncpus} CPUs x {round8(self.value_size)} bytes)" if self.percpu else ""
             raise MapError(errno.EINVAL, f"map '{self.name}': value must be {self.syscall_value_size} bytes{per}, "
                                          f"got {len(value)}")
         vbuf = ctypes.create_string_buffer(value, max(len(value), 1))
@@ -254,8 +254,7 @@ class KernelMap:
         """A per-CPU map's value split into each CPU's `value_size` bytes (padding dropped)."""
         if not self.percpu:
             return [value]
-        step = _round8(self.value_size)
-        return [value[i * step:i * step + self.value_size] for i in range(self.ncpus)]
+        return split_cpu_values(value, self.value_size, self.ncpus)
 
     def __repr__(self) -> str:
         return (f"KernelMap({self.name!r}, {self.type_name}, fd={self.fd}, key={self.key_size}, "

@@ -22,23 +22,9 @@ from .interp import (
 )
 from .memory import VmFault
 from .program import VmProgram
-from .semantics import SOURCE_OPS, alu, byte_swap, condition, imm_operand
+from .semantics import INT_OPS, SOURCE_OPS, alu, byte_swap, condition, imm_operand
 
 M64 = (1 << 64) - 1
-
-
-def _sdiv(a: int, b: int, w: int) -> int:
-    x = a - (1 << w) if a >> (w - 1) else a
-    y = b - (1 << w) if b >> (w - 1) else b
-    q = abs(x) // abs(y)
-    return (q if (x < 0) == (y < 0) else -q) & ((1 << w) - 1)
-
-
-def _srem(a: int, b: int, w: int) -> int:
-    x = a - (1 << w) if a >> (w - 1) else a
-    y = b - (1 << w) if b >> (w - 1) else b
-    r = abs(x) % abs(y)
-    return (-r if x < 0 else r) & ((1 << w) - 1)
 
 
 class _Stop(Exception):
@@ -268,7 +254,7 @@ class CompiledProgram:
         self.program = program
         self.source = translate(program)
         namespace = {"VmFault": VmFault, "call_helper": call_helper, "_Tail": _Tail, "_Stop": _Stop,
-                     "_sdiv": _sdiv, "_srem": _srem, "atomic": atomic, "legacy_load": legacy_load,
+                     "_sdiv": INT_OPS.sdiv, "_srem": INT_OPS.srem, "atomic": atomic, "legacy_load": legacy_load,
                      "legacy_offset": legacy_offset}
         for insn, slot in zip(program.insns, slot_starts(program.insns)):
             if insn.form.kind in ("atomic", "ld_abs", "ld_ind"):

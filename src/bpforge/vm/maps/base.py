@@ -14,7 +14,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ...errors import BpforgeError
-from ...isa.maptypes import BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, map_type_name
+from ...isa.maptypes import (
+    BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, map_type_name, round8, split_cpu_values,
+)
 
 ENOTSUPP = 524  # kernel-internal errno (not in userspace errno.h) that some map types return through bpf()
 
@@ -26,8 +28,6 @@ BPF_F_PRESERVE_ELEMS, BPF_F_INNER_MAP = 0x800, 0x1000
 BPF_F_ACCESS_MASK = BPF_F_RDONLY | BPF_F_RDONLY_PROG | BPF_F_WRONLY | BPF_F_WRONLY_PROG
 
 
-def round8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 def errname(err: int) -> str:
@@ -120,8 +120,7 @@ class VmMap:
         """A syscall value split into each CPU's `value_size` bytes (one item for other maps)."""
         if not self.percpu:
             return [value]
-        step = round8(self.value_size)
-        return [value[i * step:i * step + self.value_size] for i in range(self.num_cpus)]
+        return split_cpu_values(value, self.value_size, self.num_cpus)
 
     def __len__(self) -> int:
         """Elements present (an array's are all there)."""
