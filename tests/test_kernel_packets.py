@@ -9,20 +9,14 @@ import struct
 
 import pytest
 
+from difftest.packets import checksum  # RFC 1071, shared with the differential harness
+
 ETH_P_IP, ETH_P_IPV6, ETH_P_ARP, ETH_P_8021Q = 0x0800, 0x86DD, 0x0806, 0x8100
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, ACK = 0x02, 0x10
 CLIENT_MAC, ROUTER_MAC = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
 
-def checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def addr(text: str) -> bytes:

@@ -37,6 +37,15 @@ def split_cpu_values(value: bytes, value_size: int, num_cpus: int) -> list[bytes
     return [value[i * step:i * step + value_size] for i in range(num_cpus)]
 
 
+def check_value_size(name: str, value: bytes, value_size: int, percpu_cpus: int | None) -> None:
+    """EINVAL unless `value` has the syscall's size: value_size, or for a per-CPU map (percpu_cpus given)
+    every CPU's value rounded up to 8 bytes."""
+    expected = value_size if percpu_cpus is None else percpu_cpus * round8(value_size)
+    if len(value) != expected:
+        per = f" ({percpu_cpus} CPUs x {round8(value_size)} bytes)" if percpu_cpus is not None else ""
+        raise MapError(errno.EINVAL, f"map '{name}': value must be {expected} bytes{per}, got {len(value)}")
+
+
 def map_type_name(number: int) -> str:
     return MAP_TYPES[number] if 0 <= number < len(MAP_TYPES) else f"unknown({number})"
 

@@ -20,6 +20,7 @@ from ..isa.maptypes import (
     BPF_F_NO_PREALLOC,
     BPF_F_RDONLY_PROG,
     MAP_TYPE_IDS,
+    check_value_size,
     round8,
     split_cpu_values,
     PERCPU_TYPES,
@@ -204,10 +205,7 @@ class KernelMap:
         of range; EPERM once the map is frozen."""
         kbuf = self._key(key)
         value = bytes(value)
-        if len(value) != self.syscall_value_size:
-            per = f" ({self.ncpus} CPUs x {round8(self.value_size)} bytes)" if self.percpu else ""
-            raise MapError(errno.EINVAL, f"map '{self.name}': value must be {self.syscall_value_size} bytes{per}, "
-                                         f"got {len(value)}")
+        check_value_size(self.name, value, self.value_size, self.ncpus if self.percpu else None)
         vbuf = ctypes.create_string_buffer(value, max(len(value), 1))
         _, err = bpf(BPF_MAP_UPDATE_ELEM, MapElemAttr(map_fd=self._live_fd(), key=_addr(kbuf),
                                                       value=ctypes.addressof(vbuf), flags=flags))

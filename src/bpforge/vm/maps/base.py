@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ...errors import BpforgeError
 from ...isa.maptypes import (
-    BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, map_type_name, round8, split_cpu_values,
+    BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, check_value_size, map_type_name, round8, split_cpu_values,
 )
 
 ENOTSUPP = 524  # kernel-internal errno (not in userspace errno.h) that some map types return through bpf()
@@ -34,7 +35,7 @@ def errname(err: int) -> str:
     return errno.errorcode.get(err, "ENOTSUPP" if err == ENOTSUPP else str(err))
 
 
-class VmMap:
+class VmMap(ABC):
     """An interpreter map. Subclasses implement the `_sys_*` operations (syscall semantics) and the `prog_*`
     ones (helper semantics); this class adds the checks common to all maps and the tooling.
 
@@ -198,17 +199,21 @@ class VmMap:
 
     # ---- what subclasses implement -----------------------------------------------------------------------
 
+    @abstractmethod
     def _sys_lookup(self, key: bytes) -> tuple[int, bytes | None]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _sys_update(self, key: bytes, value: bytes, flags: int) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _sys_delete(self, key: bytes) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _keys(self) -> list[bytes]:
-        raise NotImplementedError
+        ...
 
     def _next_key(self, key: bytes | None) -> bytes | None:
         keys = self._keys()
@@ -222,10 +227,7 @@ class VmMap:
     def _update(self, key: bytes, value: bytes, flags: int) -> None:
         key = self._key(key)
         value = bytes(value)
-        if len(value) != self.syscall_value_size:
-            per = f" ({self.num_cpus} CPUs x {round8(self.value_size)} bytes)" if self.percpu else ""
-            raise MapError(errno.EINVAL, f"map '{self.name}': value must be {self.syscall_value_size} bytes{per}, "
-                                         f"got {len(value)}")
+        check_value_size(self.name, value, self.value_size, self.num_cpus if self.percpu else None)
         if flags & BPF_F_LOCK:  # syscall.c refuses it for a map whose value holds no bpf_spin_lock
             raise self._error(errno.EINVAL, "update")
         err = self._sys_update(key, value, flags & 0xFFFFFFFFFFFFFFFF)
