@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BpforgeError, FormatError
 from .formats import LoadedProgram
+from .isa.contexts import ONE_SHOT_KINDS, TEST_RUN_KINDS
 
 ENGINES = ("fast", "interp", "kernel")
+MAX_REPEAT = 0xFFFFFFFF  # test.repeat is a u32 in the kernel
+DEFAULT_TIME_BUDGET = 60.0  # seconds a VM repeat loop may take before it stops with what it has
 
 
 @dataclass
@@ -22,31 +25,35 @@ class RunReport:
     data_out: bytes
     ns_per_run: float
     engine: str
-    repeat: int
+    repeat: int  # runs done
     ctx_out: bytes | None = None
     maps: list[dict] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    stopped: str | None = None  # "budget" / "interrupted": the repeat loop ended before `requested`
+    requested: int = 1
 
     def as_json(self) -> dict:
-        report = {"retval": self.retval, "data_out": self.data_out.hex(), "ns_per_run": self.ns_per_run,
-                  "engine": self.engine, "repeat": self.repeat}
-        if self.ctx_out is not None:
-            report["ctx_out"] = self.ctx_out.hex()
-        if self.maps:
-            report["maps"] = self.maps
-        if self.trace:
-            report["trace"] = self.trace
-        return report
+        """One shape whatever the engine: every key is always there."""
+        return {"retval": self.retval, "data_out": self.data_out.hex(), "ns_per_run": self.ns_per_run,
+                "engine": self.engine, "repeat": self.repeat, "requested_repeat": self.requested,
+                "stopped": self.stopped, "ctx_out": None if self.ctx_out is None else self.ctx_out.hex(),
+                "maps": self.maps, "trace": self.trace}
 
 
 def read_map_file(path: str | Path) -> list[tuple[bytes, bytes]]:
     """Entries to preload: a JSON list of {"key": hex, "value": hex} (per-CPU values: every CPU's value,
     each rounded up to 8 bytes, concatenated — as the syscall takes them)."""
     try:
-        entries = json.loads(Path(path).read_text())
-        return [(bytes.fromhex(e["key"]), bytes.fromhex(e["value"])) for e in entries]
+        text = Path(path).read_text()
     except OSError as err:
         raise FormatError(err.strerror or str(err), file=str(path)) from None
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise TypeError("not a list")
+        return [(bytes.fromhex(e["key"]), bytes.fromhex(e["value"])) for e in entries]
+    except RecursionError:
+        raise FormatError("map entries nest too deeply to be a list of entries", file=str(path)) from None
     except (ValueError, KeyError, TypeError) as err:
         raise FormatError(f'expected a JSON list of {{"key": hex, "value": hex}}: {err}', file=str(path)) from None
 
@@ -69,17 +76,34 @@ def _preload(maps: Mapping[str, object], preload: Mapping[str, list[tuple[bytes,
 
 def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repeat: int = 1,
                ctx: bytes | None = None, preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None,
-               dump_maps: bool = False, seed: int = 0, budget: int | None = None) -> RunReport:
+               dump_maps: bool = False, seed: int = 0, budget: int | None = None,
+               time_budget: float | None = DEFAULT_TIME_BUDGET,
+               progress: Callable[[int, int], None] | None = None) -> RunReport:
+    """Run a loaded program `repeat` times (1 to 2^32-1, as the kernel takes it) on one input.
+
+    The VM engines stop a repeat loop early, with the runs done so far, when `time_budget` seconds have
+    passed or on Ctrl-C (`RunReport.stopped` says which); `progress(done, total)` is called along the way.
+    `budget` is the instruction budget of each run (default 10 M). The kernel engine runs all repeats."""
     if engine not in ENGINES:
         raise BpforgeError(f"unknown engine '{engine}' (engines: {', '.join(ENGINES)})")
-    if repeat < 1:
-        raise BpforgeError("--repeat must be at least 1")
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise BpforgeError(f"--repeat must be between 1 and {MAX_REPEAT} (the kernel's u32), not {repeat}")
+    kind = TEST_RUN_KINDS.get(loaded.prog_type)
+    if repeat > 1 and kind in ONE_SHOT_KINDS:
+        raise BpforgeError(f"{loaded.prog_type} programs run once: the kernel's test run takes no --repeat for them")
     if engine == "kernel":
-        return _run_kernel(loaded, data, repeat, ctx, preload or {}, dump_maps)
-    return _run_vm(loaded, data, engine, repeat, ctx, preload or {}, dump_maps, seed, budget)
+        if loaded.prog_type == "mem":
+            raise BpforgeError("mem programs (the userspace-runtime convention) run only in the VM engines")
+        report = _run_kernel(loaded, data, repeat, ctx, preload or {}, dump_maps)
+    else:
+        report = _run_vm(loaded, data, engine, repeat, ctx, preload or {}, dump_maps, seed, budget, time_budget,
+                         progress)
+    report.requested = repeat
+    return report
 
 
-def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget) -> RunReport:
+def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget, time_budget,
+            progress) -> RunReport:
     from . import vm
     from .kernel.maps import possible_cpus
     from .vm.fast import compiled
@@ -91,17 +115,26 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget)
     _preload(maps, preload)
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
     if engine == "fast":
-        compiled(program)  # translated once, before the clock starts
-    execute = machine.run if engine == "interp" else (lambda *a: vm.run_fast(machine, *a))
+        compiled(program)
     start = time.perf_counter_ns()
-    packet = data
-    for _ in range(repeat):  # like the kernel's repeat: each run sees the packet the last one left; maps carry over
-        result = execute(packet, loaded.prog_type, ctx)
-        packet = result.data_out if loaded.prog_type != "socket_filter" else data
-    elapsed = (time.perf_counter_ns() - start) / repeat
+    deadline = None if time_budget is None else time.monotonic() + time_budget
+    next_report = [0.0]
+
+    def stop(done: int) -> bool:
+        now = time.monotonic()
+        if progress is not None and now >= next_report[0]:
+            progress(done, repeat)
+            next_report[0] = now + 0.1
+        return deadline is not None and now > deadline
+
+    execute = machine.run if engine == "interp" else (lambda *a, **k: vm.run_fast(machine, *a, **k))
+    result = execute(data, loaded.prog_type, ctx, repeat=repeat, stop=stop)
+    elapsed = (time.perf_counter_ns() - start) / result.runs
     dumped = [dump_map(n, m) for n, m in maps.items()] if dump_maps else []
-    return RunReport(result.retval & 0xFFFFFFFF, result.data_out, elapsed, engine, repeat, result.ctx_out,
-                     dumped, result.trace)
+    # test_run reports a 32-bit retval; the userspace convention (uBPF, bpf_conformance) returns all of r0.
+    retval = result.retval if loaded.prog_type == "mem" else result.retval & 0xFFFFFFFF
+    return RunReport(retval, result.data_out, elapsed, engine, result.runs, result.ctx_out, dumped, result.trace,
+                     result.stopped)
 
 
 def _run_kernel(loaded, data, repeat, ctx, preload, dump_maps) -> RunReport:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import BpforgeError
 from ..isa import Insn, encode, slot_starts
 from ..isa.opcodes import PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
-from ..isa.progtypes import prog_type_of_section
+from ..isa.progtypes import prog_type_of_section, section_def
 from .btf import BtfError, ProgramBtf, program_btf
 from .maps import KernelMap
 from .syscall import BPF_PROG_LOAD, ProgLoadAttr, _prog_type_id, bpf, close_fd, obj_name
@@ -91,6 +91,8 @@ class KernelProgram:
     maps: dict[str, KernelMap]
     verdict: KernelVerdict
     owned: list[KernelMap] = field(default_factory=list, repr=False)
+    # Programs loaded along with this one to fill its prog arrays (tail-call targets); closed with it.
+    companions: list[KernelProgram] = field(default_factory=list, repr=False)
 
     @property
     def log(self) -> str:
@@ -105,6 +107,9 @@ class KernelProgram:
     def close(self) -> None:
         close_fd(self.fd)
         self.fd = -1
+        for companion in self.companions:
+            companion.close()
+        self.companions = []
         for kmap in self.owned:
             kmap.close()
         self.owned = []
@@ -141,6 +146,10 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
     prog_type = prog_type or prog_type_of_section(linked.section)
     if prog_type is None:
         raise BpforgeError("the section name does not say the program type: pass prog_type", **where)
+    sec = section_def(linked.section)
+    if sec is not None and sec.prog_type == prog_type:  # what libbpf sets from the section name
+        expected_attach_type = expected_attach_type or sec.expected_attach_type
+        prog_flags |= sec.prog_flags
     given = dict(maps or {})
     starts = slot_starts(linked.insns)
     needed: dict[str, MapDef | None] = {}
@@ -152,10 +161,9 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
             needed[reloc.target] = _find_mapdef(obj, reloc.kind, reloc.target, starts[index], where)
     owned: list[KernelMap] = []
     try:
+        if obj is not None and any(d.values for d in needed.values()):
+            needed.update(_slot_maps(obj, needed, given))
         for name, mapdef in needed.items():
-            if mapdef.values:
-                raise BpforgeError(f"map '{name}' has initial slots ({mapdef.type_name}); bpforge does not "
-                                   "populate prog arrays or map-in-map slots", **where)
             entries = (max_entries or {}).get(name)
             kmap = KernelMap.create(mapdef, name=_kernel_map_name(obj, mapdef), max_entries=entries)
             kmap.name = name  # bpforge's name (the kernel's may be prefixed/truncated)
@@ -180,19 +188,76 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
                        log_size=log_size, explain=explain, prog_flags=prog_flags,
                        expected_attach_type=expected_attach_type, fd_array=None, where=where)
         try:
-            return _load(insns, prog_type, btf=prog_btf, btf_error=btf_error, **options)
+            loaded = _load(insns, prog_type, btf=prog_btf, btf_error=btf_error, **options)
         except VerifierRejected as err:
             if prog_btf is None or not _BTF_COMPLAINT.search(err.verdict.message):
                 raise
             # Our func_info/line_info, not the program, is what the kernel refused: load as without BTF.
-            return _load(insns, prog_type, btf=None, btf_error=err.verdict.message, **options)
+            loaded = _load(insns, prog_type, btf=None, btf_error=err.verdict.message, **options)
         finally:
             if prog_btf is not None:
                 prog_btf.close()  # a loaded program holds its own reference
+        if obj is not None:
+            try:
+                _fill_slots(loaded, obj, needed, given, log_level=log_level, btf=btf)
+            except BaseException:
+                loaded.owned = []  # closed below, once
+                loaded.close()
+                raise
+        return loaded
     except BaseException:
         for kmap in owned:
             kmap.close()
         raise
+
+
+def _slot_maps(obj: BpfObject, needed: Mapping[str, MapDef], given: Mapping[str, KernelMap]) -> dict[str, MapDef]:
+    """Every map the programs and maps named in slot initializers (`.values = {...}`) use, transitively:
+    libbpf creates all of an object's maps before it loads its programs, so tail-call targets share them."""
+    found: dict[str, MapDef] = {}
+    pending = [d for d in needed.values() if d.values]
+    seen_programs: set[str] = set()
+    while pending:
+        mapdef = pending.pop()
+        for symbol in mapdef.values.values():
+            if mapdef.type_name == "prog_array":
+                if symbol in seen_programs:
+                    continue
+                seen_programs.add(symbol)
+                for _, reloc in obj.linked(symbol).relocations:
+                    if reloc.kind in ("map", "data") and reloc.target not in given:
+                        target = _find_mapdef(obj, reloc.kind, reloc.target, 0, {})
+                        if target.name not in needed and target.name not in found:
+                            found[target.name] = target
+                            pending.append(target)
+            elif symbol not in needed and symbol not in found and symbol not in given:
+                target = _find_mapdef(obj, "map", symbol, 0, {})
+                found[symbol] = target
+                pending.append(target)
+    return found
+
+
+def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapDef],
+                given: Mapping[str, KernelMap], **options) -> None:
+    """Fill prog arrays with the object's programs and maps of maps with its maps, as libbpf does after
+    loading (bpf_object__init_prog_arrays / init_map_in_maps). Target programs load with the same maps and
+    stay open as the program's companions."""
+    maps = {**given, **{m.name: m for m in loaded.owned}}
+    targets: dict[str, KernelProgram] = {}
+    for name, mapdef in defs.items():
+        for slot, symbol in sorted(mapdef.values.items()):
+            if mapdef.type_name == "prog_array":
+                if symbol not in targets:
+                    try:
+                        targets[symbol] = load_program(obj.linked(symbol), obj, maps=maps, **options)
+                    except BpforgeError as err:
+                        raise BpforgeError(f"tail-call target '{symbol}' (map '{name}' slot {slot}): {err.message}",
+                                           section=err.where.section) from None
+                    loaded.companions.append(targets[symbol])
+                fd = targets[symbol].fd
+            else:
+                fd = maps[symbol].fd
+            maps[name].update(slot.to_bytes(maps[name].key_size, "little"), fd.to_bytes(4, "little"))
 
 
 def _find_mapdef(obj: BpfObject | None, kind: str, target: str, slot: int, where: dict) -> MapDef:

@@ -1,84 +1,119 @@
-"""The fast tier: each function of a program translated once into Python source and compiled.
+"""The fast tier: a program translated into Python source, one unit at a time, compiled on first use.
 
 Registers become local variables, ALU and jump semantics are the very same `semantics` functions
 instantiated with `SourceOps` (expression text instead of ints), basic blocks are dispatched by a binary
 tree of comparisons, and a block that branches back to its own start becomes a tight `while` loop.
-Memory, helpers, atomics and legacy loads go through the interpreter's own functions, so both tiers share
-every rule that is not plain arithmetic. `pc` is updated before each instruction that can fault, so a fault
-names the same instruction as in the interpreter.
+Memory, helpers, atomics and legacy loads go through the interpreter's own functions, and the rules the
+interpreter's docstring lists (control stays in its function, registers across calls, one stack per call
+depth, may_goto per frame and the budget as its clock) hold here the same way.
+
+A unit is one BPF function, or for a function of more than SEGMENT_BLOCKS blocks one segment of it (the
+function's unit then only drives its segments), so translation time and memory stay linear in the program
+size however large a function is, and a unit is translated and compiled only when a run first enters it.
+`st.pc` is set before each instruction that can fault, so a fault names the same instruction as in the
+interpreter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
 from ..isa import Form, Insn, branch_target, slot_starts
 from .helpers import call_helper, legacy_load
-from .context import prepare
 from .interp import (
-    DEFAULT_BUDGET, MAX_CALL_FRAMES, MAY_GOTO_BUDGET, STACK_SIZE, Machine, RunResult, atomic, legacy_offset,
+    MAX_CALL_FRAMES, MAY_GOTO_BUDGET, STACK_SIZE, Clock, Machine, RunResult, atomic, legacy_offset,
+    repeat_runs,
 )
 from .memory import VmFault
 from .program import VmProgram
 from .semantics import INT_OPS, SOURCE_OPS, alu, byte_swap, condition, imm_operand
 
 M64 = (1 << 64) - 1
+SEGMENT_BLOCKS = 256
+_REGS = "r0, r1, r2, r3, r4, r5, r6, r7, r8, r9"
+_ARGS = "r0, r1, r2, r3, r4, r5"
+_ENDS_BLOCK = ("exit", "call", "callx", "ld_abs", "ld_ind")
 
 
 class _Stop(Exception):
-    """Ends the whole run with a return value (a failed legacy packet load)."""
-
-    def __init__(self, retval: int) -> None:
-        self.retval = retval
-
-
-class _Tail(Exception):
-    def __init__(self, program: VmProgram) -> None:
-        self.program = program
+    """Ends the whole run with r0 = 0 (a failed legacy packet load)."""
 
 
 @dataclass
 class _RunState:
-    """What generated code reaches besides its registers: the helpers' view of a run (machine, input,
-    tail_calls, as the interpreter offers them), counters, and the run's map/function addresses."""
+    """What generated code and helpers reach besides registers: the machine, the input, the clock, the
+    tail-call count, the slot that may fault next, and each program's bound units."""
 
     machine: Machine
     input: object
-    budget: int = DEFAULT_BUDGET
+    clock: Clock
     tail_calls: int = 0
-    executed: int = 0
-    may_goto: int = MAY_GOTO_BUDGET
     pc: int = 0
-    handles: Callable[[int], int] | None = None
-    values: Callable[[int], int] | None = None
-    funcs: Callable[[int], int] | None = None
-    callx: Callable[[int], Callable] | None = None
+    depth: int = 0  # call depth of the function calling a helper (a callback runs one deeper)
+    bound: dict[int, "_Bound"] = field(default_factory=dict)
+
+    def binding(self, program: VmProgram) -> "_Bound":
+        env = self.bound.get(id(program))
+        if env is None or env.program is not program:
+            env = self.bound[id(program)] = _Bound(self, program)
+        return env
+
+    def call_function(self, addr: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        """A helper's call of a BPF function (bpf_loop's callback): as `Interpreter.call_function`."""
+        program, slot = self.machine.code_at(addr)
+        if slot not in program.entries:
+            raise VmFault(f"callback to slot {slot}, which is not a function of this program")
+        depth = self.depth
+        try:
+            return self.binding(program).functions[slot](0, r1, r2, r3, r4, r5, 0, 0, 0, 0, depth + 1)[0]
+        finally:
+            self.depth = depth
+
+    def tail(self, program: VmProgram, r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, depth):
+        """bpf_tail_call that found its target: the target's entry runs in the caller's frame."""
+        return self.binding(program).functions[0](r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, depth)
 
 
-def _functions(program: VmProgram) -> list[int]:
-    """Entry slots of the program's functions: 0, every local call target and every lddw func target."""
-    entries = {0}
-    for insn, slot in zip(program.insns, slot_starts(program.insns)):
-        if insn.form.name in ("call_local", "lddw_func"):
-            entries.add(branch_target(insn, slot))
-    return sorted(entries)
+class _Lazy(dict):
+    """A dict that fills a missing key with `make(key)`: units are bound when a run first needs them."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        value = self[key] = self._make(key)
+        return value
 
 
-def _blocks(insns: list[Insn], starts: list[int], entry: int, end: int) -> list[int]:
-    """Block leader slots of the function [entry, end)."""
-    leaders = {entry}
-    for insn, slot in zip(insns, starts):
-        if not entry <= slot < end:
-            continue
-        form = insn.form
-        if form.is_branch:
-            leaders.add(branch_target(insn, slot))
-            leaders.add(slot + 1)
-        elif form.kind in ("exit", "call", "callx", "ld_abs", "ld_ind"):
-            leaders.add(slot + 1)
-    return sorted(s for s in leaders if entry <= s < end)
+class _Bound:
+    """One program's units bound to one run: what generated code calls `env`."""
+
+    def __init__(self, run: _RunState, program: VmProgram) -> None:
+        machine = run.machine
+        self.run, self.program, self.machine = run, program, machine
+        self.compiled = compiled(program)
+        self.handles = lambda index: machine.map_handle(_map(program, index))
+        self.values = lambda index: _value(machine, _map(program, index))
+        self.funcs = lambda slot: machine.code_pointer(program, slot)
+        self.functions = _Lazy(lambda entry: self.compiled.unit(("f", entry))(self))
+        self._segments: dict[tuple[int, int], object] = {}
+        self.segments = _Lazy(self._segment)  # (entry, leader) -> bound segment
+
+    def _segment(self, key: tuple[int, int]):
+        entry, leader = key
+        index = self.compiled.segment_of(entry, leader)
+        fn = self._segments.get((entry, index))
+        if fn is None:
+            fn = self._segments[(entry, index)] = self.compiled.unit(("s", entry, index))(self)
+        return fn
+
+    def callx(self, addr: int):
+        callee, slot = self.machine.code_at(addr)
+        if callee is not self.program or slot not in self.program.entries:
+            raise VmFault(f"callx to slot {slot}, which is not a function of this program")
+        return self.functions[slot]
 
 
 class _Writer:
@@ -89,178 +124,253 @@ class _Writer:
         self.lines.append("    " * depth + text)
 
 
-def translate(program: VmProgram) -> str:
-    """Python source defining `bind(env)`, which returns the program's compiled functions by entry slot."""
-    insns = program.insns
-    starts = slot_starts(insns)
-    at = dict(zip(starts, insns))
-    total = starts[-1] + insns[-1].slots if insns else 0
-    entries = _functions(program)
-    out = _Writer()
-    out.emit(0, "def bind(env):")
-    out.emit(1, "st, machine, mem = env, env.machine, env.machine.memory")
-    out.emit(1, "ld, sto, new_stack = mem.load, mem.store, machine.new_stack")
-    out.emit(1, "H, VP, FP = env.handles, env.values, env.funcs")
-    for i, entry in enumerate(entries):
-        end = entries[i + 1] if i + 1 < len(entries) else total
-        _function(out, program, at, starts, entry, end)
-    out.emit(1, "return {" + ", ".join(f"{e}: f_{e}" for e in entries) + "}")
-    return "\n".join(out.lines) + "\n"
+@dataclass
+class _Function:
+    """A BPF function's blocks: leaders in order, split into segments of at most SEGMENT_BLOCKS."""
 
+    entry: int
+    end: int
+    leaders: list[int]
 
-def _function(out: _Writer, program: VmProgram, at: dict[int, Insn], starts: list[int], entry: int, end: int) -> None:
-    leaders = _blocks(program.insns, starts, entry, end)
-    out.emit(1, f"def f_{entry}(r1, r2, r3, r4, r5, depth):")
-    out.emit(2, "if depth >= %d: st.pc = %d; raise VmFault('call depth exceeds %d frames')"
-             % (MAX_CALL_FRAMES, entry, MAX_CALL_FRAMES))
-    out.emit(2, "r0 = r6 = r7 = r8 = r9 = 0")
-    out.emit(2, f"r10 = new_stack().base + {STACK_SIZE}")
-    out.emit(2, f"b = {entry}")
-    out.emit(2, "while True:")
-    _dispatch(out, program, at, leaders, end, leaders, 3)
-
-
-def _dispatch(out, program, at, group: list[int], end, leaders, depth) -> None:
-    if len(group) == 1:
-        _block(out, program, at, group[0], end, leaders, depth)
-        return
-    mid = len(group) // 2
-    out.emit(depth, f"if b < {group[mid]}:")
-    _dispatch(out, program, at, group[:mid], end, leaders, depth + 1)
-    out.emit(depth, "else:")
-    _dispatch(out, program, at, group[mid:], end, leaders, depth + 1)
-
-
-def _block(out: _Writer, program: VmProgram, at: dict[int, Insn], leader: int, end: int, leaders, depth) -> None:
-    slots, slot = [], leader
-    while slot < end and slot in at:
-        slots.append(slot)
-        insn = at[slot]
-        form = insn.form
-        slot += insn.slots
-        if form.is_branch or form.kind in ("exit", "call", "callx", "ld_abs", "ld_ind") or slot in leaders:
-            break
-    last = at[slots[-1]]
-    self_loop = last.form.is_branch and branch_target(last, slots[-1]) == leader
-    if self_loop:
-        out.emit(depth, "while True:")
-        depth += 1
-    out.emit(depth, f"st.executed += {len(slots)}")
-    out.emit(depth, f"if st.executed > st.budget: st.pc = {slots[-1]}; raise VmFault('instruction budget of ' + "
-                    "str(st.budget) + ' exhausted (an endless loop?)')")
-    for s in slots:
-        _insn(out, program, at[s], s, depth, self_loop and s == slots[-1], leader)
-    fallthrough = slots[-1] + last.slots
-    if last.form.kind not in ("exit", "ja"):
-        if self_loop:
-            out.emit(depth, "break")
-            depth -= 1
-        _goto(out, fallthrough, end, depth)
-
-
-def _goto(out: _Writer, target: int, end: int, depth: int) -> None:
-    if target >= end:
-        out.emit(depth, f"st.pc = {target}; raise VmFault('control reached slot {target}, which is not an "
-                        "instruction of this function')")
-    else:
-        out.emit(depth, f"b = {target}; continue")
-
-
-def _reg(n: int) -> str:
-    return f"r{n}"
-
-
-def _insn(out: _Writer, program: VmProgram, insn: Insn, slot: int, depth: int, loops_back: bool, leader: int) -> None:
-    form: Form = insn.form
-    kind = form.kind
-    e = lambda text: out.emit(depth, text)  # noqa: E731
-    d, s = _reg(insn.dst), _reg(insn.src)
-    imm = str(imm_operand(insn.imm))
-    if kind in ("alu", "mov", "neg"):
-        src = s if form.source == "reg" or form.op == "movsx" else imm
-        e(f"{d} = {alu(SOURCE_OPS, form, d, src)}")
-    elif kind == "end":
-        e(f"{d} = {byte_swap(SOURCE_OPS, form, d)}")
-    elif kind == "ldx":
-        value = f"ld(({s} + {insn.off}) & {M64}, {form.size})"
-        if form.signed:
-            value = SOURCE_OPS.sext(value, form.size * 8, 64)
-        e(f"st.pc = {slot}; {d} = {value}")
-    elif kind == "stx":
-        e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {s})")
-    elif kind == "st":
-        e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {imm})")
-    elif kind == "atomic":
-        e(f"st.pc = {slot}; R = [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10]; atomic(mem, FORM_{slot}, INSN_{slot}, R)")
-        e(f"r0, {d}, {s} = R[0], R[{insn.dst}], R[{insn.src}]")
-    elif kind == "lddw":
-        name = form.name
-        if name == "lddw":
-            e(f"{d} = {insn.imm64 & M64}")
-        elif name in ("lddw_map_fd", "lddw_map_idx"):
-            e(f"st.pc = {slot}; {d} = H({insn.imm})")
-        elif name in ("lddw_map_value", "lddw_map_idx_value"):
-            e(f"st.pc = {slot}; {d} = (VP({insn.imm}) + {insn.imm_hi & 0xFFFFFFFF}) & {M64}")
-        elif name == "lddw_func":
-            e(f"{d} = FP({slot + 1 + insn.imm})")
-        else:
-            e(f"st.pc = {slot}; raise VmFault('{name} needs kernel BTF; the interpreter cannot resolve it')")
-    elif kind == "jmp":
-        src = s if form.source == "reg" else imm
-        target = slot + 1 + insn.off
-        cond = condition(SOURCE_OPS, form, d, src)
-        if loops_back:
-            e(f"if {cond}: continue")
-        else:
-            e(f"if {cond}:")
-            out.emit(depth + 1, f"b = {target}; continue")
-    elif kind == "ja":
-        target = slot + 1 + (insn.off if form.name == "ja" else insn.imm)
-        if loops_back:
-            e("continue")
-        else:
-            e(f"b = {target}; continue")
-    elif kind == "may_goto":
-        target = slot + 1 + insn.off
-        e("if st.may_goto == 0:")
-        out.emit(depth + 1, "continue" if loops_back else f"b = {target}; continue")
-        e("st.may_goto -= 1")
-    elif kind == "call":
-        if form.op == "helper":
-            e(f"st.pc = {slot}; _r = call_helper(st, {insn.imm}, r1, r2, r3, r4, r5)")
-            e("if _r.__class__ is int: r0 = _r")
-            e("elif _r is not None: raise _Tail(_r.program)")
-        elif form.op == "local":
-            e(f"st.pc = {slot}; r0 = f_{slot + 1 + insn.imm}(r1, r2, r3, r4, r5, depth + 1)")
-        else:
-            e(f"st.pc = {slot}; raise VmFault('kfunc calls need the kernel (the interpreter has no kfuncs)')")
-    elif kind == "callx":
-        e(f"st.pc = {slot}; r0 = env.callx({d})(r1, r2, r3, r4, r5, depth + 1)")
-    elif kind == "exit":
-        e("return r0")
-    elif kind in ("ld_abs", "ld_ind"):
-        e(f"st.pc = {slot}; _v = legacy_load(st.input, {form.size}, legacy_offset(FORM_{slot}, INSN_{slot}, "
-          "[r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10]))")
-        e("if _v is None: raise _Stop(0)")
-        e("r0, r1, r2, r3, r4, r5 = _v, 0, 0, 0, 0, 0")
-    else:
-        e(f"st.pc = {slot}; raise VmFault('{form.name} is not supported by the interpreter')")
+    @property
+    def segments(self) -> list[list[int]]:
+        return [self.leaders[i:i + SEGMENT_BLOCKS] for i in range(0, len(self.leaders), SEGMENT_BLOCKS)]
 
 
 class CompiledProgram:
-    """A program translated once; `run` binds it to a fresh machine state per run."""
+    """A program's translation: units generated and compiled on demand, kept with the program."""
 
     def __init__(self, program: VmProgram) -> None:
         self.program = program
-        self.source = translate(program)
-        namespace = {"VmFault": VmFault, "call_helper": call_helper, "_Tail": _Tail, "_Stop": _Stop,
-                     "_sdiv": INT_OPS.sdiv, "_srem": INT_OPS.srem, "atomic": atomic, "legacy_load": legacy_load,
-                     "legacy_offset": legacy_offset}
-        for insn, slot in zip(program.insns, slot_starts(program.insns)):
-            if insn.form.kind in ("atomic", "ld_abs", "ld_ind"):
-                namespace[f"FORM_{slot}"], namespace[f"INSN_{slot}"] = insn.form, insn
-        exec(compile(self.source, f"<bpforge fast tier: {program.name}>", "exec"), namespace)
-        self.bind = namespace["bind"]
+        self.starts = slot_starts(program.insns)
+        self.at = dict(zip(self.starts, program.insns))
+        self._functions: dict[int, _Function] = {}
+        self._units: dict[tuple, object] = {}
+        self._segment_index: dict[int, dict[int, int]] = {}
+        self.namespace = {"VmFault": VmFault, "call_helper": call_helper, "_Stop": _Stop,
+                          "_sdiv": INT_OPS.sdiv, "_srem": INT_OPS.srem, "atomic": atomic,
+                          "legacy_load": legacy_load, "legacy_offset": legacy_offset}
+
+    def function(self, entry: int) -> _Function:
+        fn = self._functions.get(entry)
+        if fn is None:
+            start, end = self.program.function_bounds(entry)
+            if start != entry:
+                raise VmFault(f"slot {entry} is not the start of a function")
+            fn = self._functions[entry] = _Function(entry, end, _leaders(self.program.insns, self.starts,
+                                                                         self.at, entry, end))
+        return fn
+
+    def segment_of(self, entry: int, leader: int) -> int:
+        table = self._segment_index.get(entry)
+        if table is None:
+            table = self._segment_index[entry] = {l: i for i, seg in enumerate(self.function(entry).segments)
+                                                  for l in seg}
+        return table[leader]
+
+    def unit(self, key: tuple):
+        """The factory `make(env)` of a unit: ("f", entry) a function, ("s", entry, i) its i-th segment."""
+        make = self._units.get(key)
+        if make is None:
+            source = self.source(key)
+            namespace = dict(self.namespace)
+            for slot, insn in self.at.items():
+                if insn.form.kind in ("atomic", "ld_abs", "ld_ind") and f"INSN_{slot}" in source:
+                    namespace[f"FORM_{slot}"], namespace[f"INSN_{slot}"] = insn.form, insn
+            exec(compile(source, f"<bpforge fast tier: {self.program.name} {key}>", "exec"), namespace)
+            make = self._units[key] = namespace["make"]
+        return make
+
+    def source(self, key: tuple) -> str:
+        fn = self.function(key[1])
+        out = _Writer()
+        out.emit(0, "def make(env):")
+        out.emit(1, "st, machine, clock = env.run, env.machine, env.run.clock")
+        out.emit(1, "mem = machine.memory")
+        out.emit(1, "ld, sto, stack = mem.load, mem.store, machine.stack")
+        out.emit(1, "H, VP, FP, F, S = env.handles, env.values, env.funcs, env.functions, env.segments")
+        segments = fn.segments
+        if key[0] == "f":
+            out.emit(1, f"def f({_REGS}, depth):")
+            out.emit(2, f"if depth >= {MAX_CALL_FRAMES}: raise VmFault('call depth exceeds {MAX_CALL_FRAMES} frames')")
+            out.emit(2, f"r10 = stack(depth).base + {STACK_SIZE}")
+            out.emit(2, f"mg = {MAY_GOTO_BUDGET}")
+            out.emit(2, f"b = {fn.entry}")
+            out.emit(2, "while True:")
+            if len(segments) == 1:
+                _Emitter(self, fn, set(segments[0]), segmented=False).dispatch(out, segments[0], 3)
+            else:  # the driver: each segment runs until control leaves it
+                out.emit(3, f"b, {_REGS}, mg = S[({fn.entry}, b)](b, {_REGS}, r10, mg, depth)")
+                out.emit(3, f"if b < 0: return {_ARGS}")
+            out.emit(1, "return f")
+        else:
+            leaders = segments[key[2]]
+            out.emit(1, f"def s(b, {_REGS}, r10, mg, depth):")
+            out.emit(2, "while True:")
+            _Emitter(self, fn, set(leaders), segmented=True).dispatch(out, leaders, 3)
+            out.emit(1, "return s")
+        return "\n".join(out.lines) + "\n"
+
+
+def _leaders(insns: list[Insn], starts: list[int], at: dict[int, Insn], entry: int, end: int) -> list[int]:
+    """Block leader slots of the function [entry, end)."""
+    leaders = {entry}
+    for insn, slot in zip(insns, starts):
+        if not entry <= slot < end:
+            continue
+        form = insn.form
+        if form.is_branch:
+            target = branch_target(insn, slot)
+            if entry <= target < end and target in at:
+                leaders.add(target)
+            leaders.add(slot + 1)
+        elif form.kind in _ENDS_BLOCK:
+            leaders.add(slot + insn.slots)
+    return sorted(s for s in leaders if entry <= s < end and s in at)
+
+
+class _Emitter:
+    """Emits the blocks of one unit (a whole function, or one segment of it)."""
+
+    def __init__(self, prog: CompiledProgram, fn: _Function, mine: set[int], *, segmented: bool) -> None:
+        self.prog, self.fn, self.mine, self.segmented = prog, fn, mine, segmented
+        self.leaders = set(fn.leaders)
+
+    def dispatch(self, out: _Writer, group: list[int], depth: int) -> None:
+        if len(group) == 1:
+            self.block(out, group[0], depth)
+            return
+        mid = len(group) // 2
+        out.emit(depth, f"if b < {group[mid]}:")
+        self.dispatch(out, group[:mid], depth + 1)
+        out.emit(depth, "else:")
+        self.dispatch(out, group[mid:], depth + 1)
+
+    def goto(self, out: _Writer, target: int, depth: int) -> None:
+        if target in self.mine:
+            out.emit(depth, f"b = {target}; continue")
+        elif target in self.leaders:  # another segment of this function
+            out.emit(depth, f"return {target}, {_REGS}, mg")
+        else:
+            out.emit(depth, f"st.pc = {target}; raise VmFault('control reached slot {target}, which is not an "
+                            "instruction of this function')")
+
+    def leave(self, out: _Writer, depth: int) -> None:
+        """The function returns (r0-r5 as they are)."""
+        out.emit(depth, f"return -1, {_REGS}, mg" if self.segmented else f"return {_ARGS}")
+
+    def block(self, out: _Writer, leader: int, depth: int) -> None:
+        at, slots, slot = self.prog.at, [], leader
+        while slot < self.fn.end and slot in at:
+            slots.append(slot)
+            insn = at[slot]
+            slot += insn.slots
+            if insn.form.is_branch or insn.form.kind in _ENDS_BLOCK or slot in self.leaders:
+                break
+        last = at[slots[-1]]
+        self_loop = last.form.is_branch and branch_target(last, slots[-1]) == leader
+        if self_loop:
+            out.emit(depth, "while True:")
+            depth += 1
+        out.emit(depth, f"clock.executed += {len(slots)}")
+        out.emit(depth, f"if clock.executed > clock.budget: st.pc = {slots[-1]}; clock.exhausted()")
+        for s in slots:
+            self.insn(out, at[s], s, depth, self_loop and s == slots[-1])
+        if last.form.kind not in ("exit", "ja"):
+            if self_loop:
+                out.emit(depth, "break")
+                depth -= 1
+            self.goto(out, slots[-1] + last.slots, depth)
+
+    def insn(self, out: _Writer, insn: Insn, slot: int, depth: int, loops_back: bool) -> None:
+        form: Form = insn.form
+        kind = form.kind
+        e = lambda text: out.emit(depth, text)  # noqa: E731
+        d, s = f"r{insn.dst}", f"r{insn.src}"
+        imm = str(imm_operand(insn.imm))
+        if kind in ("alu", "mov", "neg"):
+            src = s if form.source == "reg" or form.op == "movsx" else imm
+            e(f"{d} = {alu(SOURCE_OPS, form, d, src)}")
+        elif kind == "end":
+            e(f"{d} = {byte_swap(SOURCE_OPS, form, d)}")
+        elif kind == "ldx":
+            value = f"ld(({s} + {insn.off}) & {M64}, {form.size})"
+            if form.signed:
+                value = SOURCE_OPS.sext(value, form.size * 8, 64)
+            e(f"st.pc = {slot}; {d} = {value}")
+        elif kind == "stx":
+            e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {s})")
+        elif kind == "st":
+            e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {imm})")
+        elif kind == "atomic":
+            e(f"st.pc = {slot}; R = [{_REGS}, r10]; atomic(mem, FORM_{slot}, INSN_{slot}, R)")
+            e(f"r0, {d}, {s} = R[0], R[{insn.dst}], R[{insn.src}]")
+        elif kind == "lddw":
+            name = form.name
+            if name == "lddw":
+                e(f"{d} = {insn.imm64 & M64}")
+            elif name in ("lddw_map_fd", "lddw_map_idx"):
+                e(f"st.pc = {slot}; {d} = H({insn.imm})")
+            elif name in ("lddw_map_value", "lddw_map_idx_value"):
+                e(f"st.pc = {slot}; {d} = (VP({insn.imm}) + {insn.imm_hi & 0xFFFFFFFF}) & {M64}")
+            elif name == "lddw_func":
+                e(f"{d} = FP({slot + 1 + insn.imm})")
+            else:
+                e(f"st.pc = {slot}; raise VmFault('{name} needs kernel BTF; the interpreter cannot resolve it')")
+        elif kind == "jmp":
+            src = s if form.source == "reg" else imm
+            cond = condition(SOURCE_OPS, form, d, src)
+            if loops_back:
+                e(f"if {cond}: continue")
+            else:
+                e(f"if {cond}:")
+                self.goto(out, slot + 1 + insn.off, depth + 1)
+        elif kind == "ja":
+            if loops_back:
+                e("continue")
+            else:
+                self.goto(out, slot + 1 + (insn.off if form.name == "ja" else insn.imm), depth)
+        elif kind == "may_goto":
+            e("if mg == 0 or clock.expired:")
+            if loops_back:
+                out.emit(depth + 1, "continue")
+            else:
+                self.goto(out, slot + 1 + insn.off, depth + 1)
+            e("mg -= 1")
+        elif kind == "call":
+            if form.op == "helper":
+                e(f"st.pc = {slot}; st.depth = depth; _r = call_helper(st, {insn.imm}, r1, r2, r3, r4, r5)")
+                e("if _r.__class__ is int: r0 = _r")
+                e("elif _r is not None:")  # a tail call: the target finishes this function's frame
+                out.emit(depth + 1, f"{_ARGS} = st.tail(_r.program, {_REGS}, depth)")
+                self.leave(out, depth + 1)
+            elif form.op == "local":
+                e(f"st.pc = {slot}; {_ARGS} = F[{slot + 1 + insn.imm}]({_REGS}, depth + 1)")
+            else:
+                e(f"st.pc = {slot}; raise VmFault('kfunc calls need the kernel (the interpreter has no kfuncs)')")
+        elif kind == "callx":
+            e(f"st.pc = {slot}; {_ARGS} = env.callx({d})({_REGS}, depth + 1)")
+        elif kind == "exit":
+            self.leave(out, depth)
+        elif kind in ("ld_abs", "ld_ind"):
+            e(f"st.pc = {slot}; _v = legacy_load(st.input, {form.size}, legacy_offset(FORM_{slot}, INSN_{slot}, "
+              f"[{_REGS}, r10]))")
+            e("if _v is None: raise _Stop()")
+            e("r0, r1, r2, r3, r4, r5 = _v, 0, 0, 0, 0, 0")
+        else:
+            e(f"st.pc = {slot}; raise VmFault('{form.name} is not supported by the interpreter')")
+
+
+def translate(program: VmProgram) -> str:
+    """The source of every unit of the program (what runs compile on demand), for reading."""
+    prog = compiled(program)
+    keys = []
+    for entry in program.entries:
+        keys.append(("f", entry))
+        segments = prog.function(entry).segments
+        if len(segments) > 1:
+            keys += [("s", entry, i) for i in range(len(segments))]
+    return "\n".join(prog.source(key) for key in keys)
 
 
 def compiled(program: VmProgram) -> CompiledProgram:
@@ -270,44 +380,24 @@ def compiled(program: VmProgram) -> CompiledProgram:
     return program.compiled
 
 
-def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in: bytes | None = None) -> RunResult:
+def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in: bytes | None = None,
+             repeat: int = 1, stop=None) -> RunResult:
     """Run `machine.program` in the fast tier; same results, faults and budget as `Machine.run`."""
-    machine.reset()
-    inp = prepare(machine.memory, prog_type, data, ctx_in)
-    machine.input = inp
-    state = _RunState(machine, inp, machine.budget)
-    program = machine.program
-    try:
-        while True:
-            entry = _bound(state, program)
-            try:
-                retval = entry(inp.r1, inp.r2, 0, 0, 0, 0)
-                break
-            except _Tail as tail:
-                program = tail.program
-    except _Stop as stop:
-        retval = stop.retval
-    except BpforgeError as err:
-        raise err.at(insn=state.pc) from None
-    return RunResult(retval, inp.data_out(), inp.ctx_out(), state.executed, machine.trace)
+    inp = machine.start(data, prog_type, ctx_in)
+    state = _RunState(machine, inp, Clock(machine.budget, machine.program))  # units bound once per input
 
+    def once() -> tuple[int, int]:
+        state.clock.reset()
+        state.tail_calls = 0
+        try:
+            retval = state.binding(machine.program).functions[0](0, inp.r1, inp.r2, 0, 0, 0, 0, 0, 0, 0, 0)[0]
+        except _Stop:
+            retval = 0
+        except BpforgeError as err:
+            raise err.at(insn=state.pc) from None
+        return retval, state.clock.executed
 
-def _bound(state: _RunState, program: VmProgram):
-    """The entry function of `program`, its generated code bound to this run's machine."""
-    machine = state.machine
-    state.handles = lambda index: machine.map_handle(_map(program, index))
-    state.values = lambda index: _value(machine, _map(program, index))
-    state.funcs = lambda slot: machine.code_pointer(program, slot)
-
-    def callx(addr: int):
-        callee, slot = machine.code_at(addr)
-        if callee is not program or slot not in functions:
-            raise VmFault(f"callx to slot {slot}, which is not a function of this program")
-        return functions[slot]
-
-    state.callx = callx
-    functions = compiled(program).bind(state)
-    return functions[0]
+    return repeat_runs(machine, inp, once, repeat, stop)
 
 
 def _map(program: VmProgram, index: int):
@@ -323,4 +413,4 @@ def _value(machine: Machine, vm_map) -> int:
     return machine.value_pointer(vm_map, storage)
 
 
-__all__ = ["CompiledProgram", "DEFAULT_BUDGET", "compiled", "run_fast", "translate"]
+__all__ = ["CompiledProgram", "compiled", "run_fast", "translate"]

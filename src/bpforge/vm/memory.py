@@ -33,7 +33,10 @@ class Region:
     writable: bool = True
     lo: int = 0
     hi: int | None = None  # None: the whole buffer
-    # Offsets whose loads the kernel rewrites (a context's data/data_end become 64-bit pointers).
+    # Context fields whose loads the kernel rewrites: `pointers` (offset -> value) give a 64-bit pointer
+    # (data/data_end as the verifier converts them); `computed` (offset -> value) a field whose value follows
+    # the machine's state (skb->len), read like bytes holding it (narrow loads take its low bytes).
+    pointers: dict[int, Callable[[], int]] | None = None
     computed: dict[int, Callable[[], int]] | None = None
 
     def limit(self) -> int:
@@ -77,8 +80,13 @@ class Memory:
 
     def load(self, addr: int, size: int) -> int:
         region, offset = self.translate(addr, size)
-        if region.computed is not None and offset in region.computed:
-            return region.computed[offset]()
+        if region.pointers is not None and offset in region.pointers:
+            return region.pointers[offset]()
+        if region.computed is not None:
+            for start, value in region.computed.items():
+                if start <= offset < start + 4:
+                    shift = 8 * (offset - start)
+                    return (value() >> shift) & ((1 << (8 * size)) - 1)
         return int.from_bytes(region.buf[offset:offset + size], "little")
 
     def store(self, addr: int, size: int, value: int) -> None:

@@ -4,12 +4,14 @@ the interpreter's maps (by index, as lddw map_fd/map_value with imm = that index
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..elf import BpfObject, MapDef
 from ..elf.model import Reloc
 from ..errors import BpforgeError
-from ..isa import Insn, slot_starts
+from ..isa import Insn, branch_target, slot_starts
 
 
 @dataclass
@@ -24,19 +26,82 @@ class VmProgram:
     def map(self, name: str):
         return self.maps[self.map_names.index(name)]
 
+    @cached_property
+    def slots(self) -> int:
+        return slot_starts(self.insns)[-1] + self.insns[-1].slots if self.insns else 0
+
+    @cached_property
+    def entries(self) -> tuple[int, ...]:
+        """Entry slots of the program's functions: 0, every local call target and every lddw func target.
+        Control stays inside its function in both tiers: a jump or fall-through out of it is a fault, as the
+        kernel's verifier would refuse it."""
+        found = {0}
+        for insn, slot in zip(self.insns, slot_starts(self.insns)):
+            if insn.form.name in ("call_local", "lddw_func"):
+                found.add(branch_target(insn, slot))
+        return tuple(sorted(e for e in found if 0 <= e < max(self.slots, 1)))
+
+    def function_bounds(self, slot: int) -> tuple[int, int]:
+        """[start, end) of the function holding `slot`."""
+        entries = self.entries
+        i = bisect_right(entries, slot) - 1
+        start = entries[max(i, 0)]
+        return start, entries[i + 1] if i + 1 < len(entries) else self.slots
+
+    @cached_property
+    def has_may_goto(self) -> bool:
+        return any(insn.form.kind == "may_goto" for insn in self.insns)
+
 
 def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, object] | None = None,
                 num_cpus: int = 1) -> VmProgram:
     """The program `name` of an object, linked as libbpf links it, with interpreter maps for every map and
-    global-data section it uses (`maps` supplies some by name: shared with another program, preloaded)."""
+    global-data section it uses (`maps` supplies some by name: shared with another program, preloaded).
+
+    Maps declared with initial slots (`.values = { ... }` in `.maps`) are filled as libbpf fills them
+    after loading: a prog_array with the object's programs of those names (each linked and resolved the
+    same way, sharing this program's maps), a map of maps with the object's maps of those names."""
     from .maps import create_map
 
-    program = obj.program(name)
-    linked = obj.linked(program)
     defs: dict[str, MapDef] = {m.name: m for m in obj.maps}
     table: dict[str, object] = dict(maps or {})
-    return resolve(linked.name, linked.insns, linked.relocations, defs, table,
-                   lambda d: create_map(d, num_cpus=num_cpus), linked.functions)
+    programs: dict[str, VmProgram] = {}
+    make_map = lambda d: create_map(d, num_cpus=num_cpus)  # noqa: E731
+    filled: set[str] = set(table)  # maps given by the caller are the caller's to fill
+
+    def load(prog_name: str | None) -> VmProgram:
+        program = obj.program(prog_name)
+        if program.name in programs:
+            return programs[program.name]
+        linked = obj.linked(program)
+        vmprog = resolve(linked.name, linked.insns, linked.relocations, defs, table, make_map, linked.functions)
+        programs[program.name] = vmprog
+        for map_name in list(table):
+            if map_name not in filled and defs.get(map_name) is not None and defs[map_name].values:
+                filled.add(map_name)
+                _fill_slots(defs[map_name], table[map_name], load, lambda n: _map_by_name(n, defs, table, make_map))
+        return vmprog
+
+    return load(name)
+
+
+def _map_by_name(name: str, defs: Mapping[str, MapDef], table: dict[str, object], make_map):
+    if name not in table:
+        if name not in defs:
+            raise BpforgeError(f"no map named '{name}'")
+        table[name] = make_map(defs[name])
+    return table[name]
+
+
+def _fill_slots(mapdef: MapDef, vm_map, load_program, find_map) -> None:
+    """Put each object a map's definition names into its slot (`MapDef.values`: slot -> symbol)."""
+    for slot, symbol in sorted(mapdef.values.items()):
+        try:
+            target = load_program(symbol) if mapdef.type_name == "prog_array" else find_map(symbol)
+        except BpforgeError as err:
+            raise BpforgeError(f"map '{mapdef.name}' slot {slot} names '{symbol}': {err.message}") from None
+        key = slot.to_bytes(vm_map.key_size, "little")
+        vm_map.update(key, vm_map.register(target).to_bytes(4, "little"))
 
 
 def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, Reloc]], defs: Mapping[str, MapDef],
