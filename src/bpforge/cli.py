@@ -11,16 +11,22 @@ import os
 import sys
 import traceback
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from typer import TyperException
 
 from . import __version__
 from .errors import BpforgeError
 from .formats import LoadedProgram, ProgramSection, assemble_file, load_program, output_kind
 from .isa import encode, format_insn, listing, slot_count, slot_starts
 from .isa.progtypes import check_prog_type, prog_type_of_section
-from .runner import read_map_file, run_loaded
+from .files import read_input
+from .runner import DEFAULT_TIME_BUDGET, read_map_file, run_loaded
+
+MAX_PACKET = 1 << 20  # more than any test run takes (XDP: 3,520 linear bytes and 17 fragment pages)
 
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 3
@@ -109,8 +115,11 @@ def asm(file: Annotated[str, typer.Argument(metavar="FILE.s", show_default=False
     if prog_type is not None:
         check_prog_type(prog_type)  # accepted for symmetry with the other verbs; validated now
     blob = assemble_file(file, output_kind(output), license=license)
-    with open(output, "wb") as out:
-        out.write(blob)
+    try:
+        with open(output, "wb") as out:
+            out.write(blob)
+    except OSError as err:
+        raise BpforgeError(f"cannot write the output: {err.strerror or err}", file=output) from None
 
 
 # ---- info --------------------------------------------------------------------------------------------------
@@ -224,6 +233,9 @@ def run(prog: Prog,
                              help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')] = None,
         dump_maps: Annotated[bool, typer.Option("--dump-maps", help="Print every map's contents after the run.")] = False,
         seed: Annotated[int, typer.Option(help="Seed of bpf_get_prandom_u32 in the interpreter.")] = 0,
+        budget: Annotated[float, typer.Option(
+            metavar="SECONDS", help="Stop a VM --repeat loop after this long, reporting the runs done.")
+        ] = DEFAULT_TIME_BUDGET,
         section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
     """Run a program on a packet in the interpreter or the kernel; print retval, data_out and time per run."""
     packet = _input_bytes(data, data_file)
@@ -233,9 +245,20 @@ def run(prog: Prog,
         if not sep or not name:
             raise BpforgeError(f"--map takes NAME=FILE, not '{item}'")
         preload[name] = read_map_file(path)
+    if not budget > 0:
+        raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
     loaded = load_program(prog, section=section, prog_type=prog_type)
-    report = run_loaded(loaded, packet, engine=engine, repeat=repeat, ctx=_hex(ctx, "--ctx") if ctx else None,
-                        preload=preload, dump_maps=dump_maps, seed=seed)
+    with _progress(f"running {loaded.name or prog}", repeat, engine) as progress:
+        try:
+            report = run_loaded(loaded, packet, engine=engine, repeat=repeat,
+                                ctx=_hex(ctx, "--ctx") if ctx is not None else None, preload=preload,
+                                dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress)
+        except BpforgeError as err:
+            raise err.at(file=prog) from None
+    if report.stopped:
+        why = f"--budget of {budget:g} s reached" if report.stopped == "budget" else "interrupted"
+        _note(f"{prog}: stopped after {report.repeat} of {report.requested} runs ({why}); the results are "
+              "those of the last run")
     if json_out:
         _emit_json(report.as_json())
         return
@@ -243,6 +266,9 @@ def run(prog: Prog,
              f"ns_per_run: {report.ns_per_run:.0f} ({report.engine}, {report.repeat} runs)"]
     lines += [f"trace: {line}" for line in report.trace]
     for m in report.maps:
+        if "unlisted" in m:
+            lines.append(f"map {m['name']} ({m['type']}): {m['unlisted']}")
+            continue
         lines.append(f"map {m['name']} ({m['type']}): {len(m['entries'])} entries")
         lines += [f"  {e['key']}: {e['value']}" for e in m["entries"]]
     _emit_lines(lines)
@@ -260,11 +286,21 @@ def _input_bytes(data: str | None, data_file: str | None) -> bytes:
         raise BpforgeError("give the input with exactly one of --data HEX or --data-file FILE")
     if data is not None:
         return _hex(data, "--data")
-    try:
-        with open(data_file, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise BpforgeError(f"{data_file}: {err.strerror}") from None
+    return read_input(data_file, what="packet", limit=MAX_PACKET)
+
+
+@contextmanager
+def _progress(what: str, total: int, engine: str):
+    """A progress bar on stderr for a long repeat loop (only on a terminal); yields the update callback."""
+    if total < 1000 or engine == "kernel" or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
 
 
 # ---- output and errors -------------------------------------------------------------------------------------
@@ -279,25 +315,64 @@ def _emit_json(value: Any) -> None:
 
 def _fail(message: str) -> None:
     """One line on stderr, whatever the message holds."""
-    sys.stderr.write("bpforge: " + " ".join(message.split()) + "\n")
+    sys.stderr.write("bpforge: " + (" ".join(message.split()) or "error (no description)") + "\n")
 
 
-def main() -> None:
-    """Console entry point: every error becomes one line on stderr and an exit code, never a traceback."""
+def _note(message: str) -> None:
+    _fail(message)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: every error becomes one line on stderr and an exit code, never a traceback.
+    A bare `bpforge` prints the help and exits 0; usage errors are bad input (exit 2) like any other."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = 0
     try:
-        app(prog_name="bpforge")
+        if not args:
+            args = ["--help"]
+        result = app(prog_name="bpforge", args=args, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+        sys.stdout.flush()
     except BpforgeError as err:
         _fail(str(err))
-        sys.exit(EXIT_BAD_INPUT)
-    except OSError as err:  # e.g. the output file cannot be written
-        _fail(f"{err.filename}: {err.strerror}" if err.filename else str(err))
-        sys.exit(EXIT_BAD_INPUT)
+        code = EXIT_BAD_INPUT
+    except TyperException as err:  # usage: unknown verb or option, a missing or malformed argument
+        command = getattr(getattr(err, "ctx", None), "command_path", None) or "bpforge"
+        _fail(f"{err.format_message()} (see '{command} --help')")
+        code = getattr(err, "exit_code", EXIT_BAD_INPUT) or EXIT_BAD_INPUT
+    except (typer.Exit, SystemExit) as err:
+        code = getattr(err, "exit_code", None) if isinstance(err, typer.Exit) else err.code
+        code = code if isinstance(code, int) else 0
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        _quiet_stdout()
+        code = 0
+    except OSError as err:  # e.g. stdout on a full disk
+        where = err.filename if err.filename else "<stdout>"
+        _fail(f"{where}: {err.strerror or err}")
+        code = EXIT_BAD_INPUT
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted")
+        code = 130
     except Exception as err:  # a bug: still one line, with the traceback only on request
         if os.environ.get("BPFORGE_DEBUG"):
             traceback.print_exc()
         what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         _fail(f"internal error: {what} (BPFORGE_DEBUG=1 shows the traceback)")
-        sys.exit(EXIT_BUG)
+        code = EXIT_BUG
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+    except OSError as err:
+        _fail(f"<stdout>: {err.strerror or err}")
+        code = code or EXIT_BAD_INPUT
+    sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's exit does not complain about the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

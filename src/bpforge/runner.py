@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BpforgeError, FormatError
+from .isa.maptypes import MapError
+from .files import MAX_DATA_FILE, read_input
 from .formats import LoadedProgram
 from .isa.contexts import ONE_SHOT_KINDS, TEST_RUN_KINDS
 
@@ -43,12 +45,9 @@ class RunReport:
 def read_map_file(path: str | Path) -> list[tuple[bytes, bytes]]:
     """Entries to preload: a JSON list of {"key": hex, "value": hex} (per-CPU values: every CPU's value,
     each rounded up to 8 bytes, concatenated — as the syscall takes them)."""
+    data = read_input(path, what="map file", limit=MAX_DATA_FILE)
     try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise FormatError(err.strerror or str(err), file=str(path)) from None
-    try:
-        entries = json.loads(text)
+        entries = json.loads(data)
         if not isinstance(entries, list):
             raise TypeError("not a list")
         return [(bytes.fromhex(e["key"]), bytes.fromhex(e["value"])) for e in entries]
@@ -59,8 +58,14 @@ def read_map_file(path: str | Path) -> list[tuple[bytes, bytes]]:
 
 
 def dump_map(name: str, bpf_map) -> dict:
-    return {"name": name, "type": bpf_map.type_name,
-            "entries": [{"key": k.hex(), "value": v.hex()} for k, v in bpf_map.items()]}
+    """A map's entries as bpf() lists them (BPF_MAP_GET_NEXT_KEY + LOOKUP). Types bpf() cannot list that
+    way (queues, stacks, bloom filters, perf event arrays, ...) give no entries and say why, in every engine."""
+    try:
+        entries = [{"key": k.hex(), "value": v.hex()} for k, v in bpf_map.items()]
+    except MapError as err:
+        return {"name": name, "type": bpf_map.type_name, "entries": [],
+                "unlisted": f"bpf() does not list the entries of {bpf_map.type_name} maps ({err.message})"}
+    return {"name": name, "type": bpf_map.type_name, "entries": entries}
 
 
 def _preload(maps: Mapping[str, object], preload: Mapping[str, list[tuple[bytes, bytes]]]) -> None:
@@ -106,7 +111,7 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
             progress) -> RunReport:
     from . import vm
     from .kernel.maps import possible_cpus
-    from .vm.fast import compiled
+    from .vm.fast import compile_all
     from .vm.interp import DEFAULT_BUDGET
 
     # As many CPUs as the kernel's per-CPU maps have, so map files and dumps mean the same in every engine.
@@ -115,7 +120,7 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
     _preload(maps, preload)
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
     if engine == "fast":
-        compiled(program)
+        compile_all(program)  # translated before the clock starts
     start = time.perf_counter_ns()
     deadline = None if time_budget is None else time.monotonic() + time_budget
     next_report = [0.0]

@@ -17,8 +17,8 @@ _HEADER = struct.Struct("<HBBIIIII")
 
 @dataclass(frozen=True)
 class Member:
-    """A struct/union member (offset in bits), enum value (`value`), function parameter, or datasec
-    variable (`offset`, `size` in bytes)."""
+    """A struct/union member (`offset` in bits, `size` its bitfield width in bits, 0 if not a bitfield),
+    enum value (`value`), function parameter, or datasec variable (`offset`, `size` in bytes)."""
 
     name: str
     type: int = 0
@@ -86,6 +86,10 @@ class Btf:
         return None
 
 
+def _s64(value: int) -> int:
+    return value - (1 << 64) if value >> 63 else value
+
+
 def _cstr(table: bytes, offset: int) -> str:
     if not 0 <= offset < max(len(table), 1):
         raise ElfError(f"BTF string offset {offset} beyond the string section ({len(table)} bytes)", section=".BTF")
@@ -147,17 +151,22 @@ def parse_btf(data: bytes) -> Btf:
             t["size"] = size_or_type
         else:
             t["type"] = size_or_type
-        if kind in ("int", "var", "decl_tag"):
+        if kind in ("int", "var"):
             t["extra"] = take(1, "I")[0][0]
+        elif kind == "decl_tag":  # component_idx is an s32: -1 tags the whole type, else a member/parameter
+            t["extra"] = take(1, "i")[0][0]
         elif kind == "array":
             t["array"] = take(1, "III")[0]
         elif kind in ("struct", "union"):
-            t["members"] = tuple(Member(_cstr(strings, n), ty, off & 0xFFFFFF if kflag else off)
+            t["members"] = tuple(Member(_cstr(strings, n), ty, off & 0xFFFFFF if kflag else off,
+                                        off >> 24 if kflag else 0)  # size: bitfield bits (0: not one)
                                  for n, ty, off in take(vlen, "III"))
         elif kind == "enum":
             t["members"] = tuple(Member(_cstr(strings, n), value=v) for n, v in take(vlen, "Ii" if kflag else "II"))
         elif kind == "enum64":
-            t["members"] = tuple(Member(_cstr(strings, n), value=hi << 32 | lo) for n, lo, hi in take(vlen, "III"))
+            # kflag: a signed enum, so the 64-bit value is two's complement (as for 32-bit enums above)
+            t["members"] = tuple(Member(_cstr(strings, n), value=_s64(hi << 32 | lo) if kflag else hi << 32 | lo)
+                                 for n, lo, hi in take(vlen, "III"))
         elif kind == "func_proto":
             t["members"] = tuple(Member(_cstr(strings, n), ty) for n, ty in take(vlen, "II"))
         elif kind == "datasec":

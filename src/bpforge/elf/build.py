@@ -10,13 +10,15 @@ from __future__ import annotations
 from ..errors import AsmError, ElfError
 from ..isa import AsmProgram, AsmSection, encode, slot_count, slot_starts
 from .layout import (EM_BPF, ET_REL, R_BPF_64_32, R_BPF_64_64, RELOC_TYPES, SHF_ALLOC, SHF_EXECINSTR,
-                     SHF_INFO_LINK, SHF_WRITE, SHN_UNDEF, SHT_PROGBITS, SHT_REL, SHT_STRTAB, SHT_SYMTAB, STB_GLOBAL,
-                     STT_FUNC, STT_NOTYPE, STT_OBJECT, ElfImage, RawSection, Rel, SectionHeader, StringTable, Sym,
+                     SHF_INFO_LINK, SHF_WRITE, SHN_LORESERVE, SHN_UNDEF, SHT_PROGBITS, SHT_REL, SHT_STRTAB,
+                     SHT_SYMTAB, STB_GLOBAL, STT_FUNC, STT_NOTYPE, STT_OBJECT, ElfImage, RawSection, Rel, SectionHeader, StringTable, Sym,
                      elf_ident, serialize)
+from .names import reserved_section_reason
 
 
 def build_object(program: AsmProgram, *, license: str = "GPL", filename: str | None = None) -> bytes:
     """The bytes of an ELF object holding `program`'s sections."""
+    _check_sections(program, filename)
     names = StringTable()  # section names
     strings = StringTable()  # symbol names
     image = ElfImage(elf_ident(), ET_REL, EM_BPF, 1)
@@ -76,6 +78,21 @@ def build_object(program: AsmProgram, *, license: str = "GPL", filename: str | N
     image.shstrndx = add(".shstrtab", SectionHeader(type=SHT_STRTAB, addralign=1), b"")
     image.sections[image.shstrndx].data = bytes(names.data)
     return serialize(image, keep_gaps=False)
+
+
+def _check_sections(program: AsmProgram, filename: str | None) -> None:
+    """Refuse what would make an object that loaders (bpforge's own reader among them) misread: code under a
+    name they give another meaning (.BTF, .maps, license, .data...), or more sections than ELF can number
+    without extended indexes (SHN_LORESERVE; symbols could not name the sections beyond it)."""
+    for sec in program.sections:
+        reason = reserved_section_reason(sec.name)
+        if reason is not None:
+            raise AsmError(f"code cannot go in section '{sec.name}': {reason}", file=filename, line=sec.line)
+    # null + code + their .rel sections + license + .symtab + .strtab + .shstrtab
+    total = 1 + len(program.sections) + sum(1 for s in program.sections if s.relocations) + 4
+    if total >= SHN_LORESERVE:
+        raise AsmError(f"{len(program.sections)} sections make an object of {total} ELF sections; ELF numbers at "
+                       f"most {SHN_LORESERVE - 1} without extended section indexes", file=filename)
 
 
 def _relocations(sec: AsmSection, by_name: dict[str, int], filename: str | None) -> bytes:

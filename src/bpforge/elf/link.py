@@ -21,6 +21,10 @@ def link(obj: BpfObject, prog: Program) -> LinkedProgram:
     placed: dict[tuple[str, int], int] = {}  # (section, function start) -> index in the linked program
     fixups: list[tuple[int, str, int, int]] = []  # (linked index, callee section, callee index, its function)
     tables: dict[str, tuple[list[int], dict[int, int]]] = {}
+    # Functions placed but not yet scanned, as [section, function start, end, next instruction to scan]. libbpf's
+    # bpf_object__reloc_code recurses into a callee as soon as it appends it; an explicit stack gives the same
+    # order without Python's recursion limit (a chain of thousands of subprograms links like any other).
+    pending: list[list] = []
 
     def layout(sec: ProgramSection) -> tuple[list[int], dict[int, int]]:
         if sec.name not in tables:
@@ -34,23 +38,31 @@ def link(obj: BpfObject, prog: Program) -> LinkedProgram:
         base = len(insns)
         placed[(sec.name, start)] = base
         _, end = sec.function_range(start)
-        starts, index_of = layout(sec)
         functions[base] = sec.functions[start]
         insns.extend(sec.insns[start:end])
         origins.extend((sec.name, i) for i in range(start, end))
-        for i in range(start, end):
+        pending.append([sec, start, end, start])
+
+    def scan() -> None:
+        """Scan the function on top of the stack until it ends or calls a function not yet placed."""
+        frame = pending[-1]
+        sec, start, end, i = frame
+        starts, index_of = layout(sec)
+        base = placed[(sec.name, start)]
+        while i < end:
             insn, reloc = sec.insns[i], sec.relocations.get(i)
             here = base + i - start
+            i += 1
             if reloc is not None and reloc.kind in ("call", "func"):
                 callee = (reloc.target_section, reloc.offset)
             elif reloc is None and insn.form.target_field is not None:
-                target = index_of.get(branch_target(insn, starts[i]))
+                target = index_of.get(branch_target(insn, starts[i - 1]))
                 if target is None or target >= len(sec.insns):
-                    raise ElfError(f"{insn.form.name} targets slot {branch_target(insn, starts[i])}, which is not "
-                                   "an instruction of the section", **where(sec, i))
+                    raise ElfError(f"{insn.form.name} targets slot {branch_target(insn, starts[i - 1])}, which is "
+                                   "not an instruction of the section", **where(sec, i - 1))
                 if insn.form.is_branch:
                     if not start <= target < end:
-                        raise ElfError(f"jump leaves function '{sec.functions[start]}'", **where(sec, i))
+                        raise ElfError(f"jump leaves function '{sec.functions[start]}'", **where(sec, i - 1))
                     continue
                 callee = (sec.name, target)
             else:
@@ -59,13 +71,18 @@ def link(obj: BpfObject, prog: Program) -> LinkedProgram:
                 continue
             callee_sec = sections.get(callee[0])
             if callee_sec is None:
-                raise ElfError(f"call into section '{callee[0]}', which holds no code", **where(sec, i))
+                raise ElfError(f"call into section '{callee[0]}', which holds no code", **where(sec, i - 1))
             func_start, _ = callee_sec.function_at(callee[1])
-            if (callee_sec.name, func_start) not in placed:
-                append(callee_sec, func_start)
             fixups.append((here, callee_sec.name, callee[1], func_start))
+            if (callee_sec.name, func_start) not in placed:
+                frame[3] = i  # resume after this call once the callee (and what it calls) is placed
+                append(callee_sec, func_start)
+                return
+        pending.pop()
 
     append(sections[prog.section], prog.start)
+    while pending:
+        scan()
     slots = slot_starts(insns)
     for here, sec_name, target, func_start in fixups:
         linked_target = placed[(sec_name, func_start)] + target - func_start

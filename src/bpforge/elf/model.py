@@ -7,6 +7,7 @@ container that holds it (a section, a function, a linked program).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,9 @@ class Reloc:
     kind: "map" (lddw of a map: target = map name), "data" (lddw of global data: target = section, `offset`
     = byte offset in it), "call" (bpf-to-bpf call: target = function name, `target_section`/`offset` = the
     callee's section and instruction index), "func" (lddw of a function's address, same fields as "call"),
-    "extern" (a symbol the object does not define: kfuncs, ksyms, kconfig; target = its name)."""
+    "extern" (a symbol the object does not define: kfuncs, ksyms, kconfig; target = its name), "arena" (lddw
+    of an __arena variable: target = the object's arena map, `offset` = byte offset in `.addr_space.1`; the
+    arena holds that section at `maps.arena_data_offset`)."""
 
     insn: int
     type: str  # R_BPF_64_64 or R_BPF_64_32
@@ -57,26 +60,36 @@ class ProgramSection:
     insns: list[Insn]
     functions: dict[int, str] = field(default_factory=dict)  # instruction index -> function name
     relocations: dict[int, Reloc] = field(default_factory=dict)
+    # Sorted function starts, kept for the dict they were computed from: lookups stay O(log n) in an object
+    # of thousands of functions (replace `functions` rather than re-keying it in place).
+    _starts: tuple[int, int, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def function_starts(self) -> list[int]:
+        """The instruction indexes where functions start, in order."""
+        key = (id(self.functions), len(self.functions))
+        if self._starts is None or self._starts[:2] != key:
+            self._starts = (*key, sorted(self.functions))
+        return self._starts[2]
 
     def function_at(self, index: int) -> tuple[int, str]:
         """(start, name) of the function containing instruction `index`."""
-        best = None
-        for start in sorted(self.functions):
-            if start <= index:
-                best = start
-        if best is None:
+        starts = self.function_starts()
+        at = bisect.bisect_right(starts, index) - 1
+        if at < 0:
             raise ElfError(f"instruction {index} lies before the first function", section=self.name)
-        return best, self.functions[best]
+        return starts[at], self.functions[starts[at]]
 
     def function_range(self, start: int) -> tuple[int, int]:
         """[start, end) of the function that starts at `start`."""
-        later = [s for s in self.functions if s > start]
-        return start, min(later) if later else len(self.insns)
+        starts = self.function_starts()
+        later = bisect.bisect_right(starts, start)
+        return start, starts[later] if later < len(starts) else len(self.insns)
 
 
 @dataclass
 class Program:
-    """One function of a section: an entry program (outside .text) or a subprogram (in .text).
+    """One function of a section: an entry program (outside .text, or the only function of the object) or a
+    subprogram (in .text).
 
     `insns` are the function's own instructions; `relocations` are keyed by index within them."""
 
@@ -87,10 +100,9 @@ class Program:
     insns: list[Insn]
     relocations: dict[int, Reloc] = field(default_factory=dict)
     is_global: bool = True
-
-    @property
-    def is_subprogram(self) -> bool:
-        return self.section == ".text"
+    # libbpf's prog_is_subprog: a .text function, unless it is the object's only function (then libbpf
+    # loads it as the program; see reader._programs).
+    is_subprogram: bool = False
 
 
 @dataclass
@@ -112,7 +124,8 @@ class LinkedProgram:
 @dataclass
 class MapDef:
     """A map the object declares. source: "btf" (.maps), "legacy" (maps, struct bpf_map_def) or "data"
-    (the array libbpf makes of a global data section; `initial` holds its contents)."""
+    (the array libbpf makes of a global data section; `initial` holds its contents). An arena's `initial`,
+    set by `maps.with_arena_data`, is the object's `.addr_space.1`: its __arena globals."""
 
     name: str
     type: int

@@ -2,7 +2,9 @@
 
 R_BPF_64_64 patches an lddw: a map when the symbol lies in .maps/maps, global data when it lies in a data
 section (byte offset = symbol value + the lddw's imm, which clang uses as addend for section symbols), a
-function's address when it lies in an executable section (byte offset = symbol value + imm).
+function's address when it lies in an executable section (byte offset = symbol value + imm), an __arena
+variable when it lies in `.addr_space.1` (libbpf's arena data relocation: a value load of the object's arena
+map; byte offset in the section = symbol value + imm, placed at `maps.arena_data_offset` in the arena).
 R_BPF_64_32 patches a bpf-to-bpf call: the callee is at symbol value + (imm + 1) * 8 bytes (function symbols
 come with imm = -1, section symbols with the callee's slot - 1).
 """
@@ -14,10 +16,9 @@ from collections.abc import Callable
 from ..errors import ElfError
 from ..isa import Insn
 from .layout import R_BPF_64_32, R_BPF_64_64, RELOC_NAMES, SHN_UNDEF, STT_SECTION, Sym
-from .maps import is_data_section
+from .maps import ARENA_SECTION, NO_ARENA_MAP, single_arena
 from .model import MapDef, ProgramSection, Reloc
-
-MAP_SECTIONS = (".maps", "maps")
+from .names import is_data_section, is_map_section
 
 
 def call_target_byte(rtype: int, insn: Insn, sym_value: int) -> int:
@@ -82,7 +83,12 @@ def classify(
         return make("call" if rtype == R_BPF_64_32 else "func", function_label(target_sec, target), target, home)
     if rtype == R_BPF_64_32:
         raise ElfError(f"call relocation against '{symbol}' in non-executable section {home}", **where)
-    if home in MAP_SECTIONS:
+    if home == ARENA_SECTION:
+        arena = single_arena(maps, filename)
+        if arena is None:
+            raise ElfError(f"relocation against '{symbol}': {NO_ARENA_MAP}", **where)
+        return make("arena", arena.name, sym.value + insn.imm, home)
+    if is_map_section(home):
         offset = sym.value + (insn.imm if sym.type == STT_SECTION else 0)
         for m in maps:
             if m.section == home and m.offset == offset:

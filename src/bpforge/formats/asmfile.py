@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import elf
 from ..errors import BpforgeError, FormatError
+from ..files import read_input
 from ..isa import AsmProgram, assemble, encode, parse
 from .detect import ELF_MAGIC
 from .words import format_words
@@ -43,10 +44,7 @@ def _object(program: AsmProgram, license: str) -> bytes:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise FormatError(err.strerror or str(err)) from None
+    data = read_input(path, what="assembly file")
     if data[:4] == ELF_MAGIC:
         raise FormatError("this is an ELF object, not assembly text (disassemble it with `bpforge disasm`)")
     try:

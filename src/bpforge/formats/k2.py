@@ -15,7 +15,11 @@ produce the files, and the inputs/ and k2-benchmarking sample files):
   {u32 start, u32 end}, XDP's ctx layout), 3 skb (an __sk_buff, data/data_end at offsets 76/80).
 
 K2 itself reads .desc positionally (line 1, line 2) and ignores the rest; some of its sample .desc files also
-carry a map line, which is why named lines in .desc are skipped here rather than refused.
+carry a map line, which is why named lines in .desc are skipped here rather than refused. K2's extractor also
+writes some map lines without their closing brace (`name { ..., fd = 0`); the end of the line closes them.
+
+Every attribute is a u32 in K2 (and in the kernel's bpf_attr), so a value outside [0, 2^32) is refused here,
+before anything is sized by it; numbers are ASCII digits only and refused for length before conversion.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..elf.model import map_type_name
+from ..isa.numbers import UNSIGNED, NumberError, parse_number
 
 INSNS_SUFFIXES = (".insns", ".ins")  # .ins: the older extractor's name for the same binary file
 COMPANION_SUFFIXES = (".maps", ".desc")
@@ -33,8 +38,9 @@ INPUT_TYPES = {0: "constant", 1: "pkt", 2: "pkt_ptrs", 3: "skb"}
 # What bpforge's --type means closest to each K2 input type (constant has no program-type equivalent).
 _PROG_TYPE_OF_INPUT = {1: "mem", 2: "xdp", 3: "sched_cls"}
 
-_LINE = re.compile(r"\s*(?P<name>[^\s{}]+)?\s*\{(?P<body>[^{}]*)\}\s*$")
-_ATTR = re.compile(r"\s*(?P<key>\w+)\s*=\s*(?P<value>[+-]?(?:0[xX][0-9a-fA-F]+|\d+))\s*$")
+_LINE = re.compile(r"\s*(?P<name>[^\s{}]+)?\s*\{(?P<body>[^{}]*)\}?\s*$", re.ASCII)
+_ATTR = re.compile(rf"\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>[+-]?{UNSIGNED})\s*$", re.ASCII)
+U32_MAX = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
@@ -96,11 +102,25 @@ def _lines(text: str, filename: str | None):
             if piece.strip():
                 a = _ATTR.match(piece)
                 if not a:
-                    raise FormatError(f"expected 'key = number', found '{piece.strip()}'",
+                    found = piece.strip() if len(piece.strip()) <= 40 else piece.strip()[:37] + "..."
+                    raise FormatError(f"expected 'key = number', found '{found}'",
                                       file=filename, line=lineno, col=body_col + len(piece) - len(piece.lstrip()))
-                attrs[a.group("key")] = int(a.group("value"), 0)
+                attrs[a.group("key")] = _u32(a.group("key"), a.group("value"), filename, lineno,
+                                             body_col + len(piece) - len(piece.lstrip()))
             body_col += len(piece) + 1
         yield lineno, m.group("name"), attrs
+
+
+def _u32(key: str, text: str, filename: str | None, line: int, col: int) -> int:
+    """An attribute value: K2 keeps every one in a u32 (as bpf_attr does), so nothing larger is a size."""
+    try:
+        value = parse_number(text)
+    except NumberError as err:
+        raise FormatError(f"{key}: {err}", file=filename, line=line, col=col) from None
+    if not 0 <= value <= U32_MAX:
+        raise FormatError(f"{key} = {value} is outside the u32 range [0, {U32_MAX}]", file=filename, line=line,
+                          col=col)
+    return value
 
 
 def parse_k2_maps(text: str, *, filename: str | None = None) -> list[K2Map]:

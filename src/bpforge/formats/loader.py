@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import elf
 from ..errors import BpforgeError, DecodeError, FormatError
+from ..files import read_input
 from ..isa import Insn, Relocation, check_targets, decode, parse
 from ..isa.progtypes import DEFAULT_PROG_TYPE, check_prog_type, prog_type_of_section
 from .detect import detect_format
@@ -85,11 +86,9 @@ def load_program(path: str | Path, *, section: str | None = None, prog_type: str
     return loaded
 
 
-def _read(path: Path, filename: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as err:  # missing file, a directory, no permission: bad input like any other
-        raise FormatError(err.strerror or str(err), file=filename) from None
+def _read(path: Path, filename: str, what: str = "program") -> bytes:
+    # Missing file, a directory, a device or FIFO, no permission, too big: bad input like any other.
+    data = read_input(path, what=what)
     if not data:
         raise FormatError("empty file", file=filename)
     return data
@@ -140,7 +139,7 @@ def _k2_file(path: Path, parser):
     if not path.exists():
         return None
     try:
-        text = _read(path, str(path)).decode("utf-8")
+        text = _read(path, str(path), "K2 companion file").decode("utf-8")
     except UnicodeDecodeError:
         raise FormatError("not text", file=str(path)) from None
     return parser(text, filename=str(path))

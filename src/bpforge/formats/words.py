@@ -13,18 +13,14 @@ from collections.abc import Sequence
 
 from ..errors import FormatError
 from ..isa import Insn, encode, format_insn
+from ..isa.numbers import DECIMAL, HEX, NumberError, parse_number
 
-_TOKEN = re.compile(r"[^\s,#]+")
-_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
-_DEC = re.compile(r"[0-9]+")
+_TOKEN = re.compile(r"[^\s,#]+", re.ASCII)
+_NUMBER = re.compile(rf"{HEX}|{DECIMAL}", re.ASCII)  # ASCII digits only, no sign: a slot is a u64
 
 
-def _number(token: str) -> int | None:
-    if _HEX.fullmatch(token):
-        return int(token, 16)
-    if _DEC.fullmatch(token):
-        return int(token, 10)
-    return None
+def _is_number(token: str) -> bool:
+    return _NUMBER.fullmatch(token) is not None
 
 
 def _tokens(text: str):
@@ -38,10 +34,15 @@ def parse_words(text: str, *, filename: str | None = None) -> bytes:
     """The slots a word list spells, as bytes for `isa.decode`."""
     out = bytearray()
     for line, col, token in _tokens(text):
-        value = _number(token)
-        if value is None:
-            raise FormatError(f"'{token}' is not a number (a word list holds one 64-bit slot per number)",
+        if not _is_number(token):
+            shown = token if len(token) <= 24 else token[:10] + "..." + token[-10:]
+            raise FormatError(f"'{shown}' is not a number (a word list holds one 64-bit slot per number)",
                               file=filename, line=line, col=col)
+        try:
+            value = parse_number(token)
+        except NumberError as err:  # too many digits for any slot: refused before it is converted
+            raise FormatError(str(err).replace("64 bits", "a 64-bit slot"), file=filename, line=line,
+                              col=col) from None
         if value >> 64:
             raise FormatError(f"{token} does not fit in a 64-bit slot", file=filename, line=line, col=col)
         out += value.to_bytes(8, "little")
@@ -58,7 +59,7 @@ def looks_like_words(data: bytes) -> bool:
         return False
     found = False
     for _, _, token in _tokens(text):
-        if _number(token) is None:
+        if not _is_number(token):
             return False
         found = True
     return found

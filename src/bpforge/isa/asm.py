@@ -16,15 +16,17 @@ from .codec import check_targets, slot_starts
 from .insn import Insn
 from .syntax import OperandError, Symbol, Template, dispatch_key
 
-_LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:(?!=)")
-_OBJDUMP_SYMBOL = re.compile(r"\s*[0-9a-fA-F]+\s+<([^>]+)>\s*:\s*$")
-_OBJDUMP_SECTION = re.compile(r"\s*Disassembly of section\s+(\S+?)\s*:\s*$")
-_OBJDUMP_FILE = re.compile(r"\s*\S+:\s+file format\s+\S+\s*$")
-_RELOCATION = re.compile(r"\s*[0-9a-fA-F]+:\s+(R_BPF_\w+)\s+(\S+)\s*$")
+# re.ASCII throughout: only ASCII digits are numbers and only ASCII letters make names (see isa/numbers.py).
+_LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:(?!=)", re.ASCII)
+_OBJDUMP_SYMBOL = re.compile(r"\s*[0-9a-fA-F]+\s+<([^>]+)>\s*:\s*$", re.ASCII)
+_OBJDUMP_SECTION = re.compile(r"\s*Disassembly of section\s+(\S+?)\s*:\s*$", re.ASCII)
+_OBJDUMP_FILE = re.compile(r"\s*\S+:\s+file format\s+\S+\s*$", re.ASCII)
+_RELOCATION = re.compile(r"\s*[0-9a-fA-F]+:\s+(R_BPF_\w+)\s+(\S+)\s*$", re.ASCII)
 # "  12:\t" slot prefix, then either llvm's 8 or 16 raw bytes or the verifier log's "(b7) ".
-_SLOT_PREFIX = re.compile(r"\s*\d+:\s*(?:(?:[0-9a-f]{2} ){7}[0-9a-f]{2}(?: (?:[0-9a-f]{2} ){7}[0-9a-f]{2})?\s+|\([0-9a-f]{2}\)\s*)?")
-_ANNOTATION = re.compile(r"\s*<[^<>]*>\s*$")  # llvm-objdump's "<prog+0x50>" after jump targets
-_COMMENT = re.compile(r"//|;|(?:^|(?<=\s))#")
+_SLOT_PREFIX = re.compile(r"\s*[0-9]+:\s*(?:(?:[0-9a-f]{2} ){7}[0-9a-f]{2}(?: (?:[0-9a-f]{2} ){7}[0-9a-f]{2})?\s+|"
+                          r"\([0-9a-f]{2}\)\s*)?", re.ASCII)
+_ANNOTATION = re.compile(r"\s*<[^<>]*>\s*$", re.ASCII)  # llvm-objdump's "<prog+0x50>" after jump targets
+_COMMENT = re.compile(r"//|;|(?:^|(?<=\s))#", re.ASCII)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class AsmSection:
     functions: dict[str, int] = field(default_factory=dict)  # labels that are function entries
     relocations: list[Relocation] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # source line of each instruction
+    line: int | None = None  # where the section is first named (its .section directive or first statement)
 
 
 @dataclass
@@ -86,7 +89,8 @@ def parse_statement(text: str) -> tuple[Form, dict[str, int | Symbol]]:
             return form, values
     if first_error is not None:
         raise first_error
-    raise ValueError(f"unknown instruction '{text.strip()}'")
+    shown = text.strip() if len(text.strip()) <= 60 else text.strip()[:57] + "..."
+    raise ValueError(f"unknown instruction '{shown}'")
 
 
 def _strip_comment(line: str) -> str:
@@ -105,9 +109,11 @@ def parse(text: str, *, filename: str | None = None, check_jumps: bool = True) -
     function_names: set[str] = set()
     current: AsmSection | None = None
 
+    lineno = 0
+
     def section(name: str) -> AsmSection:
         if name not in sections:
-            sections[name] = AsmSection(name)
+            sections[name] = AsmSection(name, line=lineno)
             pending[name] = []
         return sections[name]
 
@@ -175,8 +181,9 @@ def parse(text: str, *, filename: str | None = None, check_jumps: bool = True) -
     # Function entries: `.globl`/`.type x,@function` names, targets of calls from anywhere, else a section's
     # first label (llvm-objdump's `<name>:` headers were recorded as functions while parsing).
     called = {r.symbol for sec in sections.values() for r in sec.relocations if r.type == "R_BPF_64_32"}
+    entries = global_names | function_names | called  # once: thousands of sections must not make this quadratic
     for sec in sections.values():
-        for label in (global_names | function_names | called) & sec.labels.keys():
+        for label in sec.labels.keys() & entries:
             sec.functions.setdefault(label, sec.labels[label])
         if sec.insns and 0 not in sec.functions.values():
             first = [label for label, index in sec.labels.items() if index == 0]

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 ETH_HLEN = 14
 PAGE_SIZE = 4096
 XDP_PACKET_HEADROOM = 256
+IPV4_HLEN, IPV6_HLEN = 20, 40
 SKB_SHARED_INFO = 320  # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)) on x86_64
 NET_SKB_PAD = 64  # headroom of a test-run skb (NET_SKB_PAD + NET_IP_ALIGN, which is 0 on x86)
 MAX_SKB_FRAGS = 17  # pages an XDP test run may add past the linear part
-XDP_MAX_META = 32
+XDP_FRAME_SIZE = 40  # sizeof(struct xdp_frame), kept at the start of the headroom
+XDP_MAX_META = XDP_PACKET_HEADROOM - XDP_FRAME_SIZE  # 216; skb_shared_info's u8 meta_len allows more
 SKB_MAX_DATA = PAGE_SIZE - NET_SKB_PAD - SKB_SHARED_INFO  # 3712
 GSO_LEGACY_MAX_SIZE = 65536
 GSO_MAX_SEGS = 65535
@@ -144,7 +146,8 @@ SK_BUFF_OUTPUTS = ("mark", "priority", "ingress_ifindex", "ifindex", "tstamp", "
 SKB_TYPES = frozenset({"socket_filter", "sched_cls", "sched_act", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit",
                        "lwt_seg6local"})
 L2_TYPES = frozenset({"sched_cls", "sched_act"})  # the program sees the Ethernet header
-DIRECT_PACKET_TYPES = frozenset({"sched_cls", "sched_act", "lwt_in", "lwt_out", "lwt_xmit"})  # data/data_end set
+# Types whose data/data_end test_run computes (bpf_compute_data_pointers; cgroup_skb since Linux 6.x).
+DIRECT_PACKET_TYPES = frozenset({"sched_cls", "sched_act", "lwt_in", "lwt_out", "lwt_xmit", "cgroup_skb"})
 TEST_RUN_KINDS = {**{t: "skb" for t in SKB_TYPES}, "xdp": "xdp", "flow_dissector": "flow_dissector",
                   "sk_lookup": "sk_lookup", "syscall": "syscall", "raw_tracepoint": "raw_tp"}
 # Types whose test run takes no packet and no repeat (the kernel refuses data_in/repeat/ctx_out for them).
@@ -261,16 +264,17 @@ def _xdp_refusal(data: bytes, ctx: bytes | None, device) -> Refusal | None:
         if md["data_meta"]:
             return Refusal(errno.EINVAL, "xdp_md.data_meta must be 0 (metadata is the first xdp_md.data bytes of "
                                          "the packet)")
-        if md["data_end"] != len(data):
-            return Refusal(errno.EINVAL, f"xdp_md.data_end is {md['data_end']} but the packet is {len(data)} bytes "
-                                         "(they must be equal)")
+        if md["data_end"] > len(data):
+            return Refusal(errno.EINVAL, f"xdp_md.data_end is {md['data_end']} but the packet is only {len(data)} "
+                                         "bytes")
         if md["data"] > md["data_end"]:
             return Refusal(errno.EINVAL, "xdp_md.data (the metadata length) is past data_end")
         if md["data"] % 4 or md["data"] > XDP_MAX_META:
             return Refusal(errno.EINVAL, f"xdp_md.data = {md['data']}: metadata must be a multiple of 4 bytes, at "
-                                         f"most {XDP_MAX_META}")
-    if len(data) < ETH_HLEN:
-        return Refusal(errno.EINVAL, f"the packet is {len(data)} bytes; a test run needs at least ETH_HLEN ({ETH_HLEN})")
+                                         f"most {XDP_MAX_META} (the headroom less struct xdp_frame)")
+    if len(data) - md["data"] < ETH_HLEN:
+        return Refusal(errno.EINVAL, f"the packet is {len(data)} bytes; a test run needs at least ETH_HLEN ({ETH_HLEN})"
+                                     + (" after the metadata" if md["data"] else ""))
     if md["egress_ifindex"]:
         return Refusal(errno.EINVAL, "xdp_md.egress_ifindex must be 0")
     if md["rx_queue_index"] and not md["ingress_ifindex"]:
@@ -283,12 +287,20 @@ def _xdp_refusal(data: bytes, ctx: bytes | None, device) -> Refusal | None:
         if md["rx_queue_index"] >= dev.xdp_queues:
             return Refusal(errno.EINVAL, f"interface {md['ingress_ifindex']} has no XDP-registered receive queue "
                                          f"{md['rx_queue_index']}")
-    linear = xdp_linear_room(md["data"])
+    linear = xdp_linear_size(len(data), ctx)
     if len(data) - linear > MAX_SKB_FRAGS * PAGE_SIZE:
         return Refusal(errno.ENOMEM, f"the packet is {len(data)} bytes; an XDP test run holds at most "
                                      f"{linear + MAX_SKB_FRAGS * PAGE_SIZE} ({linear} linear and "
                                      f"{MAX_SKB_FRAGS} fragment pages)")
     return None
+
+
+def xdp_linear_size(size: int, ctx: bytes | None) -> int:
+    """How many input bytes (metadata included) an XDP test run puts in the linear buffer: `xdp_md.data_end`
+    of the context given (else all), at most what the page holds; the rest becomes fragments."""
+    md = XDP_MD.unpack((ctx or b"").ljust(XDP_MD.size, b"\0"))
+    wanted = md["data_end"] if ctx is not None else size
+    return min(wanted, xdp_linear_room(md["data"]))
 
 
 def xdp_linear_room(meta_len: int) -> int:
@@ -298,11 +310,16 @@ def xdp_linear_room(meta_len: int) -> int:
 
 
 def _skb_refusal(prog_type: str, data: bytes, ctx: bytes | None, device) -> Refusal | None:
-    if ctx is None:
-        return None
-    fields = SK_BUFF.unpack(ctx.ljust(SK_BUFF.size, b"\0")[:SK_BUFF.size])
+    fields = SK_BUFF.unpack((ctx or b"").ljust(SK_BUFF.size, b"\0")[:SK_BUFF.size])
     if fields["ifindex"] > 1 and device(fields["ifindex"]) is None:
         return Refusal(errno.ENODEV, f"__sk_buff.ifindex {fields['ifindex']}: the interface does not exist")
+    ethertype = int.from_bytes(data[12:14], "big")
+    for proto, name, hlen in ((0x0800, "IPv4", IPV4_HLEN), (0x86DD, "IPv6", IPV6_HLEN)):
+        if ethertype == proto and len(data) - ETH_HLEN < hlen:  # the dummy socket takes its addresses
+            return Refusal(errno.EINVAL, f"an {name} frame of {len(data)} bytes is shorter than its Ethernet and "
+                                         f"{name} headers ({ETH_HLEN + hlen})")
+    if ctx is None:
+        return None
     refusal = _nonzero(SK_BUFF, ctx, SK_BUFF_INPUTS, f"settable: {', '.join(sorted(SK_BUFF_INPUTS))}")
     if refusal is not None:
         return refusal
@@ -338,5 +355,5 @@ __all__ = [
     "AF_INET", "AF_INET6", "BPF_SOCK", "DIRECT_PACKET_TYPES", "ETH_HLEN", "FLOW_KEYS", "Field", "L2_TYPES", "Layout",
     "LOOPBACK", "NET_SKB_PAD", "NetDevice", "ONE_SHOT_KINDS", "Refusal", "SKB_MAX_DATA", "SKB_SHARED_INFO", "SKB_TYPES", "SK_BUFF",
     "SK_BUFF_INPUTS", "SK_BUFF_OUTPUTS", "SK_LOOKUP", "TEST_RUN_KINDS", "XDP_MAX_META", "XDP_MD",
-    "XDP_PACKET_HEADROOM", "ctx_returned", "host_device", "input_refusal", "xdp_linear_room",
+    "XDP_PACKET_HEADROOM", "ctx_returned", "host_device", "input_refusal", "xdp_linear_room", "xdp_linear_size",
 ]

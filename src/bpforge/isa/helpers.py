@@ -76,6 +76,14 @@ class HelperSignature:
 _CTX, _MAP, _ANY, _SIZE, _SIZE0 = "ptr_to_ctx", "const_map_ptr", "anything", "const_size", "const_size_or_zero"
 _ROMEM, _NULLABLE_ROMEM, _UNINIT = "ptr_to_mem_readonly", "ptr_to_mem_readonly_or_null", "ptr_to_uninit_mem"
 _INT, _VOID = "integer", "void"
+_FUNC, _STACK0 = "ptr_to_func", "ptr_to_stack_or_null"  # a callback, and the context it is given
+_SOCK_COMMON, _BTF_SOCK = "ptr_to_sock_common", "ptr_to_btf_id_sock_common"
+_SOCKET0 = "ptr_to_socket_or_null"
+_UNINIT_VALUE = "ptr_to_uninit_map_value"  # ARG_PTR_TO_MAP_VALUE | MEM_UNINIT | MEM_WRITE (pop, peek)
+_LONG = "ptr_to_long"  # ARG_PTR_TO_FIXED_SIZE_MEM of 8 aligned bytes the helper writes
+_SKB_FIX = ((_CTX, _ANY, _ANY), _INT)  # skb_change_proto, skb_change_tail, skb_change_head
+_PROBE = ((_UNINIT, _SIZE0, _ANY), _INT)  # bpf_probe_read_*
+_CLOCK = ((), _INT)
 
 _SIGNATURES = {
     "map_lookup_elem": ((_MAP, "ptr_to_map_key"), "ptr_to_map_value_or_null"),
@@ -103,6 +111,73 @@ _SIGNATURES = {
     "ringbuf_reserve": ((_MAP, "const_alloc_size_or_zero", _ANY), "ptr_to_ringbuf_mem_or_null"),
     "ringbuf_submit": (("ptr_to_ringbuf_mem", _ANY), _VOID),
     "ringbuf_discard": (("ptr_to_ringbuf_mem", _ANY), _VOID),
+    "ringbuf_query": ((_MAP, _ANY), _INT),
+    # maps
+    "map_lookup_percpu_elem": ((_MAP, "ptr_to_map_key", _ANY), "ptr_to_map_value_or_null"),
+    "map_push_elem": ((_MAP, "ptr_to_map_value", _ANY), _INT),
+    "map_pop_elem": ((_MAP, _UNINIT_VALUE), _INT),
+    "map_peek_elem": ((_MAP, _UNINIT_VALUE), _INT),
+    "for_each_map_elem": ((_MAP, _FUNC, _STACK0, _ANY), _INT),
+    "get_local_storage": ((_MAP, _ANY), "ptr_to_map_value"),
+    "sk_storage_get": ((_MAP, _BTF_SOCK, "ptr_to_map_value_or_null", _ANY), "ptr_to_map_value_or_null"),
+    "sk_storage_delete": ((_MAP, _BTF_SOCK), _INT),
+    "perf_event_output": ((_CTX, _MAP, _ANY, _ROMEM, _SIZE0), _INT),
+    "perf_event_read": ((_MAP, _ANY), _INT),
+    "perf_event_read_value": ((_MAP, _ANY, _UNINIT, _SIZE), _INT),
+    # packets
+    "xdp_get_buff_len": ((_CTX,), _INT),
+    "xdp_load_bytes": ((_CTX, _ANY, _UNINIT, _SIZE), _INT),
+    "xdp_store_bytes": ((_CTX, _ANY, _UNINIT, _SIZE), _INT),
+    "redirect_peer": ((_ANY, _ANY), _INT),
+    "redirect_neigh": ((_ANY, _NULLABLE_ROMEM, _SIZE0, _ANY), _INT),
+    "skb_load_bytes_relative": ((_CTX, _ANY, _UNINIT, _SIZE, _ANY), _INT),
+    "skb_pull_data": ((_CTX, _ANY), _INT),
+    "skb_change_proto": _SKB_FIX,
+    "skb_change_tail": _SKB_FIX,
+    "skb_change_head": _SKB_FIX,
+    "skb_change_type": ((_CTX, _ANY), _INT),
+    "skb_adjust_room": ((_CTX, _ANY, _ANY, _ANY), _INT),
+    "csum_update": ((_CTX, _ANY), _INT),
+    "csum_level": ((_CTX, _ANY), _INT),
+    "set_hash": ((_CTX, _ANY), _INT),
+    "set_hash_invalid": ((_CTX,), _INT),
+    "skb_get_tunnel_key": ((_CTX, _UNINIT, _SIZE, _ANY), _INT),
+    "skb_set_tunnel_key": ((_CTX, _ROMEM, _SIZE, _ANY), _INT),
+    "skb_get_tunnel_opt": ((_CTX, _UNINIT, _SIZE), _INT),
+    "skb_set_tunnel_opt": ((_CTX, _ROMEM, _SIZE), _INT),
+    "get_route_realm": ((_CTX,), _INT),
+    "skb_ecn_set_ce": ((_CTX,), _INT),
+    # sockets
+    "sk_lookup_tcp": ((_CTX, _ROMEM, _SIZE, _ANY, _ANY), _SOCKET0),
+    "sk_lookup_udp": ((_CTX, _ROMEM, _SIZE, _ANY, _ANY), _SOCKET0),
+    "skc_lookup_tcp": ((_CTX, _ROMEM, _SIZE, _ANY, _ANY), "ptr_to_sock_common_or_null"),
+    "sk_release": ((_BTF_SOCK,), _INT),
+    "sk_fullsock": ((_SOCK_COMMON,), _SOCKET0),
+    "tcp_sock": ((_SOCK_COMMON,), "ptr_to_tcp_sock_or_null"),
+    "get_listener_sock": ((_SOCK_COMMON,), _SOCKET0),
+    "get_socket_cookie": ((_CTX,), _INT),
+    "get_socket_uid": ((_CTX,), _INT),
+    "get_netns_cookie": (("ptr_to_ctx_or_null",), _INT),
+    # the program, its task, time, strings
+    "ktime_get_coarse_ns": _CLOCK,
+    "ktime_get_tai_ns": _CLOCK,
+    "jiffies64": _CLOCK,
+    "get_numa_node_id": _CLOCK,
+    "get_current_pid_tgid": _CLOCK,
+    "get_current_uid_gid": _CLOCK,
+    "get_current_comm": ((_UNINIT, _SIZE), _INT),
+    "loop": ((_ANY, _FUNC, _STACK0, _ANY), _INT),
+    "spin_lock": (("ptr_to_spin_lock",), _VOID),
+    "spin_unlock": (("ptr_to_spin_lock",), _VOID),
+    "strtol": ((_ROMEM, _SIZE, _ANY, _LONG), _INT),
+    "strtoul": ((_ROMEM, _SIZE, _ANY, _LONG), _INT),
+    "strncmp": ((_ROMEM, _SIZE, "ptr_to_const_str"), _INT),
+    "probe_read": _PROBE,
+    "probe_read_str": _PROBE,
+    "probe_read_user": _PROBE,
+    "probe_read_user_str": _PROBE,
+    "probe_read_kernel": _PROBE,
+    "probe_read_kernel_str": _PROBE,
 }
 HELPER_SIGNATURES: dict[int, HelperSignature] = {
     HELPER_IDS["bpf_" + name]: HelperSignature(args, ret) for name, (args, ret) in _SIGNATURES.items()

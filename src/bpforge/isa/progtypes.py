@@ -183,6 +183,23 @@ def section_def(section: str | None) -> SectionDef | None:
     return max(legacy, key=lambda row: len(row.stem)) if legacy else None
 
 
+# Types the kernel does not load without an expected attach type (bpf_prog_load_check_attach), with the one
+# bpforge gives them when no section name says which.
+_REQUIRED_ATTACH = {"sk_lookup": "sk_lookup", "netfilter": "netfilter", "cgroup_sock_addr": "cgroup_inet4_connect",
+                    "cgroup_sockopt": "cgroup_getsockopt", "lsm": "lsm_mac"}
+
+
+def default_attach_type(prog_type: str) -> int:
+    """The expected attach type a program of `prog_type` loads with when nothing else says (0: none)."""
+    name = _REQUIRED_ATTACH.get(prog_type)
+    return ATTACH_TYPE_IDS[name] if name else 0
+
+
+def required_prog_flags(prog_type: str) -> int:
+    """BPF_PROG_LOAD flags the kernel insists on for a type (syscall programs must be sleepable)."""
+    return BPF_F_SLEEPABLE if prog_type == "syscall" else 0
+
+
 def prog_type_of_section(section: str | None) -> str | None:
     """The program type libbpf would give a section name, or None when the name does not say."""
     row = section_def(section)
@@ -190,4 +207,4 @@ def prog_type_of_section(section: str | None) -> str | None:
 
 
 __all__ = ["ATTACH_TYPES", "ATTACH_TYPE_IDS", "DEFAULT_PROG_TYPE", "PROG_TYPES", "SECTION_DEFS", "SectionDef",
-           "check_prog_type", "prog_type_of_section", "section_def"]
+           "check_prog_type", "default_attach_type", "prog_type_of_section", "required_prog_flags", "section_def"]

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .helpers import helper_id
+from .numbers import NumberError, parse_number
 
-NUMBER = r"[+-]?\s*(?:0[xX][0-9a-fA-F]+|\d+)"
-IDENT = r"(?![rw]\d+\b)[A-Za-z_.$][\w.$]*"  # never a register name
+# Patterns are compiled with re.ASCII: only ASCII digits are digits and only ASCII letters make names
+# (Python's \d would take a full-width `０`, so `r０` would name a register).
+NUMBER = r"[+-]?\s*(?:0[xX][0-9a-fA-F]+|[0-9]+)"
+IDENT = r"(?![rw][0-9]+\b)[A-Za-z_.$][\w.$]*"  # never a register name
 
 S16 = (-(1 << 15), (1 << 15) - 1)
 S32 = (-(1 << 31), (1 << 31) - 1)
@@ -29,7 +32,12 @@ class OperandError(ValueError):
 
 
 def parse_int(text: str) -> int:
-    return int(text.replace(" ", "").replace("\t", ""), 0)
+    """A number operand as llvm-mc reads it (decimal, 0x hex, a leading 0 for octal); OperandError otherwise,
+    or when it has more digits than any field could hold."""
+    try:
+        return parse_number(text.replace(" ", "").replace("\t", ""), octal=True)
+    except NumberError as err:
+        raise OperandError(str(err)) from None
 
 
 def wrap_s32(value: int, what: str) -> int:
@@ -73,12 +81,12 @@ class Placeholder:
         return {
             "reg_r": r"(r\d+)", "reg_w": r"(w\d+)",
             "imm": f"({NUMBER})", "hi": f"({NUMBER})", "offn": f"({NUMBER})",
-            "imm64": f"({NUMBER}|{IDENT}(?:\\s*[+-]\\s*(?:0[xX][0-9a-fA-F]+|\\d+))?)",
+            "imm64": f"({NUMBER}|{IDENT}(?:\\s*[+-]\\s*(?:0[xX][0-9a-fA-F]+|[0-9]+))?)",
             "off": rf"(?:\s*([+-])\s*({NUMBER}))?",
             "ind": rf"(?:\s*([+-])\s*({NUMBER}))?",
-            "target": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|\d+)|{IDENT})",
-            "ltarget": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|\d+)|{IDENT})",
-            "helper": rf"({NUMBER}|{IDENT}(?:#\d+)?)",
+            "target": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|[0-9]+)|{IDENT})",
+            "ltarget": rf"([+-]\s*(?:0[xX][0-9a-fA-F]+|[0-9]+)|{IDENT})",
+            "helper": rf"({NUMBER}|{IDENT}(?:#[0-9]+)?)",
         }[self.kind]
 
     @property
@@ -104,9 +112,9 @@ class Placeholder:
     def parse(self, groups: tuple[str | None, ...]) -> int | Symbol:
         k, text = self.kind, groups[0]
         if k in ("reg_r", "reg_w"):
-            number = int(text[1:])
+            number = int(text[1:]) if len(text) <= 4 else 99  # r0..r10; never convert a huge number
             if number >= 11:
-                raise OperandError(f"invalid register {text} (r0-r10 exist)")
+                raise OperandError(f"invalid register {text if len(text) <= 12 else text[:6] + '...'} (r0-r10 exist)")
             return number
         if k in ("off", "ind"):
             if text is None:
@@ -114,24 +122,24 @@ class Placeholder:
             value = parse_int(groups[1]) * (-1 if text == "-" else 1)
             return check_range(value, S16 if k == "off" else S32, "offset")
         if k in ("target", "ltarget"):
-            if re.match(IDENT, text) and not text[0] in "+-":
+            if re.match(IDENT, text, re.ASCII) and not text[0] in "+-":
                 return Symbol(text)
             return check_range(parse_int(text), S16 if k == "target" else S32, "jump offset")
         if k == "helper":
-            if re.fullmatch(NUMBER, text):
+            if re.fullmatch(NUMBER, text, re.ASCII):
                 return wrap_s32(parse_int(text), "helper id")
             name, _, number = text.partition("#")
             if number:
-                return int(number)
+                return wrap_s32(parse_int(number), "helper id")
             hid = helper_id(name)
             return Symbol(name) if hid is None else hid  # not a helper: a function to call
         if k == "imm64":
-            if re.fullmatch(NUMBER, text):
+            if re.fullmatch(NUMBER, text, re.ASCII):
                 value = parse_int(text)
                 if not -(1 << 63) <= value < (1 << 64):
                     raise OperandError(f"immediate {value:#x} does not fit in 64 bits")
                 return value - (1 << 64) if value >= (1 << 63) else value
-            m = re.fullmatch(rf"({IDENT})(?:\s*([+-])\s*(\S+))?", text)
+            m = re.fullmatch(rf"({IDENT})(?:\s*([+-])\s*(\S+))?", text, re.ASCII)
             addend = parse_int(m.group(3)) * (-1 if m.group(2) == "-" else 1) if m.group(2) else 0
             return Symbol(m.group(1), addend)
         if k == "offn":
@@ -188,7 +196,7 @@ class Template:
     @cached_property
     def regex(self) -> re.Pattern[str]:
         body = "".join(_literal_regex(p) if isinstance(p, str) else p.regex for p in self.parts)
-        return re.compile(r"\s*" + body + r"\s*$")
+        return re.compile(r"\s*" + body + r"\s*$", re.ASCII)
 
     @cached_property
     def sample(self) -> str:
@@ -225,8 +233,8 @@ class Template:
 def dispatch_key(text: str) -> str:
     """A cheap key that every spelling of a template shares: the leading word, or for register-led
     statements the register class and the operator that follows it (``r=``, ``w+=``, ``rs>>=``)."""
-    m = re.match(r"\s*([rw])\d+\s*(s?[^\s\w(]*=)", text)
+    m = re.match(r"\s*([rw])[0-9]+\s*(s?[^\s\w(]*=)", text, re.ASCII)
     if m:
         return m.group(1) + m.group(2)
-    m = re.match(r"\s*([A-Za-z_]+|\S)", text)
+    m = re.match(r"\s*([A-Za-z_]+|\S)", text, re.ASCII)
     return m.group(1) if m else ""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..elf.btf import BTF_MAGIC, KINDS
 from ..elf.btf_ext import parse_ext_layout
+from ..elf.externs import KCONFIG_SEC, KSYMS_SEC, collect_externs
 from ..elf.layout import STT_OBJECT
 from ..errors import BpforgeError
 from ..isa import slot_starts
@@ -73,15 +74,83 @@ def fixed_btf(obj: BpfObject) -> bytes:
     if magic != BTF_MAGIC:
         raise BtfError("bad .BTF magic", file=obj.filename)
     pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 0
+    positions: dict[int, int] = {}  # type id -> where its record starts
+    extern_secs: list[tuple[int, int, int]] = []
     while pos < end:
         type_id += 1
+        positions[type_id] = pos
         _, info, _ = _TYPE.unpack_from(data, pos)
         vlen, kind = info & 0xFFFF, KINDS[info >> 24 & 0x1F]
         body = pos + _TYPE.size
-        if kind == "datasec":
+        if kind == "datasec" and obj.btf[type_id].name in (KCONFIG_SEC, KSYMS_SEC):
+            extern_secs.append((type_id, pos, vlen))
+        elif kind == "datasec":
             _fix_datasec(obj, type_id, out, pos, body, vlen)
         pos = body + _extra_size(kind, vlen)
+    if extern_secs:
+        return _fix_extern_datasecs(obj, out, positions, extern_secs)
     return bytes(out)
+
+
+def _fix_extern_datasecs(obj: BpfObject, out: bytearray, positions: dict[int, int],
+                         secs: list[tuple[int, int, int]]) -> bytes:
+    """What libbpf's bpf_object__collect_externs does to the extern DATASECs so that the kernel accepts
+    the BTF: .kconfig variables get their offsets in the .kconfig map and "allocated" linkage; in .ksyms every
+    variable becomes an allocated int and every function a global one whose slot is taken by an int
+    variable `dummy_ksym` (added), its unnamed parameters named after it; each entry is 4 bytes there."""
+    try:
+        externs = {e.name: e for e in collect_externs(obj)}
+    except BpforgeError as err:
+        raise BtfError(f"extern BTF: {err.message}", file=obj.filename) from None
+    btf = obj.btf
+    int_id = next((t.id for t in btf.types if t.kind == "int" and t.extra & 0xFF == 32), 0)
+    _, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(out)
+    dummy_id = dummy_name = 0
+    if any(btf[var.type].kind == "func" for sec_id, _, _ in secs if btf[sec_id].name == KSYMS_SEC
+           for var in btf[sec_id].members):
+        if not int_id:
+            raise BtfError("extern functions need a 32-bit int in the object's BTF", file=obj.filename)
+        dummy_id, dummy_name = len(btf.types), str_len
+    for sec_id, pos, vlen in secs:
+        body = pos + _TYPE.size
+        entries = []
+        for i in range(vlen):
+            var_type, _, size = struct.unpack_from("<III", out, body + 12 * i)
+            t = btf[var_type]
+            e = externs.get(t.name)
+            if e is None:
+                raise BtfError(f"BTF {t.kind} '{t.name}' of {btf[sec_id].name} is no extern of the object",
+                               file=obj.filename)
+            here = positions[var_type]
+            if btf[sec_id].name == KCONFIG_SEC:
+                struct.pack_into("<I", out, here + 12, 1)  # BTF_VAR_GLOBAL_ALLOCATED
+                entries.append((e.data_off, var_type, size))
+            elif t.kind == "func":
+                info = struct.unpack_from("<I", out, here + 4)[0]
+                struct.pack_into("<I", out, here + 4, info & ~0xFFFF | 1)  # BTF_FUNC_GLOBAL
+                proto = positions[t.type]
+                for j in range(len(btf[t.type].members)):
+                    name_off, param_type = struct.unpack_from("<II", out, proto + _TYPE.size + 8 * j)
+                    if param_type and not name_off:
+                        struct.pack_into("<I", out, proto + _TYPE.size + 8 * j, dummy_name)
+                entries.append((4 * i, dummy_id, 4))
+            else:
+                struct.pack_into("<I", out, here + 8, int_id)
+                struct.pack_into("<I", out, here + 12, 1)
+                entries.append((4 * i, var_type, 4))
+        entries.sort()
+        sec_size = max((off + size for off, _, size in entries), default=0)
+        struct.pack_into("<I", out, pos + 8, sec_size)
+        for i, (offset, var_type, size) in enumerate(entries):
+            struct.pack_into("<III", out, body + 12 * i, var_type, offset, size)
+    if not dummy_id:
+        return bytes(out)
+    types = bytes(out[hdr_len + type_off:hdr_len + type_off + type_len])
+    types += _TYPE.pack(dummy_name, 14 << 24, int_id) + struct.pack("<I", 1)  # VAR dummy_ksym, allocated
+    strings = bytes(out[hdr_len + str_off:hdr_len + str_off + str_len]) + b"dummy_ksym\0"
+    header = bytearray(out[:hdr_len])
+    struct.pack_into("<IIII", header, 8, 0, len(types), len(types), len(strings))
+    return bytes(header) + types + strings
 
 
 def _extra_size(kind: str, vlen: int) -> int:

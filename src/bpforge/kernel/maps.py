@@ -9,11 +9,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
+from ..elf.maps import PAGE_SIZE, arena_data_offset
 from ..errors import BpforgeError
 from ..isa.maptypes import (
     BPF_ANY,
@@ -27,13 +29,16 @@ from ..isa.maptypes import (
     MapError,
     map_type_name,
 )
+from .arena import ArenaMapping, map_arena
 from .syscall import (
+    BPF_BTF_LOAD,
     BPF_MAP_CREATE,
     BPF_MAP_DELETE_ELEM,
     BPF_MAP_FREEZE,
     BPF_MAP_GET_NEXT_KEY,
     BPF_MAP_LOOKUP_ELEM,
     BPF_MAP_UPDATE_ELEM,
+    BtfLoadAttr,
     MapCreateAttr,
     MapElemAttr,
     MapFdAttr,
@@ -50,6 +55,9 @@ _FIXED_SIZES = {  # map types whose key/value sizes the kernel dictates, whateve
     "perf_event_array": (4, 4), "cgroup_array": (4, 4),
 }
 _POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
+# Map types the kernel creates only with BTF for key and value (bpf_local_storage_map_alloc_check).
+_NEEDS_BTF = ("sk_storage", "inode_storage", "task_storage", "cgrp_storage")
 
 
 class MapSpec(Protocol):
@@ -94,6 +102,7 @@ class KernelMap:
     flags: int = 0
     ncpus: int = 1  # value slots: possible CPUs for per-CPU maps, else 1
     frozen: bool = field(default=False)
+    arena: ArenaMapping | None = field(default=None, repr=False)  # an arena's user mapping (kernel.arena)
 
     @property
     def type_name(self) -> str:
@@ -119,9 +128,13 @@ class KernelMap:
     def create(cls, spec: MapSpec, *, name: str | None = None, max_entries: int | None = None) -> KernelMap:
         """BPF_MAP_CREATE for `spec` (an elf.MapDef, a K2 map, ...): its type, sizes and flags as declared,
         except what the kernel dictates (ringbuf key/value 0, prog_array value 4, BPF_F_NO_PREALLOC for an
-        LPM trie). A definition with `initial` contents (global data) is filled with them and, when
+        LPM trie) and what libbpf fills in (a perf_event_array declared with 0 entries gets one per possible
+        CPU; local storage maps, which the kernel creates only with BTF, get an int key and a byte-array
+        value type). A definition with `initial` contents (global data) is filled with them and, when
         read-only to programs (.rodata), frozen, as libbpf does. `max_entries` overrides the declared
-        size (tests shrink big tables). MapError(errno) when the kernel refuses."""
+        size (tests shrink big tables). An arena is mapped into this process at once (`arena`, unmapped by
+        close()) and its `initial` __arena globals copied in at elf.maps.arena_data_offset, as libbpf does.
+        MapError(errno) when the kernel refuses."""
         map_name = name or spec.name
         type_name = map_type_name(spec.type)
         key_size, value_size = spec.key_size, spec.value_size
@@ -132,6 +145,8 @@ class KernelMap:
         if type_name == "lpm_trie":
             flags |= BPF_F_NO_PREALLOC  # the kernel refuses a preallocated trie (EINVAL)
         entries = spec.max_entries if max_entries is None else max_entries
+        if type_name == "perf_event_array" and entries == 0:
+            entries = possible_cpus()  # libbpf: one slot per possible CPU
         attr = MapCreateAttr(map_type=spec.type, key_size=key_size, value_size=value_size, max_entries=entries,
                              map_flags=flags, map_name=obj_name(map_name),
                              map_extra=getattr(spec, "map_extra", 0) or 0)
@@ -143,11 +158,17 @@ class KernelMap:
         if getattr(spec, "inner", None) is not None:  # map-in-map: the kernel copies the inner template
             inner = cls.create(spec.inner)
             attr.inner_map_fd = inner.fd
+        btf_fd = -1
+        if type_name in _NEEDS_BTF:  # an int key and a byte-array value, the shapes the kernel checks
+            btf_fd = _load_scalar_btf(value_size)
+            attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = max(btf_fd, 0), 1, 3
         try:
             fd, err = bpf(BPF_MAP_CREATE, attr)
         finally:
             if inner is not None:
                 inner.close()
+            if btf_fd >= 0:
+                close_fd(btf_fd)
         if fd < 0:
             raise MapError(err, f"cannot create map '{map_name}' ({type_name}, key {key_size}, value "
                                 f"{value_size}, {entries} entries, flags {flags:#x}): {_describe(err)}")
@@ -155,7 +176,11 @@ class KernelMap:
                    possible_cpus() if type_name in PERCPU_TYPES else 1)
         initial = getattr(spec, "initial", None)
         try:
-            if initial is not None:
+            if type_name == "arena":  # mapped at once, as libbpf does: that fixes user_vm_start
+                kmap.arena = map_arena(map_name, fd, entries * PAGE_SIZE, attr.map_extra, flags)
+                if initial is not None:  # the __arena globals (elf.maps.with_arena_data)
+                    kmap.arena.write(arena_data_offset(spec.max_entries, len(initial)), bytes(initial))
+            elif initial is not None:
                 kmap.update(bytes(4), bytes(initial))
                 if flags & BPF_F_RDONLY_PROG:
                     kmap.freeze()
@@ -165,6 +190,9 @@ class KernelMap:
         return kmap
 
     def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
         close_fd(self.fd)
         self.fd = -1
 
@@ -246,6 +274,40 @@ class KernelMap:
             if value is not None:
                 yield key, value
 
+    # ---- maps without keys (queue, stack, bloom_filter) ----------------------------------------------------
+
+    def push(self, value: bytes, flags: int = BPF_ANY) -> None:
+        """BPF_MAP_UPDATE_ELEM without a key: push onto a queue or stack, add to a bloom filter."""
+        self.update(b"", value, flags)
+
+    def peek(self) -> bytes | None:
+        """BPF_MAP_LOOKUP_ELEM without a key: the element a pop would take, or None when empty."""
+        return self.lookup(b"")
+
+    def pop(self) -> bytes | None:
+        """BPF_MAP_LOOKUP_AND_DELETE_ELEM without a key: take the next element, or None when empty."""
+        vbuf = ctypes.create_string_buffer(max(self.value_size, 1))
+        _, err = bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, MapElemAttr(map_fd=self._live_fd(), key=0,
+                                                                 value=ctypes.addressof(vbuf)))
+        if err == errno.ENOENT:
+            return None
+        if err:
+            raise self._error(err, "lookup_and_delete")
+        return vbuf.raw[:self.value_size]
+
+    def contains(self, value: bytes) -> bool:
+        """A bloom filter's lookup of `value` (which the syscall reads): whether it may have been added."""
+        value = bytes(value)
+        if len(value) != self.value_size:
+            raise MapError(errno.EINVAL, f"map '{self.name}': value must be {self.value_size} bytes")
+        vbuf = ctypes.create_string_buffer(value, max(len(value), 1))
+        _, err = bpf(BPF_MAP_LOOKUP_ELEM, MapElemAttr(map_fd=self._live_fd(), key=0, value=ctypes.addressof(vbuf)))
+        if err == errno.ENOENT:
+            return False
+        if err:
+            raise self._error(err, "lookup")
+        return True
+
     # ---- conveniences ------------------------------------------------------------------------------------
 
     def cpu_values(self, value: bytes) -> list[bytes]:
@@ -274,6 +336,19 @@ class KernelMap:
 
     def _error(self, err: int, op: str) -> MapError:
         return MapError(err, f"map '{self.name}' ({self.type_name}): {op}: {_describe(err)}")
+
+
+def _load_scalar_btf(value_size: int) -> int:
+    """BPF_BTF_LOAD of three types, [1] int, [2] char, [3] char[value_size]: the key and value types a
+    loader's BTF would give a local storage map (which the kernel requires). -1 when the kernel refuses."""
+    strings = b"\0int\0char\0"
+    types = (struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)  # INT int, signed 32
+             + struct.pack("<III", 5, 1 << 24, 1) + struct.pack("<I", 8)  # INT char, 8 bits
+             + struct.pack("<III", 0, 3 << 24, 0) + struct.pack("<III", 2, 1, value_size))  # ARRAY
+    blob = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    fd, _ = bpf(BPF_BTF_LOAD, BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(blob)))
+    return fd
 
 
 def _addr(buf: ctypes.Array | None) -> int:

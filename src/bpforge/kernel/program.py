@@ -20,10 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..elf.externs import relocate_for_kernel
+from ..elf.maps import arena_value_offset, with_arena_data
 from ..errors import BpforgeError
 from ..isa import Insn, encode, slot_starts
 from ..isa.opcodes import PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
-from ..isa.progtypes import prog_type_of_section, section_def
+from ..isa.progtypes import default_attach_type, prog_type_of_section, required_prog_flags, section_def
 from .btf import BtfError, ProgramBtf, program_btf
 from .maps import KernelMap
 from .syscall import BPF_PROG_LOAD, ProgLoadAttr, _prog_type_id, bpf, close_fd, obj_name
@@ -141,7 +143,8 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
     `prog_type` defaults to what the section name says (libbpf's SEC() conventions);
     `license` defaults to the object's (else "GPL"); `max_entries` shrinks named maps (big tables in
     tests). Raises VerifierRejected with the verdict when the verifier says no; BpforgeError for references
-    bpforge cannot resolve (externs: kfuncs, ksyms, kconfig); MapError when a map cannot be created."""
+    that do not resolve (CO-RE relocations, kfuncs, ksyms, kconfig externs as libbpf refuses them: see
+    elf.core, elf.externs); MapError when a map cannot be created."""
     where = dict(file=obj.filename if obj else None, section=linked.section)
     prog_type = prog_type or prog_type_of_section(linked.section)
     if prog_type is None:
@@ -150,6 +153,9 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
     if sec is not None and sec.prog_type == prog_type:  # what libbpf sets from the section name
         expected_attach_type = expected_attach_type or sec.expected_attach_type
         prog_flags |= sec.prog_flags
+    if obj is not None:  # CO-RE and externs against the running kernel, as libbpf resolves them
+        view = relocate_for_kernel(obj, linked)
+        linked, obj = view.linked, with_arena_data(view.obj)  # the arena map gets the __arena globals
     given = dict(maps or {})
     starts = slot_starts(linked.insns)
     needed: dict[str, MapDef | None] = {}
@@ -157,7 +163,7 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
         if reloc.kind == "extern":
             raise BpforgeError(f"'{reloc.target}' is an extern symbol (kfunc, ksym or kconfig variable); "
                                "bpforge does not resolve externs", insn=starts[index], **where)
-        if reloc.kind in ("map", "data") and reloc.target not in given:
+        if reloc.kind in ("map", "data", "arena") and reloc.target not in given:
             needed[reloc.target] = _find_mapdef(obj, reloc.kind, reloc.target, starts[index], where)
     owned: list[KernelMap] = []
     try:
@@ -171,11 +177,12 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
             given[name] = kmap
         insns = list(linked.insns)
         for index, reloc in linked.relocations:
-            if reloc.kind not in ("map", "data"):
+            if reloc.kind not in ("map", "data", "arena"):
                 continue  # call/func were resolved by linking
-            insns[index] = _patch(insns[index], given[reloc.target], reloc.kind, reloc.offset,
-                                  starts[index], where)
-        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in ("map", "data")}
+            offset = reloc.offset if reloc.kind != "arena" else arena_value_offset(
+                _find_mapdef(obj, "arena", reloc.target, starts[index], where), reloc.offset)
+            insns[index] = _patch(insns[index], given[reloc.target], reloc.kind, offset, starts[index], where)
+        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in ("map", "data", "arena")}
         if license is None:
             license = (obj.license if obj is not None else None) or "GPL"
         prog_btf, btf_error = None, None
@@ -225,7 +232,7 @@ def _slot_maps(obj: BpfObject, needed: Mapping[str, MapDef], given: Mapping[str,
                     continue
                 seen_programs.add(symbol)
                 for _, reloc in obj.linked(symbol).relocations:
-                    if reloc.kind in ("map", "data") and reloc.target not in given:
+                    if reloc.kind in ("map", "data", "arena") and reloc.target not in given:
                         target = _find_mapdef(obj, reloc.kind, reloc.target, 0, {})
                         if target.name not in needed and target.name not in found:
                             found[target.name] = target
@@ -262,13 +269,13 @@ def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapDef
 
 def _find_mapdef(obj: BpfObject | None, kind: str, target: str, slot: int, where: dict) -> MapDef:
     if obj is None:
-        raise BpforgeError(f"the program refers to {'map' if kind == 'map' else 'global data'} '{target}': "
+        raise BpforgeError(f"the program refers to {'map' if kind != 'data' else 'global data'} '{target}': "
                            "pass the object or the map", insn=slot, **where)
     for mapdef in obj.maps:
-        if (kind == "map" and mapdef.name == target and mapdef.source != "data") or \
+        if (kind in ("map", "arena") and mapdef.name == target and mapdef.source != "data") or \
            (kind == "data" and mapdef.source == "data" and mapdef.section == target):
             return mapdef
-    raise BpforgeError(f"the object defines no {'map' if kind == 'map' else 'data section'} '{target}'",
+    raise BpforgeError(f"the object defines no {'map' if kind != 'data' else 'data section'} '{target}'",
                        insn=slot, **where)
 
 
@@ -288,6 +295,8 @@ def _patch(insn: Insn, kmap: KernelMap, kind: str, offset: int, slot: int, where
                            insn=slot, **where)
     if kind == "map":
         return insn.replace(src=PSEUDO_MAP_FD, imm=kmap.fd, imm_hi=0)
+    if kind == "arena":  # the verifier checks the offset against the arena (arena_map_direct_value_addr)
+        return insn.replace(src=PSEUDO_MAP_VALUE, imm=kmap.fd, imm_hi=offset)
     if not 0 <= offset < max(kmap.value_size, 1):
         raise BpforgeError(f"offset {offset} lies outside '{kmap.name}' ({kmap.value_size} bytes)",
                            insn=slot, **where)
@@ -387,6 +396,8 @@ def verify_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: s
 def _load(insns: list[Insn], prog_type: str, *, name, maps, owned, license, log_level, log_size, explain,
           prog_flags, expected_attach_type, fd_array, where, btf=None, btf_error=None) -> KernelProgram:
     type_id = _prog_type_id(prog_type)
+    expected_attach_type = expected_attach_type or default_attach_type(prog_type)
+    prog_flags |= required_prog_flags(prog_type)
     code = encode(insns)
     options = dict(name=name, license=license, log_size=log_size, prog_flags=prog_flags,
                    expected_attach_type=expected_attach_type, fd_array=fd_array, btf=btf)

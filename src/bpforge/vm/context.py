@@ -34,7 +34,7 @@ from ..errors import BpforgeError
 from ..isa.contexts import (
     AF_INET, AF_INET6, BPF_SOCK, DIRECT_PACKET_TYPES, ETH_HLEN, FLOW_KEYS, L2_TYPES, NET_SKB_PAD, PAGE_SIZE,
     SK_BUFF, SK_BUFF_OUTPUTS, SK_LOOKUP, SKB_SHARED_INFO, TEST_RUN_KINDS, XDP_MD, XDP_PACKET_HEADROOM, NetDevice,
-    host_device, input_refusal, xdp_linear_room,
+    host_device, input_refusal, xdp_linear_size,
 )
 from .memory import Memory, Region
 
@@ -72,6 +72,7 @@ class Packet:
     mac: int = 0
     network: int = 0
     frags: bytearray = field(default_factory=bytearray)
+    skb_state: object = None  # what skb helpers track beyond the bytes (vm.helpers.skb.SkbState), on first use
 
     def addr(self, offset: int) -> int:
         return self.region.base + offset
@@ -135,7 +136,7 @@ def prepare(memory: Memory, prog_type: str, data: bytes, ctx_in: bytes | None = 
 def _xdp(memory: Memory, data: bytes, ctx_in: bytes | None, device) -> Input:
     user = bytearray((ctx_in or b"")[:XDP_MD.size].ljust(XDP_MD.size, b"\0"))
     meta_len = XDP_MD.get(user, "data")
-    linear = min(len(data), xdp_linear_room(meta_len))
+    linear = xdp_linear_size(len(data), ctx_in)
     buf = bytearray(PAGE_SIZE - SKB_SHARED_INFO)  # the frame up to skb_shared_info
     start = XDP_PACKET_HEADROOM - meta_len  # metadata is taken from the headroom
     buf[start:start + linear] = data[:linear]

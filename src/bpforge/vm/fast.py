@@ -17,10 +17,13 @@ interpreter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..errors import BpforgeError
 from ..isa import Form, Insn, branch_target, slot_starts
 from .helpers import call_helper, legacy_load
+from .kfuncs import call_kfunc
+from .maps.arena import addr_space_cast
 from .interp import (
     MAX_CALL_FRAMES, MAY_GOTO_BUDGET, STACK_SIZE, Clock, Machine, RunResult, atomic, legacy_offset,
     repeat_runs,
@@ -132,9 +135,13 @@ class _Function:
     end: int
     leaders: list[int]
 
-    @property
+    @cached_property
     def segments(self) -> list[list[int]]:
         return [self.leaders[i:i + SEGMENT_BLOCKS] for i in range(0, len(self.leaders), SEGMENT_BLOCKS)]
+
+    @cached_property
+    def leader_set(self) -> frozenset[int]:
+        return frozenset(self.leaders)
 
 
 class CompiledProgram:
@@ -144,10 +151,12 @@ class CompiledProgram:
         self.program = program
         self.starts = slot_starts(program.insns)
         self.at = dict(zip(self.starts, program.insns))
+        self.forms = {slot: insn.form for slot, insn in self.at.items()}  # decoded once, not per unit
+        self._index = {slot: i for i, slot in enumerate(self.starts)}
         self._functions: dict[int, _Function] = {}
         self._units: dict[tuple, object] = {}
         self._segment_index: dict[int, dict[int, int]] = {}
-        self.namespace = {"VmFault": VmFault, "call_helper": call_helper, "_Stop": _Stop,
+        self.namespace = {"VmFault": VmFault, "call_helper": call_helper, "call_kfunc": call_kfunc, "addr_space_cast": addr_space_cast, "_Stop": _Stop,
                           "_sdiv": INT_OPS.sdiv, "_srem": INT_OPS.srem, "atomic": atomic,
                           "legacy_load": legacy_load, "legacy_offset": legacy_offset}
 
@@ -157,8 +166,10 @@ class CompiledProgram:
             start, end = self.program.function_bounds(entry)
             if start != entry:
                 raise VmFault(f"slot {entry} is not the start of a function")
-            fn = self._functions[entry] = _Function(entry, end, _leaders(self.program.insns, self.starts,
-                                                                         self.at, entry, end))
+            first = self._index[entry]
+            last = self._index.get(end, len(self.starts))
+            fn = self._functions[entry] = _Function(entry, end, _leaders(self.starts[first:last], self.at,
+                                                                         self.forms, entry, end))
         return fn
 
     def segment_of(self, entry: int, leader: int) -> int:
@@ -172,16 +183,18 @@ class CompiledProgram:
         """The factory `make(env)` of a unit: ("f", entry) a function, ("s", entry, i) its i-th segment."""
         make = self._units.get(key)
         if make is None:
-            source = self.source(key)
+            source, needs = self._source(key)
             namespace = dict(self.namespace)
-            for slot, insn in self.at.items():
-                if insn.form.kind in ("atomic", "ld_abs", "ld_ind") and f"INSN_{slot}" in source:
-                    namespace[f"FORM_{slot}"], namespace[f"INSN_{slot}"] = insn.form, insn
+            for slot in needs:  # the instructions generated code hands to atomic() and legacy_offset()
+                namespace[f"FORM_{slot}"], namespace[f"INSN_{slot}"] = self.forms[slot], self.at[slot]
             exec(compile(source, f"<bpforge fast tier: {self.program.name} {key}>", "exec"), namespace)
             make = self._units[key] = namespace["make"]
         return make
 
     def source(self, key: tuple) -> str:
+        return self._source(key)[0]
+
+    def _source(self, key: tuple) -> tuple[str, set[int]]:
         fn = self.function(key[1])
         out = _Writer()
         out.emit(0, "def make(env):")
@@ -198,27 +211,30 @@ class CompiledProgram:
             out.emit(2, f"b = {fn.entry}")
             out.emit(2, "while True:")
             if len(segments) == 1:
-                _Emitter(self, fn, set(segments[0]), segmented=False).dispatch(out, segments[0], 3)
+                emitter = _Emitter(self, fn, set(segments[0]), segmented=False)
+                emitter.dispatch(out, segments[0], 3)
+                needs = emitter.needs
             else:  # the driver: each segment runs until control leaves it
                 out.emit(3, f"b, {_REGS}, mg = S[({fn.entry}, b)](b, {_REGS}, r10, mg, depth)")
                 out.emit(3, f"if b < 0: return {_ARGS}")
+                needs = set()
             out.emit(1, "return f")
         else:
             leaders = segments[key[2]]
             out.emit(1, f"def s(b, {_REGS}, r10, mg, depth):")
             out.emit(2, "while True:")
-            _Emitter(self, fn, set(leaders), segmented=True).dispatch(out, leaders, 3)
+            emitter = _Emitter(self, fn, set(leaders), segmented=True)
+            emitter.dispatch(out, leaders, 3)
+            needs = emitter.needs
             out.emit(1, "return s")
-        return "\n".join(out.lines) + "\n"
+        return "\n".join(out.lines) + "\n", needs
 
 
-def _leaders(insns: list[Insn], starts: list[int], at: dict[int, Insn], entry: int, end: int) -> list[int]:
-    """Block leader slots of the function [entry, end)."""
+def _leaders(slots: list[int], at: dict[int, Insn], forms: dict[int, Form], entry: int, end: int) -> list[int]:
+    """Block leader slots of the function [entry, end) whose instructions start at `slots`."""
     leaders = {entry}
-    for insn, slot in zip(insns, starts):
-        if not entry <= slot < end:
-            continue
-        form = insn.form
+    for slot in slots:
+        insn, form = at[slot], forms[slot]
         if form.is_branch:
             target = branch_target(insn, slot)
             if entry <= target < end and target in at:
@@ -234,7 +250,8 @@ class _Emitter:
 
     def __init__(self, prog: CompiledProgram, fn: _Function, mine: set[int], *, segmented: bool) -> None:
         self.prog, self.fn, self.mine, self.segmented = prog, fn, mine, segmented
-        self.leaders = set(fn.leaders)
+        self.leaders = fn.leader_set
+        self.needs: set[int] = set()  # slots whose Insn the generated code refers to
 
     def dispatch(self, out: _Writer, group: list[int], depth: int) -> None:
         if len(group) == 1:
@@ -260,15 +277,15 @@ class _Emitter:
         out.emit(depth, f"return -1, {_REGS}, mg" if self.segmented else f"return {_ARGS}")
 
     def block(self, out: _Writer, leader: int, depth: int) -> None:
-        at, slots, slot = self.prog.at, [], leader
+        at, forms, slots, slot = self.prog.at, self.prog.forms, [], leader
         while slot < self.fn.end and slot in at:
             slots.append(slot)
-            insn = at[slot]
-            slot += insn.slots
-            if insn.form.is_branch or insn.form.kind in _ENDS_BLOCK or slot in self.leaders:
+            form = forms[slot]
+            slot += at[slot].slots
+            if form.is_branch or form.kind in _ENDS_BLOCK or slot in self.leaders:
                 break
-        last = at[slots[-1]]
-        self_loop = last.form.is_branch and branch_target(last, slots[-1]) == leader
+        last, last_form = at[slots[-1]], forms[slots[-1]]
+        self_loop = last_form.is_branch and branch_target(last, slots[-1]) == leader
         if self_loop:
             out.emit(depth, "while True:")
             depth += 1
@@ -276,15 +293,17 @@ class _Emitter:
         out.emit(depth, f"if clock.executed > clock.budget: st.pc = {slots[-1]}; clock.exhausted()")
         for s in slots:
             self.insn(out, at[s], s, depth, self_loop and s == slots[-1])
-        if last.form.kind not in ("exit", "ja"):
+        if last_form.kind not in ("exit", "ja"):
             if self_loop:
                 out.emit(depth, "break")
                 depth -= 1
             self.goto(out, slots[-1] + last.slots, depth)
 
     def insn(self, out: _Writer, insn: Insn, slot: int, depth: int, loops_back: bool) -> None:
-        form: Form = insn.form
+        form: Form = self.prog.forms[slot]
         kind = form.kind
+        if kind in ("atomic", "ld_abs", "ld_ind"):
+            self.needs.add(slot)
         e = lambda text: out.emit(depth, text)  # noqa: E731
         d, s = f"r{insn.dst}", f"r{insn.src}"
         imm = str(imm_operand(insn.imm))
@@ -293,6 +312,8 @@ class _Emitter:
             e(f"{d} = {alu(SOURCE_OPS, form, d, src)}")
         elif kind == "end":
             e(f"{d} = {byte_swap(SOURCE_OPS, form, d)}")
+        elif kind == "as_cast":
+            e(f"st.pc = {slot}; {d} = addr_space_cast(st.machine, {insn.imm}, {s})")
         elif kind == "ldx":
             value = f"ld(({s} + {insn.off}) & {M64}, {form.size})"
             if form.signed:
@@ -347,7 +368,7 @@ class _Emitter:
             elif form.op == "local":
                 e(f"st.pc = {slot}; {_ARGS} = F[{slot + 1 + insn.imm}]({_REGS}, depth + 1)")
             else:
-                e(f"st.pc = {slot}; raise VmFault('kfunc calls need the kernel (the interpreter has no kfuncs)')")
+                e(f"st.pc = {slot}; r0 = call_kfunc(st, {insn.imm}, {insn.off}, r1, r2, r3, r4, r5)")
         elif kind == "callx":
             e(f"st.pc = {slot}; {_ARGS} = env.callx({d})({_REGS}, depth + 1)")
         elif kind == "exit":
@@ -361,16 +382,28 @@ class _Emitter:
             e(f"st.pc = {slot}; raise VmFault('{form.name} is not supported by the interpreter')")
 
 
-def translate(program: VmProgram) -> str:
-    """The source of every unit of the program (what runs compile on demand), for reading."""
+def _unit_keys(program: VmProgram) -> list[tuple]:
     prog = compiled(program)
-    keys = []
+    keys: list[tuple] = []
     for entry in program.entries:
         keys.append(("f", entry))
         segments = prog.function(entry).segments
         if len(segments) > 1:
             keys += [("s", entry, i) for i in range(len(segments))]
-    return "\n".join(prog.source(key) for key in keys)
+    return keys
+
+
+def translate(program: VmProgram) -> str:
+    """The source of every unit of the program (what runs compile on demand), for reading."""
+    return "\n".join(compiled(program).source(key) for key in _unit_keys(program))
+
+
+def compile_all(program: VmProgram) -> CompiledProgram:
+    """Every unit compiled now (before a timed run), not when a run first enters it."""
+    prog = compiled(program)
+    for key in _unit_keys(program):
+        prog.unit(key)
+    return prog
 
 
 def compiled(program: VmProgram) -> CompiledProgram:
@@ -413,4 +446,4 @@ def _value(machine: Machine, vm_map) -> int:
     return machine.value_pointer(vm_map, storage)
 
 
-__all__ = ["CompiledProgram", "compiled", "run_fast", "translate"]
+__all__ = ["CompiledProgram", "compile_all", "compiled", "run_fast", "translate"]

@@ -23,6 +23,8 @@ from ..errors import BpforgeError
 from ..isa import Form, Insn
 from .context import Input, prepare
 from .helpers import TailCall, call_helper, legacy_load
+from .kfuncs import call_kfunc
+from .maps.arena import addr_space_cast
 from .memory import Memory, Region, VmFault
 from .program import VmProgram
 from .semantics import INT_OPS, alu, byte_swap, condition, imm_operand
@@ -133,7 +135,10 @@ class Machine:
     def map_handle(self, vm_map) -> int:
         handle = self._handle_of.get(id(vm_map))
         if handle is None:
-            handle = self.memory.reserve(f"map {getattr(vm_map, 'name', '?')}").base
+            name = f"map {getattr(vm_map, 'name', '?')}"
+            layout = self.program.map_layout  # the kernel's struct bpf_map, when the program reads it
+            handle = (self.memory.map(layout.render(vm_map), f"struct bpf_map of {name}", writable=False)
+                      if layout is not None else self.memory.reserve(name)).base
             self._handle_of[id(vm_map)] = handle
             self._map_handles[handle] = vm_map
         return handle
@@ -282,6 +287,8 @@ class Interpreter:
                     next_pc += insn.off if form.name == "ja" else insn.imm
                 elif kind == "end":
                     regs[insn.dst] = byte_swap(INT_OPS, form, regs[insn.dst])
+                elif kind == "as_cast":
+                    regs[insn.dst] = addr_space_cast(machine, insn.imm, regs[insn.src])
                 elif kind == "lddw":
                     regs[insn.dst] = self.load_imm64(program, form, insn, pc)
                     next_pc += 1  # the second slot
@@ -302,7 +309,7 @@ class Interpreter:
                         lo, hi = program.function_bounds(next_pc)
                         may_goto = MAY_GOTO_BUDGET
                     else:
-                        raise VmFault("kfunc calls need the kernel (the interpreter has no kfuncs)")
+                        regs[0] = call_kfunc(self, insn.imm, insn.off, *regs[1:6])
                 elif kind == "callx":
                     callee, slot = machine.code_at(regs[insn.dst])
                     if callee is not program or slot not in program.entries:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..elf import BpfObject, MapDef
+from ..elf.maps import arena_value_offset, with_arena_data
 from ..elf.model import Reloc
 from ..errors import BpforgeError
 from ..isa import Insn, branch_target, slot_starts
+from .kernel_view import vm_view
 
 
 @dataclass
@@ -22,6 +24,9 @@ class VmProgram:
     map_names: list[str] = field(default_factory=list)
     functions: dict[int, str] = field(default_factory=dict)
     compiled: object = field(default=None, repr=False, compare=False)  # the fast tier's translation
+    # The running kernel's struct bpf_map (kernel_view.MapStructLayout) when the program reads map fields
+    # through a map pointer: map handles are then backed by those bytes.
+    map_layout: object = field(default=None, repr=False, compare=False)
 
     def map(self, name: str):
         return self.maps[self.map_names.index(name)]
@@ -63,6 +68,7 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
     same way, sharing this program's maps), a map of maps with the object's maps of those names."""
     from .maps import create_map
 
+    obj = with_arena_data(obj)  # the arena map holds the __arena globals, as libbpf creates it
     defs: dict[str, MapDef] = {m.name: m for m in obj.maps}
     table: dict[str, object] = dict(maps or {})
     programs: dict[str, VmProgram] = {}
@@ -73,8 +79,11 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
         program = obj.program(prog_name)
         if program.name in programs:
             return programs[program.name]
-        linked = obj.linked(program)
+        view = vm_view(obj, obj.linked(program))  # CO-RE, externs, kfuncs: as against the running kernel
+        linked = view.linked
+        defs.update((m.name, m) for m in view.maps if m.name not in defs)
         vmprog = resolve(linked.name, linked.insns, linked.relocations, defs, table, make_map, linked.functions)
+        vmprog.map_layout = view.map_layout
         programs[program.name] = vmprog
         for map_name in list(table):
             if map_name not in filled and defs.get(map_name) is not None and defs[map_name].values:
@@ -110,7 +119,7 @@ def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, R
     out = list(insns)
     starts = slot_starts(insns)
     for index, rel in relocations:
-        if rel.kind not in ("map", "data"):
+        if rel.kind not in ("map", "data", "arena"):
             if rel.kind in ("call", "func"):
                 continue  # linked() already made these pc-relative
             raise BpforgeError(f"{rel.kind} symbol '{rel.target}' cannot be resolved in the interpreter",
@@ -125,14 +134,38 @@ def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, R
         slot = names.index(map_name)
         if rel.kind == "map":
             out[index] = Insn.make("lddw_map_fd", dst=insns[index].dst, imm=slot)
+        elif rel.kind == "arena":  # the verifier turns it into the global's user address, a constant
+            offset = arena_value_offset(defs[map_name], rel.offset)
+            try:
+                address = table[map_name].direct_value_addr(offset)
+            except BpforgeError as err:
+                raise err.at(insn=starts[index]) from None
+            out[index] = Insn.make("lddw", dst=insns[index].dst, imm64=address)
         else:
             out[index] = Insn.make("lddw_map_value", dst=insns[index].dst, imm=slot, imm_hi=rel.offset)
     return VmProgram(name, out, [table[n] for n in names], names, dict(functions or {0: name}))
 
 
 def from_insns(insns: Sequence[Insn], maps: Sequence[object] = (), name: str = "prog") -> VmProgram:
-    """A raw program whose lddw map_fd/map_value instructions already hold indexes into `maps`."""
-    return VmProgram(name, list(insns), list(maps), [getattr(m, "name", str(i)) for i, m in enumerate(maps)])
+    """A raw program whose lddw map_fd/map_value instructions already hold indexes into `maps`. A value load
+    of an arena becomes the constant the verifier makes of it (the user address it names)."""
+    return VmProgram(name, _arena_values(insns, maps), list(maps),
+                     [getattr(m, "name", str(i)) for i, m in enumerate(maps)])
+
+
+def _arena_values(insns: Sequence[Insn], maps: Sequence[object]) -> list[Insn]:
+    out = list(insns)
+    starts = slot_starts(out)
+    for i, insn in enumerate(out):
+        if insn.form.name not in ("lddw_map_value", "lddw_map_idx_value") or not 0 <= insn.imm < len(maps):
+            continue
+        direct_value_addr = getattr(maps[insn.imm], "direct_value_addr", None)  # arenas have one
+        if direct_value_addr is not None:
+            try:
+                out[i] = Insn.make("lddw", dst=insn.dst, imm64=direct_value_addr(insn.imm_hi & 0xFFFFFFFF))
+            except BpforgeError as err:
+                raise err.at(insn=starts[i]) from None
+    return out
 
 
 def from_loaded(loaded, *, num_cpus: int = 1) -> VmProgram:

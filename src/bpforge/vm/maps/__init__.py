@@ -9,7 +9,10 @@
   (a bytearray the interpreter maps into the program's memory; the same object for as long as the element
   lives), `prog_update(key, value, flags, cpu)` and `prog_delete(key, cpu)` return 0 or -errno. Map-in-map
   lookups return the inner map object instead of storage; `prog_array.prog_at(i)` is the tail-call target;
-  ring buffers have `reserve`/`submit`/`discard`/`output`/`query`/`owns` and `records`/`consume`.
+  ring buffers have `reserve`/`submit`/`discard`/`output`/`query`/`owns` and `records`/`consume`;
+  queues, stacks and bloom filters `push_elem`/`get_elem`/`peek_elem`; perf event arrays `output`;
+  redirect maps (cpumap, devmap, devmap_hash, xskmap) `redirect_target`; cgroup storage `local_storage`,
+  sk_storage `storage_get`/`storage_delete`.
 
 `dump()` gives a map as JSON-friendly data and `load_entries(read_entries(path))` preloads one from a
 file in the same format (a JSON list of {"key": hex, "value": hex}, or a dump's object).
@@ -25,18 +28,27 @@ from collections.abc import Iterable, Mapping
 
 from ...elf.model import MapDef
 from ...errors import BpforgeError
+from .arena import ArenaMap
 from .array import ArrayMap, PercpuArrayMap
 from .base import ENOTSUPP, PerCpuValue, VmMap
 from .fdmaps import ArrayOfMapsMap, HashOfMapsMap, ProgArrayMap
 from .hash import HashMap, jhash
 from .lpm import LpmTrieMap
+from .perf import PerfEvent, PerfEventArrayMap
+from .queue import BloomFilterMap, QueueStackMap
+from .redirect import CpuMap, DevMap, DevMapHash, XskMap
 from .ringbuf import RingBufMap
+from .storage import CgroupStorageMap, SkStorageMap
 
 _CLASSES: dict[str, type] = {
     "array": ArrayMap, "percpu_array": PercpuArrayMap,
     "hash": HashMap, "percpu_hash": HashMap, "lru_hash": HashMap, "lru_percpu_hash": HashMap,
     "lpm_trie": LpmTrieMap, "prog_array": ProgArrayMap, "ringbuf": RingBufMap,
     "array_of_maps": ArrayOfMapsMap, "hash_of_maps": HashOfMapsMap,
+    "perf_event_array": PerfEventArrayMap, "cpumap": CpuMap, "devmap": DevMap, "devmap_hash": DevMapHash,
+    "xskmap": XskMap, "queue": QueueStackMap, "stack": QueueStackMap, "bloom_filter": BloomFilterMap,
+    "cgroup_storage": CgroupStorageMap, "percpu_cgroup_storage": CgroupStorageMap, "sk_storage": SkStorageMap,
+    "arena": ArenaMap,
 }
 SUPPORTED = tuple(_CLASSES)
 
@@ -110,13 +122,23 @@ __all__ = [
     "SUPPORTED",
     "ArrayMap",
     "ArrayOfMapsMap",
+    "BloomFilterMap",
+    "CgroupStorageMap",
+    "CpuMap",
+    "DevMap",
+    "DevMapHash",
     "HashMap",
     "HashOfMapsMap",
     "LpmTrieMap",
     "PerCpuValue",
     "PercpuArrayMap",
+    "PerfEvent",
+    "PerfEventArrayMap",
     "ProgArrayMap",
+    "QueueStackMap",
     "RingBufMap",
+    "SkStorageMap",
+    "XskMap",
     "VmMap",
     "create_map",
     "create_maps",

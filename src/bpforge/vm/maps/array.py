@@ -9,23 +9,56 @@ from ...elf.model import MapDef
 from ...isa.maptypes import BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST
 from .base import (
     BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, PerCpuValue, VmMap,
-    check_access_flags, check_create,
+    check_access_flags, check_create, round8,
 )
+from .limits import INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, check_memory
 
 _FLAGS = BPF_F_NUMA_NODE | BPF_F_MMAPABLE | BPF_F_ACCESS_MASK | BPF_F_PRESERVE_ELEMS | BPF_F_INNER_MAP
 
 
-def check_array(mapdef: MapDef, key_size: int, value_size: int, allowed: int = _FLAGS) -> None:
-    """array_map_alloc_check, shared by every array-shaped map."""
-    name, type_name = mapdef.name, mapdef.type_name
-    check_create(name, type_name, mapdef.max_entries > 0, "max_entries is 0")
+def check_array(mapdef: MapDef, key_size: int, value_size: int, allowed: int = _FLAGS,
+                max_entries: int | None = None) -> None:
+    """array_map_alloc_check, shared by every array-shaped map (`allowed`: the type's creation flags;
+    `max_entries` when the map's differs from the definition's)."""
+    name, type_name, flags = mapdef.name, mapdef.type_name, mapdef.flags
+    entries = mapdef.max_entries if max_entries is None else max_entries
+    check_create(name, type_name, entries > 0, "max_entries is 0")
     check_create(name, type_name, key_size == 4, f"key_size must be 4 (a u32 index), not {key_size}")
     check_create(name, type_name, value_size > 0, "value_size is 0")
-    check_access_flags(name, type_name, mapdef.flags, allowed)
+    check_access_flags(name, type_name, flags, allowed)
+    numa = flags & BPF_F_NUMA_NODE or getattr(mapdef, "numa_node", None) is not None
+    check_create(name, type_name, not (type_name == "percpu_array" and numa), "a per-CPU array has no NUMA node")
+    check_create(name, type_name, type_name == "array" or not flags & (BPF_F_MMAPABLE | BPF_F_INNER_MAP),
+                 "BPF_F_MMAPABLE and BPF_F_INNER_MAP are for plain arrays")
+    check_create(name, type_name, type_name == "perf_event_array" or not flags & BPF_F_PRESERVE_ELEMS,
+                 "BPF_F_PRESERVE_ELEMS is for perf_event_array")
+    check_create(name, type_name, value_size <= INT_MAX, f"value_size {value_size} is above INT_MAX", errno.E2BIG)
+    check_create(name, type_name, not (type_name == "percpu_array" and round8(value_size) > PCPU_MIN_UNIT_SIZE),
+                 f"per-CPU values are limited to {PCPU_MIN_UNIT_SIZE} bytes", errno.E2BIG)
+
+
+def kernel_bytes(mapdef: MapDef, value_size: int, num_cpus: int) -> int:
+    """What array_map_alloc allocates: every value (per-CPU arrays: a pointer per index and each CPU's
+    value), page-aligned when mmapable."""
+    entries = mapdef.max_entries
+    if mapdef.type_name == "percpu_array":
+        return entries * 8 + entries * round8(value_size) * num_cpus
+    if mapdef.flags & BPF_F_MMAPABLE:
+        return PAGE_SIZE + -(-entries * round8(value_size) // PAGE_SIZE) * PAGE_SIZE
+    return entries * round8(value_size)
 
 
 def index_of(key: bytes) -> int:
     return int.from_bytes(key, "little")
+
+
+def next_index(key: bytes | None, max_entries: int) -> bytes | None:
+    """array_map_get_next_key, for every map indexed 0..max_entries-1: no key or one past the end restarts
+    at 0; the last index ends the walk."""
+    index = max_entries if key is None else index_of(key)
+    if index >= max_entries:
+        return bytes(4)
+    return None if index == max_entries - 1 else (index + 1).to_bytes(4, "little")
 
 
 class ArrayMap(VmMap):
@@ -34,11 +67,7 @@ class ArrayMap(VmMap):
 
     def __init__(self, mapdef: MapDef, num_cpus: int):
         check_array(mapdef, mapdef.key_size, mapdef.value_size)
-        if mapdef.type_name != "array":
-            check_create(mapdef.name, mapdef.type_name, not mapdef.flags & (BPF_F_MMAPABLE | BPF_F_INNER_MAP),
-                         "BPF_F_MMAPABLE and BPF_F_INNER_MAP are for plain arrays")
-        check_create(mapdef.name, mapdef.type_name, not mapdef.flags & BPF_F_PRESERVE_ELEMS,
-                     "BPF_F_PRESERVE_ELEMS is for perf_event_array")
+        check_memory(mapdef.name, mapdef.type_name, kernel_bytes(mapdef, mapdef.value_size, num_cpus))
         super().__init__(mapdef.name, mapdef.type, mapdef.key_size, mapdef.value_size, mapdef.max_entries,
                          mapdef.flags, num_cpus)
         self._slots: dict = {}  # index -> storage, for indexes touched so far (the others are zeros)
@@ -86,11 +115,7 @@ class ArrayMap(VmMap):
         return [i.to_bytes(4, "little") for i in range(self.max_entries)]
 
     def _next_key(self, key):
-        # array_map_get_next_key: no key or one past the end restarts at 0; the last index ends the walk.
-        index = self.max_entries if key is None else index_of(key)
-        if index >= self.max_entries:
-            return bytes(4)
-        return None if index == self.max_entries - 1 else (index + 1).to_bytes(4, "little")
+        return next_index(key, self.max_entries)
 
     def __len__(self):
         return self.max_entries
@@ -109,6 +134,15 @@ class ArrayMap(VmMap):
 
     def prog_delete(self, key, cpu=0):
         return -errno.EINVAL
+
+    def prog_elements(self, cpu: int):
+        """(key, live storage) of every element, as bpf_for_each_map_elem visits them (index order)."""
+        for index in range(self.max_entries):
+            yield index.to_bytes(4, "little"), self._cpu_storage(self._slot(index), cpu)
+
+    @staticmethod
+    def _cpu_storage(storage, cpu: int):
+        return storage
 
     def set_initial(self, data: bytes) -> None:
         """Contents of a global-data map (.data/.rodata/.bss): the value of its single element."""
@@ -146,6 +180,10 @@ class PercpuArrayMap(ArrayMap):
     def prog_lookup(self, key, cpu):
         index = index_of(key)
         return self._slot(index).values[cpu] if index < self.max_entries else None
+
+    @staticmethod
+    def _cpu_storage(storage, cpu: int):
+        return storage.values[cpu]
 
     def prog_update(self, key, value, flags, cpu):
         index = index_of(key)

@@ -21,6 +21,7 @@ from .base import (
     BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, VmMap, check_create,
 )
 from .hash import HashMap
+from .limits import check_memory
 
 _ARRAY_TYPES = ("array", "percpu_array")  # inner maps whose max_entries must match (array_map_meta_equal)
 _MAP_IN_MAP = ("array_of_maps", "hash_of_maps")
@@ -50,13 +51,18 @@ def _name(obj: object) -> str:
 
 
 class _FdArray(ArrayMap):
-    """The array of objects behind prog_array and array_of_maps (fd_array_map_*): slots hold handles."""
+    """The array of objects behind prog_array, array_of_maps and perf_event_array (fd_array_map_*): slots
+    hold handles. Key and value are 4 bytes whatever the definition says, as KernelMap.create makes them."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
-        check_array(mapdef, 4, 4, BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK | BPF_F_INNER_MAP)
+    extra_flags = 0  # creation flags this type allows beyond the common ones
+
+    def __init__(self, mapdef: MapDef, num_cpus: int, max_entries: int | None = None):
+        entries = mapdef.max_entries if max_entries is None else max_entries
         check_create(mapdef.name, mapdef.type_name, not mapdef.flags & (BPF_F_RDONLY_PROG | BPF_F_WRONLY_PROG),
                      "BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG are not for maps of objects")
-        VmMap.__init__(self, mapdef.name, mapdef.type, 4, 4, mapdef.max_entries, mapdef.flags, num_cpus)
+        check_array(mapdef, 4, 4, BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK | self.extra_flags, entries)
+        check_memory(mapdef.name, mapdef.type_name, entries * 8)  # a pointer per slot
+        VmMap.__init__(self, mapdef.name, mapdef.type, 4, 4, entries, mapdef.flags, num_cpus)
         self._slots: dict[int, int] = {}  # index -> handle, for the filled slots
         self.handles = Handles()
 
@@ -67,8 +73,9 @@ class _FdArray(ArrayMap):
         """Put `obj` in slot `index` (an update with its handle)."""
         self.update(index.to_bytes(4, "little"), self.register(obj).to_bytes(4, "little"))
 
-    def _accepts(self, obj: object) -> bool:
-        return True
+    def _accepts(self, obj: object) -> int:
+        """0, or the errno with which the kernel refuses this object in a slot."""
+        return 0
 
     def _sys_lookup(self, key):
         handle = self._slots.get(index_of(key))
@@ -85,8 +92,9 @@ class _FdArray(ArrayMap):
         obj = self.handles.get(handle)
         if obj is None:
             return -errno.EBADF
-        if not self._accepts(obj):
-            return -errno.EINVAL
+        err = self._accepts(obj)
+        if err:
+            return -err
         self._slots[index] = handle
         return 0
 
@@ -156,7 +164,7 @@ class ArrayOfMapsMap(_FdArray):
         self.template = _template(mapdef, num_cpus)
 
     def _accepts(self, obj):
-        return _meta_equal(self.template, obj)
+        return 0 if _meta_equal(self.template, obj) else errno.EINVAL
 
     def prog_lookup(self, key, cpu):
         index = index_of(key)

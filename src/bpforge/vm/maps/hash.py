@@ -29,11 +29,14 @@ from .base import (
     BPF_F_ACCESS_MASK, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED, ENOTSUPP,
     PerCpuValue, VmMap, check_access_flags, check_create, round8,
 )
+from .limits import HTAB_BUCKET_SIZE, HTAB_ELEM_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, check_memory
 from .lru import Lru, Node
 
 _FLAGS = BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK | BPF_F_ZERO_SEED
-_PCPU_MIN_UNIT_SIZE = 32768  # a per-CPU value (rounded to 8) may not be bigger
 _M32 = 0xFFFFFFFF
+# htab_map_alloc: max_entries above 2^31 is E2BIG, and so is a bucket array whose size overflows a u32
+# (n_buckets > U32_MAX / sizeof(struct bucket)), i.e. more than 2^27 entries.
+_MAX_ENTRIES = 1 << 27
 
 
 def _rol(x: int, k: int) -> int:
@@ -112,9 +115,28 @@ def check_hash(mapdef: MapDef, key_size: int, value_size: int) -> None:
     check_create(name, type_name, mapdef.max_entries > 0, "max_entries is 0")
     check_create(name, type_name, key_size > 0, "key_size is 0")
     check_create(name, type_name, value_size > 0, "value_size is 0")
-    check_create(name, type_name, not (percpu and round8(value_size) > _PCPU_MIN_UNIT_SIZE),
-                 f"per-CPU values are limited to {_PCPU_MIN_UNIT_SIZE} bytes", errno.E2BIG)
-    check_create(name, type_name, mapdef.max_entries <= 1 << 31, "more than 2^31 entries", errno.E2BIG)
+    check_create(name, type_name, key_size + value_size < KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE,
+                 f"key and value together must be under {KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE} bytes", errno.E2BIG)
+    check_create(name, type_name, not (percpu and round8(value_size) > PCPU_MIN_UNIT_SIZE),
+                 f"per-CPU values are limited to {PCPU_MIN_UNIT_SIZE} bytes", errno.E2BIG)
+    check_create(name, type_name, mapdef.max_entries <= _MAX_ENTRIES, "more than 2^27 entries", errno.E2BIG)
+
+
+def kernel_bytes(type_name: str, key_size: int, value_size: int, max_entries: int, flags: int,
+                 num_cpus: int) -> int:
+    """What htab_map_alloc allocates: the buckets and, preallocated, every element (plus a spare per CPU
+    for plain hash maps), each with its per-CPU values for per-CPU maps."""
+    lru = type_name in ("lru_hash", "lru_percpu_hash")
+    percpu = type_name in ("percpu_hash", "lru_percpu_hash")
+    total = _roundup_pow2(max_entries) * HTAB_BUCKET_SIZE
+    if flags & BPF_F_NO_PREALLOC:
+        return total
+    elems = max_entries + (0 if percpu or lru else num_cpus)
+    elem_size = HTAB_ELEM_SIZE + round8(key_size) + (8 if percpu else round8(value_size))
+    total += elems * elem_size
+    if percpu:
+        total += elems * round8(value_size) * num_cpus
+    return total
 
 
 class HashMap(VmMap):
@@ -123,6 +145,8 @@ class HashMap(VmMap):
     def __init__(self, mapdef: MapDef, num_cpus: int, value_size: int | None = None):
         value_size = mapdef.value_size if value_size is None else value_size
         check_hash(mapdef, mapdef.key_size, value_size)
+        check_memory(mapdef.name, mapdef.type_name, kernel_bytes(mapdef.type_name, mapdef.key_size, value_size,
+                                                                 mapdef.max_entries, mapdef.flags, num_cpus))
         max_entries = mapdef.max_entries
         self.lru = mapdef.type_name in ("lru_hash", "lru_percpu_hash")
         self.percpu = mapdef.type_name in ("percpu_hash", "lru_percpu_hash")
@@ -386,3 +410,11 @@ class HashMap(VmMap):
 
     def prog_delete(self, key, cpu=0):
         return self._do_delete(bytes(key), cpu)
+
+    def prog_elements(self, cpu: int):
+        """(key, live storage) of each element in bucket order, as bpf_for_each_map_elem visits them (an
+        element deleted meanwhile is skipped; LRU elements are not marked used)."""
+        for key in self._keys():
+            elem = self._elems.get(key)
+            if elem is not None:
+                yield key, elem.value.values[cpu] if self.percpu else elem.value

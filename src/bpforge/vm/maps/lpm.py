@@ -23,9 +23,11 @@ import errno
 from ...elf.model import MapDef
 from ...isa.maptypes import BPF_EXIST, BPF_NOEXIST
 from .base import BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, VmMap, check_access_flags, check_create
+from .limits import KMALLOC_MAX_SIZE, LPM_DATA_SIZE_MAX, LPM_NODE_SIZE
 
 _FLAGS = BPF_F_NO_PREALLOC | BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK
-_DATA_MAX = 256  # LPM_DATA_SIZE_MAX
+_DATA_MAX = LPM_DATA_SIZE_MAX
+_VALUE_MAX = KMALLOC_MAX_SIZE - LPM_DATA_SIZE_MAX - LPM_NODE_SIZE  # LPM_VAL_SIZE_MAX
 
 
 class _Entry:
@@ -45,7 +47,8 @@ class LpmTrieMap(VmMap):
         check_access_flags(name, type_name, flags, _FLAGS)
         check_create(name, type_name, 5 <= mapdef.key_size <= 4 + _DATA_MAX,
                      f"key_size must be 4 (prefix length) + 1..{_DATA_MAX} data bytes, not {mapdef.key_size}")
-        check_create(name, type_name, mapdef.value_size >= 1, "value_size is 0")
+        check_create(name, type_name, 1 <= mapdef.value_size <= _VALUE_MAX,
+                     f"value_size must be 1..{_VALUE_MAX}, not {mapdef.value_size}")
         super().__init__(name, mapdef.type, mapdef.key_size, mapdef.value_size, mapdef.max_entries, flags,
                          num_cpus)
         self.data_size = mapdef.key_size - 4

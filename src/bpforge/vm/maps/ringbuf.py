@@ -19,6 +19,7 @@ import mmap
 from ...elf.model import MapDef
 from ...isa.maptypes import MapError
 from .base import BPF_F_NUMA_NODE, ENOTSUPP, VmMap, check_create, round8
+from .limits import check_memory
 
 HDR_SIZE = 8  # BPF_RINGBUF_HDR_SZ: u32 len (busy and discard bits on top), u32 page offset
 MAX_RECORD = 0xFFFFFFFF // 4  # RINGBUF_MAX_RECORD_SZ
@@ -41,6 +42,7 @@ class RingBufMap(VmMap):
         check_create(name, type_name, not mapdef.flags & ~BPF_F_NUMA_NODE, f"flags {mapdef.flags:#x}")
         check_create(name, type_name, size > 0 and size & (size - 1) == 0 and size % page_size == 0,
                      f"max_entries (the ring size) must be a power of 2 and a multiple of {page_size}, not {size}")
+        check_memory(name, type_name, size + 3 * page_size)  # the data pages, the header and position pages
         # Key and value sizes are 0 for a ring buffer whatever the definition says (libbpf zeroes them).
         super().__init__(name, mapdef.type, 0, 0, size, mapdef.flags, num_cpus)
         self.mask = size - 1

@@ -1,0 +1,65 @@
+"""Reading an input file safely: only regular files, never more than a cap.
+
+A program path may name /dev/zero (endless), a FIFO without a writer (open() blocks forever) or a directory;
+an object may be huge. Every reader of user-named files goes through `read_input`, which opens without
+blocking, refuses anything but a regular file, and reads at most `limit` bytes. It lives at the package root,
+next to errors.py, because every layer reads files (elf, formats, the runner's map files, the CLI) and it
+depends on nothing but the errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .errors import BpforgeError, FormatError
+
+# Caps, generous for real inputs: the kernel takes at most 1M instructions (8 MB of code); objects with
+# DWARF and BTF for many programs reach tens of MB; packets and map files are far smaller.
+MAX_PROGRAM_FILE = 256 << 20
+MAX_DATA_FILE = 64 << 20
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_input(path: str | os.PathLike, *, what: str = "input", limit: int = MAX_PROGRAM_FILE,
+               error: type[BpforgeError] = FormatError) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; `error` (naming the file) otherwise.
+
+    `what` names the file's role in messages ("program", "packet", "map file")."""
+    filename = os.fspath(path)
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it changes nothing for files.
+        fd = os.open(filename, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise error(f"cannot read the {what}: {err.strerror or err}", file=filename) from None
+    size = 0
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):  # the system's own words, as read() would have said them
+            raise error(f"{os.strerror(errno.EISDIR)}: the {what} must be a regular file", file=filename)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+            raise error(f"the {what} must be a regular file, not {kind}", file=filename)
+        if info.st_size > limit:
+            raise error(f"the {what} is {info.st_size} bytes, more than the {limit} bytes bpforge reads",
+                        file=filename)
+        chunks: list[bytes] = []
+        while size <= limit:  # a file still growing stops at the cap too
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise error(f"cannot read the {what}: {err.strerror or err}", file=filename) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise error(f"the {what} is more than the {limit} bytes bpforge reads", file=filename)
+    return b"".join(chunks)
+
+
+__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input"]
