@@ -1,6 +1,6 @@
 # bpforge: set-up and entry points.
 #
-#   make demo       set up (if needed), then show info / disasm / asm round trip / a bad-input error
+#   make demo       set up (if needed), then show info / disasm / asm round trip / a bad-input error / run
 #   make test       set up (if needed), then run the test-suite
 #   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
 #
@@ -20,6 +20,8 @@ TOOLS        := clang-19 llvm-mc-19 llvm-objdump-19 llvm-objcopy-19 bpftool
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OBJCOPY      := llvm-objcopy-19
 DEMO         := build/demo
+# An Ethernet + IPv4 + TCP frame for the run part of the demo.
+DEMO_PACKET  := 000000000000020000000001080045000032000100004006000000000a0000020a000001303900500000000100000000500220000000000000000000000000000000
 
 .PHONY: demo test examples setup tools clean
 
@@ -50,7 +52,7 @@ examples: tools
 
 # The main job of this stage on a bundled example: read an object, disassemble it, reassemble the text and
 # check that every program byte comes back; then the same through raw bytecode and a word list; then a bad
-# input (one line on stderr, exit code 2).
+# input (one line on stderr, exit code 2); then run a program in every engine.
 demo: setup
 	@mkdir -p $(DEMO)
 	$(BPFORGE) info examples/obj/xdp_lb.o
@@ -79,6 +81,10 @@ demo: setup
 	head -c 20 $(DEMO)/xdp_pass.bin > $(DEMO)/cut.bin
 	@echo "bad input: an instruction cut in half"
 	rc=0; $(BPFORGE) disasm $(DEMO)/cut.bin || rc=$$?; echo "exit code $$rc"; [ $$rc = 2 ]
+	@echo "run: the same program and packet in the fast tier, the reference interpreter and (as root) the kernel"
+	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine fast
+	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine interp --dump-maps | head -n 6
+	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine kernel || echo "(no kernel engine here)"
 
 clean:
 	rm -rf build

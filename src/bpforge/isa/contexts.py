@@ -13,6 +13,7 @@ import struct
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 ETH_HLEN = 14
 PAGE_SIZE = 4096
@@ -44,7 +45,7 @@ class Field:
     def end(self) -> int:
         return self.offset + self.size * self.count
 
-    @property
+    @cached_property
     def format(self) -> str:
         return f"<{self.count}{ {1: 'B', 2: 'H', 4: 'I', 8: 'Q'}[self.size] }"
 
@@ -58,10 +59,14 @@ class Layout:
     fields: tuple[Field, ...]
 
     def __getitem__(self, name: str) -> Field:
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"{self.name} has no field '{name}'")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.name} has no field '{name}'") from None
+
+    @cached_property
+    def _by_name(self) -> dict[str, Field]:
+        return {f.name: f for f in self.fields}
 
     def offset(self, name: str) -> int:
         return self[name].offset
@@ -69,7 +74,7 @@ class Layout:
     def pack(self, values: Mapping[str, int | tuple | list]) -> bytes:
         out = bytearray(self.size)
         for name, value in values.items():
-            if name not in {f.name for f in self.fields}:
+            if name not in self._by_name:
                 raise KeyError(f"{self.name} has no field '{name}' (fields: {', '.join(f.name for f in self.fields)})")
             f = self[name]
             items = tuple(value) if isinstance(value, (tuple, list)) else (value,)

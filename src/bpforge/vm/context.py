@@ -34,7 +34,7 @@ from ..errors import BpforgeError
 from ..isa.contexts import (
     AF_INET, AF_INET6, BPF_SOCK, DIRECT_PACKET_TYPES, ETH_HLEN, FLOW_KEYS, L2_TYPES, NET_SKB_PAD, PAGE_SIZE,
     SK_BUFF, SK_BUFF_OUTPUTS, SK_LOOKUP, SKB_SHARED_INFO, TEST_RUN_KINDS, XDP_MD, XDP_PACKET_HEADROOM, NetDevice,
-    host_device, input_refusal, xdp_linear_size,
+    LOOPBACK, host_device, input_refusal, xdp_linear_size,
 )
 from .memory import Memory, Region
 
@@ -190,8 +190,8 @@ def eth_type_trans(frame: bytes, dev: NetDevice) -> tuple[int, int]:
 
 def _skb(memory: Memory, prog_type: str, data: bytes, ctx_in: bytes | None, device) -> Input:
     user = bytearray((ctx_in or b"")[:SK_BUFF.size].ljust(SK_BUFF.size, b"\0"))
-    dev = device(SK_BUFF.get(user, "ifindex")) if SK_BUFF.get(user, "ifindex") > 1 else device(LOOPBACK_IFINDEX)
-    dev = dev or NetDevice(LOOPBACK_IFINDEX, bytes(6), bytes(6))
+    ifindex = SK_BUFF.get(user, "ifindex")
+    dev = (device(ifindex) if ifindex > 1 else None) or LOOPBACK  # test_run's default device: loopback
     buf = bytearray(NET_SKB_PAD + len(data) + _tailroom(len(data)))
     buf[NET_SKB_PAD:NET_SKB_PAD + len(data)] = data
     region = memory.map(buf, "packet")
