@@ -66,7 +66,7 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
     Maps declared with initial slots (`.values = { ... }` in `.maps`) are filled as libbpf fills them
     after loading: a prog_array with the object's programs of those names (each linked and resolved the
     same way, sharing this program's maps), a map of maps with the object's maps of those names."""
-    from .maps import create_map
+    from .maps import create_map, fill_slots
 
     obj = with_arena_data(obj)  # the arena map holds the __arena globals, as libbpf creates it
     defs: dict[str, MapDef] = {m.name: m for m in obj.maps}
@@ -88,7 +88,8 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
         for map_name in list(table):
             if map_name not in filled and defs.get(map_name) is not None and defs[map_name].values:
                 filled.add(map_name)
-                _fill_slots(defs[map_name], table[map_name], load, lambda n: _map_by_name(n, defs, table, make_map))
+                fill_slots(defs[map_name], table[map_name],
+                           lambda kind, n: load(n) if kind == "program" else _map_by_name(n, defs, table, make_map))
         return vmprog
 
     return load(name)
@@ -100,17 +101,6 @@ def _map_by_name(name: str, defs: Mapping[str, MapDef], table: dict[str, object]
             raise BpforgeError(f"no map named '{name}'")
         table[name] = make_map(defs[name])
     return table[name]
-
-
-def _fill_slots(mapdef: MapDef, vm_map, load_program, find_map) -> None:
-    """Put each object a map's definition names into its slot (`MapDef.values`: slot -> symbol)."""
-    for slot, symbol in sorted(mapdef.values.items()):
-        try:
-            target = load_program(symbol) if mapdef.type_name == "prog_array" else find_map(symbol)
-        except BpforgeError as err:
-            raise BpforgeError(f"map '{mapdef.name}' slot {slot} names '{symbol}': {err.message}") from None
-        key = slot.to_bytes(vm_map.key_size, "little")
-        vm_map.update(key, vm_map.register(target).to_bytes(4, "little"))
 
 
 def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, Reloc]], defs: Mapping[str, MapDef],

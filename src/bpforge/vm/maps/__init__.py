@@ -81,22 +81,31 @@ def create_maps(mapdefs: Iterable[MapDef], *, num_cpus: int = 1,
     prog_array slots stay empty for the caller to fill)."""
     defs = list(mapdefs)
     maps = {d.name: create_map(d, num_cpus=num_cpus) for d in defs}
+
+    def find(kind: str, symbol: str):
+        obj = (programs or {}).get(symbol) if kind == "program" else maps.get(symbol)
+        if obj is None:
+            raise BpforgeError(f"the {kind} '{symbol}' does not exist")
+        return obj
+
     for d in defs:
-        target = maps[d.name]
-        for slot, symbol in sorted(getattr(d, "values", {}).items()):
-            if isinstance(target, ProgArrayMap):
-                if programs is None:
-                    continue
-                obj = programs.get(symbol)
-                what = "program"
-            else:
-                obj = maps.get(symbol)
-                what = "map"
-            if obj is None:
-                raise BpforgeError(f"map '{d.name}': slot {slot} names {what} '{symbol}', which does not exist")
-            key = slot.to_bytes(target.key_size, "little")
-            target.update(key, target.register(obj).to_bytes(4, "little"))  # type: ignore[attr-defined]
+        if d.type_name != "prog_array" or programs is not None:
+            fill_slots(d, maps[d.name], find)
     return maps
+
+
+def fill_slots(mapdef: MapDef, vm_map, find) -> None:
+    """Put what a map's definition names into its slots (`MapDef.values`: slot -> symbol), as libbpf does
+    after loading: `find("program", name)` gives a prog_array's programs, `find("map", name)` the inner maps
+    of a map of maps."""
+    kind = "program" if mapdef.type_name == "prog_array" else "map"
+    for slot, symbol in sorted(getattr(mapdef, "values", {}).items()):
+        try:
+            target = find(kind, symbol)
+        except BpforgeError as err:
+            raise BpforgeError(f"map '{mapdef.name}': slot {slot} names {kind} '{symbol}': {err.message}") from None
+        key = slot.to_bytes(vm_map.key_size, "little")
+        vm_map.update(key, vm_map.register(target).to_bytes(4, "little"))
 
 
 def read_entries(path: str) -> list[dict]:
@@ -142,6 +151,7 @@ __all__ = [
     "VmMap",
     "create_map",
     "create_maps",
+    "fill_slots",
     "jhash",
     "read_entries",
 ]

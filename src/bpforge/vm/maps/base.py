@@ -35,6 +35,21 @@ def errname(err: int) -> str:
     return errno.errorcode.get(err, "ENOTSUPP" if err == ENOTSUPP else str(err))
 
 
+class Unlisted:
+    """A mixin for map types whose keys bpf() does not walk (BPF_MAP_GET_NEXT_KEY is ENOTSUPP): ring
+    buffers, socket storage."""
+
+    def keys(self):
+        self._readable("get_next_key")
+        raise self._error(ENOTSUPP, "get_next_key")
+
+    def _keys(self):
+        return []
+
+    def _next_key(self, key):
+        raise self._error(ENOTSUPP, "get_next_key")
+
+
 class VmMap(ABC):
     """An interpreter map. Subclasses implement the `_sys_*` operations (syscall semantics) and the `prog_*`
     ones (helper semantics); this class adds the checks common to all maps and the tooling.

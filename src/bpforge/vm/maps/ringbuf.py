@@ -18,7 +18,7 @@ import mmap
 
 from ...elf.model import MapDef
 from ...isa.maptypes import MapError
-from .base import BPF_F_NUMA_NODE, ENOTSUPP, VmMap, check_create, round8
+from .base import BPF_F_NUMA_NODE, ENOTSUPP, Unlisted, VmMap, check_create, round8
 from .limits import check_memory
 
 HDR_SIZE = 8  # BPF_RINGBUF_HDR_SZ: u32 len (busy and discard bits on top), u32 page offset
@@ -36,7 +36,7 @@ class _Record:
         self.busy, self.discarded = True, False
 
 
-class RingBufMap(VmMap):
+class RingBufMap(Unlisted, VmMap):
     def __init__(self, mapdef: MapDef, num_cpus: int, page_size: int = mmap.PAGESIZE):
         size, name, type_name = mapdef.max_entries, mapdef.name, mapdef.type_name
         check_create(name, type_name, not mapdef.flags & ~BPF_F_NUMA_NODE, f"flags {mapdef.flags:#x}")
@@ -154,16 +154,6 @@ class RingBufMap(VmMap):
 
     def _sys_delete(self, key):
         return -ENOTSUPP
-
-    def keys(self):
-        self._readable("get_next_key")
-        raise self._error(ENOTSUPP, "get_next_key")
-
-    def _keys(self):
-        return []
-
-    def _next_key(self, key):
-        raise self._error(ENOTSUPP, "get_next_key")
 
     def __len__(self):
         return len(self.records())

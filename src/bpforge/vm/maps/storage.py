@@ -21,8 +21,8 @@ from ...elf.model import MapDef
 from ...isa.maptypes import BPF_EXIST, BPF_F_LOCK
 from ..memory import Memory
 from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, ENOTSUPP, PerCpuValue, VmMap, check_access_flags,
-    check_create,
+    BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, PerCpuValue, Unlisted, VmMap,
+    check_access_flags, check_create,
 )
 from .limits import LOCAL_STORAGE_MAX_VALUE, PCPU_MIN_UNIT_SIZE
 
@@ -73,7 +73,7 @@ class CgroupStorageMap(VmMap):
         check_create(self.name, self.type_name, False, "this map type has no initial contents")
 
 
-class SkStorageMap(VmMap):
+class SkStorageMap(Unlisted, VmMap):
     def __init__(self, mapdef: MapDef, num_cpus: int):
         name, type_name, flags = mapdef.name, mapdef.type_name, mapdef.flags
         check_create(name, type_name, not flags & ~(BPF_F_NO_PREALLOC | BPF_F_CLONE),
@@ -110,16 +110,6 @@ class SkStorageMap(VmMap):
 
     def _sys_delete(self, key):
         return -errno.EBADF
-
-    def keys(self):
-        self._readable("get_next_key")
-        raise self._error(ENOTSUPP, "get_next_key")
-
-    def _keys(self):
-        return []
-
-    def _next_key(self, key):
-        raise self._error(ENOTSUPP, "get_next_key")
 
     def set_initial(self, data: bytes) -> None:
         check_create(self.name, self.type_name, False, "this map type has no initial contents")
