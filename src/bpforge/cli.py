@@ -332,7 +332,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             args = ["--help"]
         result = app(prog_name="bpforge", args=args, standalone_mode=False)
         code = result if isinstance(result, int) else 0
-        sys.stdout.flush()
     except BpforgeError as err:
         _fail(str(err))
         code = EXIT_BAD_INPUT

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import BpforgeError
 from ..isa import Insn, slot_starts
+from ..isa import opcodes as op
+from ..isa.insn import LDDW_OPCODE
 from .btf import Btf, BtfType
 from .btf_ext import CoreRelo
 from .model import BpfObject, LinkedProgram
@@ -53,11 +55,9 @@ _INT_SIGNED = 1
 _COMPOSITE = ("struct", "union")
 _ENUMS = ("enum", "enum64")
 _M64 = (1 << 64) - 1
-_CALL = 0x85
-_LDDW = 0x18
-_CLASS_LD, _CLASS_LDX, _CLASS_ST, _CLASS_STX, _CLASS_ALU, _CLASS_ALU64 = 0, 1, 2, 3, 4, 7
-_SIZE_BYTES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
-_SIZE_CODES = {v: k for k, v in _SIZE_BYTES.items()}
+_CALL = op.JMP | op.JMP_OPS["call"]
+_SIZE_MASK = 0x18  # the size field of a load/store opcode
+_SIZE_BYTES = {code: size for size, code in op.SIZES.items()}
 
 
 class CoreError(BpforgeError):
@@ -532,7 +532,7 @@ def _calc(local: Spec, target: Spec | None) -> _Result:
 
 def _poisoned(insn: Insn) -> list[Insn]:
     call = Insn(_CALL, 0, 0, 0, POISON_HELPER)
-    return [call, call] if insn.opcode == _LDDW else [call]
+    return [call, call] if insn.opcode == LDDW_OPCODE else [call]
 
 
 def _patch(insn: Insn, res: _Result) -> list[Insn]:
@@ -540,15 +540,15 @@ def _patch(insn: Insn, res: _Result) -> list[Insn]:
     if res.poison:
         return _poisoned(insn)
     orig, new = res.orig, res.new & _M64
-    cls = insn.opcode & 0x07
-    if cls in (_CLASS_ALU, _CLASS_ALU64):
-        if insn.opcode & 0x08:
+    cls = op.cls(insn.opcode)
+    if cls in (op.ALU, op.ALU64):
+        if insn.opcode & op.X:
             raise CoreError("CO-RE relocation of an ALU instruction with a register operand")
         if res.validate and insn.imm & _M64 != orig:
             raise CoreError(f"unexpected ALU immediate {insn.imm & 0xFFFFFFFF}, expected {orig} -> {new}")
         value = new & 0xFFFFFFFF
         return [insn.replace(imm=value - (1 << 32) if value >> 31 else value)]
-    if cls in (_CLASS_LDX, _CLASS_ST, _CLASS_STX):
+    if cls in (op.LDX, op.ST, op.STX):
         if res.validate and insn.off & _M64 != orig:
             raise CoreError(f"unexpected memory offset {insn.off}, expected {orig} -> {new}")
         if new > 0x7FFF:
@@ -559,14 +559,14 @@ def _patch(insn: Insn, res: _Result) -> list[Insn]:
             return _poisoned(insn)
         opcode = insn.opcode
         if res.new_sz != res.orig_sz:
-            size = _SIZE_BYTES[opcode & 0x18]
+            size = _SIZE_BYTES[opcode & _SIZE_MASK]
             if size != res.orig_sz:
                 raise CoreError(f"memory access of {size} bytes, but the field has {res.orig_sz}")
-            if res.new_sz not in _SIZE_CODES:
+            if res.new_sz not in op.SIZES:
                 raise CoreError(f"the target field has {res.new_sz} bytes, which no load or store has")
-            opcode = opcode & ~0x18 | _SIZE_CODES[res.new_sz]
+            opcode = opcode & ~_SIZE_MASK | op.SIZES[res.new_sz]
         return [insn.replace(opcode=opcode, off=new)]
-    if insn.opcode == _LDDW:
+    if insn.opcode == LDDW_OPCODE:
         if insn.src != 0 or insn.off != 0 or insn.dst > 10:
             raise CoreError("CO-RE relocation of an lddw that is not a plain 64-bit constant")
         imm = (insn.imm & 0xFFFFFFFF) | (insn.imm_hi & 0xFFFFFFFF) << 32

@@ -41,6 +41,10 @@ class Reloc:
     target_section: str | None = None
 
 
+# The kinds a loader resolves to a map (the map itself, a value of global data, an arena global).
+MAP_RELOC_KINDS = ("map", "data", "arena")
+
+
 @dataclass(frozen=True)
 class DataReloc:
     """A relocation in a non-executable section (.maps, .BTF, .BTF.ext, debug info): kept, not interpreted."""

@@ -292,7 +292,7 @@ def _xdp_refusal(data: bytes, ctx: bytes | None, device) -> Refusal | None:
         if md["rx_queue_index"] >= dev.xdp_queues:
             return Refusal(errno.EINVAL, f"interface {md['ingress_ifindex']} has no XDP-registered receive queue "
                                          f"{md['rx_queue_index']}")
-    linear = xdp_linear_size(len(data), ctx)
+    linear = _xdp_linear(len(data), md, ctx is not None)
     if len(data) - linear > MAX_SKB_FRAGS * PAGE_SIZE:
         return Refusal(errno.ENOMEM, f"the packet is {len(data)} bytes; an XDP test run holds at most "
                                      f"{linear + MAX_SKB_FRAGS * PAGE_SIZE} ({linear} linear and "
@@ -303,9 +303,11 @@ def _xdp_refusal(data: bytes, ctx: bytes | None, device) -> Refusal | None:
 def xdp_linear_size(size: int, ctx: bytes | None) -> int:
     """How many input bytes (metadata included) an XDP test run puts in the linear buffer: `xdp_md.data_end`
     of the context given (else all), at most what the page holds; the rest becomes fragments."""
-    md = XDP_MD.unpack((ctx or b"").ljust(XDP_MD.size, b"\0"))
-    wanted = md["data_end"] if ctx is not None else size
-    return min(wanted, xdp_linear_room(md["data"]))
+    return _xdp_linear(size, XDP_MD.unpack((ctx or b"").ljust(XDP_MD.size, b"\0")), ctx is not None)
+
+
+def _xdp_linear(size: int, md: Mapping[str, int], given: bool) -> int:
+    return min(md["data_end"] if given else size, xdp_linear_room(md["data"]))
 
 
 def xdp_linear_room(meta_len: int) -> int:

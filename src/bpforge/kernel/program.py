@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..elf.externs import relocate_for_kernel
 from ..elf.maps import arena_value_offset, with_arena_data
+from ..elf.model import MAP_RELOC_KINDS
 from ..errors import BpforgeError
 from ..isa import Insn, encode, slot_starts
 from ..isa.opcodes import PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
@@ -159,11 +160,8 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
     given = dict(maps or {})
     starts = slot_starts(linked.insns)
     needed: dict[str, MapDef | None] = {}
-    for index, reloc in linked.relocations:
-        if reloc.kind == "extern":
-            raise BpforgeError(f"'{reloc.target}' is an extern symbol (kfunc, ksym or kconfig variable); "
-                               "bpforge does not resolve externs", insn=starts[index], **where)
-        if reloc.kind in ("map", "data", "arena") and reloc.target not in given:
+    for index, reloc in linked.relocations:  # externs are resolved by now (relocate_for_kernel)
+        if reloc.kind in MAP_RELOC_KINDS and reloc.target not in given:
             needed[reloc.target] = _find_mapdef(obj, reloc.kind, reloc.target, starts[index], where)
     owned: list[KernelMap] = []
     try:
@@ -177,12 +175,12 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
             given[name] = kmap
         insns = list(linked.insns)
         for index, reloc in linked.relocations:
-            if reloc.kind not in ("map", "data", "arena"):
+            if reloc.kind not in MAP_RELOC_KINDS:
                 continue  # call/func were resolved by linking
             offset = reloc.offset if reloc.kind != "arena" else arena_value_offset(
                 _find_mapdef(obj, "arena", reloc.target, starts[index], where), reloc.offset)
             insns[index] = _patch(insns[index], given[reloc.target], reloc.kind, offset, starts[index], where)
-        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in ("map", "data", "arena")}
+        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in MAP_RELOC_KINDS}
         if license is None:
             license = (obj.license if obj is not None else None) or "GPL"
         prog_btf, btf_error = None, None
@@ -232,7 +230,7 @@ def _slot_maps(obj: BpfObject, needed: Mapping[str, MapDef], given: Mapping[str,
                     continue
                 seen_programs.add(symbol)
                 for _, reloc in obj.linked(symbol).relocations:
-                    if reloc.kind in ("map", "data", "arena") and reloc.target not in given:
+                    if reloc.kind in MAP_RELOC_KINDS and reloc.target not in given:
                         target = _find_mapdef(obj, reloc.kind, reloc.target, 0, {})
                         if target.name not in needed and target.name not in found:
                             found[target.name] = target

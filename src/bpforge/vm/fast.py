@@ -97,8 +97,8 @@ class _Bound:
         machine = run.machine
         self.run, self.program, self.machine = run, program, machine
         self.compiled = compiled(program)
-        self.handles = lambda index: machine.map_handle(_map(program, index))
-        self.values = lambda index: _value(machine, _map(program, index))
+        self.handles = lambda index: machine.map_handle(program.map_at(index))
+        self.values = lambda index: machine.data_pointer(program.map_at(index))
         self.funcs = lambda slot: machine.code_pointer(program, slot)
         self.functions = _Lazy(lambda entry: self.compiled.unit(("f", entry))(self))
         self._segments: dict[tuple[int, int], object] = {}
@@ -431,19 +431,6 @@ def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in
         return retval, state.clock.executed
 
     return repeat_runs(machine, inp, once, repeat, stop)
-
-
-def _map(program: VmProgram, index: int):
-    if not 0 <= index < len(program.maps):
-        raise VmFault(f"map reference {index} but the program has {len(program.maps)} maps")
-    return program.maps[index]
-
-
-def _value(machine: Machine, vm_map) -> int:
-    storage = vm_map.prog_lookup((0).to_bytes(4, "little"), machine.cpu)
-    if storage is None:
-        raise VmFault(f"map {vm_map.name} has no value to point into")
-    return machine.value_pointer(vm_map, storage)
 
 
 __all__ = ["CompiledProgram", "compile_all", "compiled", "run_fast", "translate"]

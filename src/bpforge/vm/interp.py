@@ -75,14 +75,16 @@ def repeat_runs(machine: Machine, inp: Input, once: Callable[[], tuple[int, int]
 
 @dataclass
 class Frame:
-    """A caller's state saved across a bpf-to-bpf call (or a helper's callback: `callback`)."""
+    """A caller's state saved across a bpf-to-bpf call. A helper's callback frame (`callback`) saves the
+    caller's r0-r5 instead: the caller's pc, function bounds and may_goto counter stay in the loop that
+    called the helper, which the callback's own loop returns to."""
 
     program: VmProgram
     return_slot: int
     callee_saved: tuple[int, int, int, int]
     fp: int
-    may_goto: int
-    bounds: tuple[int, int]
+    may_goto: int = MAY_GOTO_BUDGET
+    bounds: tuple[int, int] = (0, 0)
     callback: bool = False
     saved_args: tuple[int, ...] = ()
 
@@ -149,6 +151,13 @@ class Machine:
             raise VmFault(f"{handle:#x} is not a map")
         return vm_map
 
+    def data_pointer(self, vm_map) -> int:
+        """Where an lddw map_value points: the map's first value (global data: the section's bytes)."""
+        storage = vm_map.prog_lookup((0).to_bytes(4, "little"), self.cpu)
+        if storage is None:
+            raise VmFault(f"map {vm_map.name} has no value to point into")
+        return self.value_pointer(vm_map, storage)
+
     def value_pointer(self, vm_map, storage: bytearray) -> int:
         readonly = getattr(vm_map, "readonly_prog", False)  # BPF_F_RDONLY_PROG (.rodata), not syscall freezing
         return self.memory.map(storage, f"value of map {getattr(vm_map, 'name', '?')}", writable=not readonly).base
@@ -207,7 +216,7 @@ class Interpreter:
         self.frames: list[Frame] = []
         self.tail_calls = 0
         self.clock = Clock(machine.budget, machine.program)
-        self._current: tuple[VmProgram, tuple[int, int], int] = (machine.program, (0, 0), MAY_GOTO_BUDGET)
+        self._calling_program = machine.program  # the program a helper was called from (for callbacks)
         self._decoded: dict[int, list[tuple[Form, Insn] | None]] = {}
 
     def decoded(self, program: VmProgram) -> list[tuple[Form, Insn] | None]:
@@ -238,11 +247,10 @@ class Interpreter:
         that starts with r1-r5 as given and r0, r6-r9 zero; returns its r0. The caller's registers are as
         they were afterwards."""
         program, slot = self.machine.code_at(addr)
-        caller, bounds, may_goto = self._current
-        if program is not caller or slot not in program.entries:
+        if program is not self._calling_program or slot not in program.entries:
             raise VmFault(f"callback to slot {slot}, which is not a function of this program")
         regs = self.regs
-        self._push(Frame(caller, -1, tuple(regs[6:10]), regs[10], may_goto, bounds, True, tuple(regs[0:6])))
+        self._push(Frame(program, -1, tuple(regs[6:10]), regs[10], callback=True, saved_args=tuple(regs[0:6])))
         regs[0:10] = [0, r1, r2, r3, r4, r5, 0, 0, 0, 0]
         return self._loop(program, slot)
 
@@ -296,7 +304,7 @@ class Interpreter:
                     atomic(memory, form, insn, regs)
                 elif kind == "call":
                     if form.op == "helper":
-                        self._current = (program, (lo, hi), may_goto)  # what a callback's frame saves
+                        self._calling_program = program
                         result = call_helper(self, insn.imm, *regs[1:6])
                         if isinstance(result, TailCall):  # the target replaces this function, in its frame
                             program, code, next_pc = result.program, self.decoded(result.program), 0
@@ -358,22 +366,12 @@ class Interpreter:
         if form.name == "lddw":
             return insn.imm64 & M64
         if form.name in ("lddw_map_fd", "lddw_map_idx"):
-            return self.machine.map_handle(self._map(program, insn.imm))
+            return self.machine.map_handle(program.map_at(insn.imm))
         if form.name in ("lddw_map_value", "lddw_map_idx_value"):
-            vm_map = self._map(program, insn.imm)
-            storage = vm_map.prog_lookup((0).to_bytes(4, "little"), self.machine.cpu)
-            if storage is None:
-                raise VmFault(f"map {vm_map.name} has no value to point into")
-            return (self.machine.value_pointer(vm_map, storage) + (insn.imm_hi & 0xFFFFFFFF)) & M64
+            return (self.machine.data_pointer(program.map_at(insn.imm)) + (insn.imm_hi & 0xFFFFFFFF)) & M64
         if form.name == "lddw_func":
             return self.machine.code_pointer(program, pc + 1 + insn.imm)
         raise VmFault(f"{form.name} needs kernel BTF; the interpreter cannot resolve it")
-
-    @staticmethod
-    def _map(program: VmProgram, index: int):
-        if not 0 <= index < len(program.maps):
-            raise VmFault(f"map reference {index} but the program has {len(program.maps)} maps")
-        return program.maps[index]
 
 
 class _Abort(Exception):

@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from ..elf.vmlinux import KernelBtf, kernel_btf
 from ..isa import Insn, slot_starts
+from .helpers.registry import s32
 from .maps.arena import ArenaMap
 from .memory import VmFault
 
@@ -37,11 +38,6 @@ def kfunc(name: str):
 
 def implemented() -> list[str]:
     return sorted(_KFUNCS)
-
-
-def _s32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >> 31 else value
 
 
 def _int_ret(value: int) -> int:
@@ -120,7 +116,7 @@ def _nothing(vm, *_):
 
 def _num_state(vm, it: int) -> tuple[int, int]:
     mem = vm.machine.memory
-    return _s32(mem.load(it, 4)), _s32(mem.load(it + 4, 4))
+    return s32(mem.load(it, 4)), s32(mem.load(it + 4, 4))
 
 
 def _num_set(vm, it: int, cur: int, end: int) -> None:
@@ -131,7 +127,7 @@ def _num_set(vm, it: int, cur: int, end: int) -> None:
 
 @kfunc("bpf_iter_num_new")
 def _iter_num_new(vm, it, start, end, *_):
-    start, end = _s32(start), _s32(end)
+    start, end = s32(start), s32(end)
     if start > end:
         _num_set(vm, it, 0, 0)
         return _err(errno.EINVAL)
@@ -145,7 +141,7 @@ def _iter_num_new(vm, it, start, end, *_):
 @kfunc("bpf_iter_num_next")
 def _iter_num_next(vm, it, *_):
     cur, end = _num_state(vm, it)
-    if _s32(cur + 1) >= end:  # also catches a failed new(): cur = end = 0
+    if s32(cur + 1) >= end:  # also catches a failed new(): cur = end = 0
         _num_set(vm, it, 0, 0)
         return 0
     _num_set(vm, it, cur + 1, end)
@@ -196,7 +192,7 @@ def _iter_bits_new(vm, it, unsafe_ptr, nr_words, *_):
 @kfunc("bpf_iter_bits_next")
 def _iter_bits_next(vm, it, *_):
     mem = vm.machine.memory
-    nr_bits, bit = _s32(mem.load(it + 8, 4)), _s32(mem.load(it + 12, 4))
+    nr_bits, bit = s32(mem.load(it + 8, 4)), s32(mem.load(it + 12, 4))
     if not nr_bits or bit >= nr_bits:
         return 0
     if nr_bits == 64:

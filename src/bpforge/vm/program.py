@@ -10,9 +10,10 @@ from functools import cached_property
 
 from ..elf import BpfObject, MapDef
 from ..elf.maps import arena_value_offset, with_arena_data
-from ..elf.model import Reloc
+from ..elf.model import MAP_RELOC_KINDS, Reloc
 from ..errors import BpforgeError
 from ..isa import Insn, branch_target, slot_starts
+from .memory import VmFault
 from .kernel_view import vm_view
 
 
@@ -30,6 +31,12 @@ class VmProgram:
 
     def map(self, name: str):
         return self.maps[self.map_names.index(name)]
+
+    def map_at(self, index: int):
+        """The map an lddw map_fd/map_value with imm = `index` refers to."""
+        if not 0 <= index < len(self.maps):
+            raise VmFault(f"map reference {index} but the program has {len(self.maps)} maps")
+        return self.maps[index]
 
     @cached_property
     def slots(self) -> int:
@@ -96,9 +103,10 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
 
 
 def _map_by_name(name: str, defs: Mapping[str, MapDef], table: dict[str, object], make_map):
+    """The run's map of that name, made from its definition on first use."""
     if name not in table:
         if name not in defs:
-            raise BpforgeError(f"no map named '{name}'")
+            raise BpforgeError(f"no map or data section named '{name}'")
         table[name] = make_map(defs[name])
     return table[name]
 
@@ -109,31 +117,26 @@ def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, R
     out = list(insns)
     starts = slot_starts(insns)
     for index, rel in relocations:
-        if rel.kind not in ("map", "data", "arena"):
+        if rel.kind not in MAP_RELOC_KINDS:
             if rel.kind in ("call", "func"):
                 continue  # linked() already made these pc-relative
             raise BpforgeError(f"{rel.kind} symbol '{rel.target}' cannot be resolved in the interpreter",
                                insn=starts[index])
         map_name = rel.target
         if map_name not in names:
-            if map_name not in table:
-                if map_name not in defs:
-                    raise BpforgeError(f"no map or data section named '{map_name}'", insn=starts[index])
-                table[map_name] = make_map(defs[map_name])
+            try:
+                _map_by_name(map_name, defs, table, make_map)
+            except BpforgeError as err:
+                raise err.at(insn=starts[index]) from None
             names.append(map_name)
         slot = names.index(map_name)
         if rel.kind == "map":
             out[index] = Insn.make("lddw_map_fd", dst=insns[index].dst, imm=slot)
-        elif rel.kind == "arena":  # the verifier turns it into the global's user address, a constant
-            offset = arena_value_offset(defs[map_name], rel.offset)
-            try:
-                address = table[map_name].direct_value_addr(offset)
-            except BpforgeError as err:
-                raise err.at(insn=starts[index]) from None
-            out[index] = Insn.make("lddw", dst=insns[index].dst, imm64=address)
-        else:
-            out[index] = Insn.make("lddw_map_value", dst=insns[index].dst, imm=slot, imm_hi=rel.offset)
-    return VmProgram(name, out, [table[n] for n in names], names, dict(functions or {0: name}))
+        else:  # an arena global is a value of the arena at the place libbpf puts `.addr_space.1`
+            offset = rel.offset if rel.kind == "data" else arena_value_offset(defs[map_name], rel.offset)
+            out[index] = Insn.make("lddw_map_value", dst=insns[index].dst, imm=slot, imm_hi=offset)
+    maps = [table[n] for n in names]
+    return VmProgram(name, _arena_values(out, maps), maps, names, dict(functions or {0: name}))
 
 
 def from_insns(insns: Sequence[Insn], maps: Sequence[object] = (), name: str = "prog") -> VmProgram:
@@ -144,7 +147,10 @@ def from_insns(insns: Sequence[Insn], maps: Sequence[object] = (), name: str = "
 
 
 def _arena_values(insns: Sequence[Insn], maps: Sequence[object]) -> list[Insn]:
+    """Value loads of an arena become the constant the verifier makes of them: the user address they name."""
     out = list(insns)
+    if not any(hasattr(m, "direct_value_addr") for m in maps):
+        return out
     starts = slot_starts(out)
     for i, insn in enumerate(out):
         if insn.form.name not in ("lddw_map_value", "lddw_map_idx_value") or not 0 <= insn.imm < len(maps):
