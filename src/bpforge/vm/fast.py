@@ -20,23 +20,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..errors import BpforgeError
-from ..isa import Form, Insn, branch_target, slot_starts
+from ..isa.ops import Exit, Jump, MayGoto, Op, ends_block
+from ..isa.semantics import INT_OPS, SOURCE_OPS, Condition, holds, step
 from .helpers import call_helper, legacy_load
 from .kfuncs import call_kfunc
 from .maps.arena import addr_space_cast
 from .interp import (
-    MAX_CALL_FRAMES, MAY_GOTO_BUDGET, STACK_SIZE, Clock, Machine, RunResult, atomic, legacy_offset,
+    KERNEL_OBJECT_REFUSAL, MAX_CALL_FRAMES, MAY_GOTO_BUDGET, STACK_SIZE, Clock, Machine, RunResult, decoded,
     repeat_runs,
 )
 from .memory import VmFault
 from .program import VmProgram
-from .semantics import INT_OPS, SOURCE_OPS, alu, byte_swap, condition, imm_operand
 
-M64 = (1 << 64) - 1
 SEGMENT_BLOCKS = 256
 _REGS = "r0, r1, r2, r3, r4, r5, r6, r7, r8, r9"
 _ARGS = "r0, r1, r2, r3, r4, r5"
-_ENDS_BLOCK = ("exit", "call", "callx", "ld_abs", "ld_ind")
 
 
 class _Stop(Exception):
@@ -149,16 +147,15 @@ class CompiledProgram:
 
     def __init__(self, program: VmProgram) -> None:
         self.program = program
-        self.starts = slot_starts(program.insns)
-        self.at = dict(zip(self.starts, program.insns))
-        self.forms = {slot: insn.form for slot, insn in self.at.items()}  # decoded once, not per unit
+        self.code = decoded(program)  # the interpreter's table: decoded once per program
+        self.starts = [slot for slot, entry in enumerate(self.code) if entry is not None]
         self._index = {slot: i for i, slot in enumerate(self.starts)}
         self._functions: dict[int, _Function] = {}
         self._units: dict[tuple, object] = {}
         self._segment_index: dict[int, dict[int, int]] = {}
-        self.namespace = {"VmFault": VmFault, "call_helper": call_helper, "call_kfunc": call_kfunc, "addr_space_cast": addr_space_cast, "_Stop": _Stop,
-                          "_sdiv": INT_OPS.sdiv, "_srem": INT_OPS.srem, "atomic": atomic,
-                          "legacy_load": legacy_load, "legacy_offset": legacy_offset}
+        self.namespace = {"VmFault": VmFault, "call_helper": call_helper, "call_kfunc": call_kfunc,
+                          "addr_space_cast": addr_space_cast, "_Stop": _Stop, "_sdiv": INT_OPS.sdiv,
+                          "_srem": INT_OPS.srem, "legacy_load": legacy_load}
 
     def function(self, entry: int) -> _Function:
         fn = self._functions.get(entry)
@@ -168,8 +165,8 @@ class CompiledProgram:
                 raise VmFault(f"slot {entry} is not the start of a function")
             first = self._index[entry]
             last = self._index.get(end, len(self.starts))
-            fn = self._functions[entry] = _Function(entry, end, _leaders(self.starts[first:last], self.at,
-                                                                         self.forms, entry, end))
+            fn = self._functions[entry] = _Function(entry, end, _leaders(self.starts[first:last], self.code,
+                                                                         entry, end))
         return fn
 
     def segment_of(self, entry: int, leader: int) -> int:
@@ -183,18 +180,12 @@ class CompiledProgram:
         """The factory `make(env)` of a unit: ("f", entry) a function, ("s", entry, i) its i-th segment."""
         make = self._units.get(key)
         if make is None:
-            source, needs = self._source(key)
             namespace = dict(self.namespace)
-            for slot in needs:  # the instructions generated code hands to atomic() and legacy_offset()
-                namespace[f"FORM_{slot}"], namespace[f"INSN_{slot}"] = self.forms[slot], self.at[slot]
-            exec(compile(source, f"<bpforge fast tier: {self.program.name} {key}>", "exec"), namespace)
+            exec(compile(self.source(key), f"<bpforge fast tier: {self.program.name} {key}>", "exec"), namespace)
             make = self._units[key] = namespace["make"]
         return make
 
     def source(self, key: tuple) -> str:
-        return self._source(key)[0]
-
-    def _source(self, key: tuple) -> tuple[str, set[int]]:
         fn = self.function(key[1])
         out = _Writer()
         out.emit(0, "def make(env):")
@@ -211,38 +202,34 @@ class CompiledProgram:
             out.emit(2, f"b = {fn.entry}")
             out.emit(2, "while True:")
             if len(segments) == 1:
-                emitter = _Emitter(self, fn, set(segments[0]), segmented=False)
-                emitter.dispatch(out, segments[0], 3)
-                needs = emitter.needs
+                _Emitter(self, fn, set(segments[0]), segmented=False).dispatch(out, segments[0], 3)
             else:  # the driver: each segment runs until control leaves it
                 out.emit(3, f"b, {_REGS}, mg = S[({fn.entry}, b)](b, {_REGS}, r10, mg, depth)")
                 out.emit(3, f"if b < 0: return {_ARGS}")
-                needs = set()
             out.emit(1, "return f")
         else:
             leaders = segments[key[2]]
             out.emit(1, f"def s(b, {_REGS}, r10, mg, depth):")
             out.emit(2, "while True:")
-            emitter = _Emitter(self, fn, set(leaders), segmented=True)
-            emitter.dispatch(out, leaders, 3)
-            needs = emitter.needs
+            _Emitter(self, fn, set(leaders), segmented=True).dispatch(out, leaders, 3)
             out.emit(1, "return s")
-        return "\n".join(out.lines) + "\n", needs
+        return "\n".join(out.lines) + "\n"
 
 
-def _leaders(slots: list[int], at: dict[int, Insn], forms: dict[int, Form], entry: int, end: int) -> list[int]:
+def _leaders(slots: list[int], code: list, entry: int, end: int) -> list[int]:
     """Block leader slots of the function [entry, end) whose instructions start at `slots`."""
     leaders = {entry}
     for slot in slots:
-        insn, form = at[slot], forms[slot]
-        if form.is_branch:
-            target = branch_target(insn, slot)
-            if entry <= target < end and target in at:
-                leaders.add(target)
-            leaders.add(slot + 1)
-        elif form.kind in _ENDS_BLOCK:
-            leaders.add(slot + insn.slots)
-    return sorted(s for s in leaders if entry <= s < end and s in at)
+        op, after = code[slot]
+        if ends_block(op):
+            leaders.add(after)
+            if op.__class__ in (Jump, MayGoto) and entry <= op.target < end:
+                leaders.add(op.target)
+    return sorted(s for s in leaders if entry <= s < end and code[s] is not None)
+
+
+def _falls_through(op: Op) -> bool:
+    return not (op.__class__ is Exit or (op.__class__ is Jump and op.cmp is None))
 
 
 class _Emitter:
@@ -251,7 +238,6 @@ class _Emitter:
     def __init__(self, prog: CompiledProgram, fn: _Function, mine: set[int], *, segmented: bool) -> None:
         self.prog, self.fn, self.mine, self.segmented = prog, fn, mine, segmented
         self.leaders = fn.leader_set
-        self.needs: set[int] = set()  # slots whose Insn the generated code refers to
 
     def dispatch(self, out: _Writer, group: list[int], depth: int) -> None:
         if len(group) == 1:
@@ -277,109 +263,141 @@ class _Emitter:
         out.emit(depth, f"return -1, {_REGS}, mg" if self.segmented else f"return {_ARGS}")
 
     def block(self, out: _Writer, leader: int, depth: int) -> None:
-        at, forms, slots, slot = self.prog.at, self.prog.forms, [], leader
-        while slot < self.fn.end and slot in at:
+        code, slots, slot = self.prog.code, [], leader
+        while slot < self.fn.end and code[slot] is not None:
             slots.append(slot)
-            form = forms[slot]
-            slot += at[slot].slots
-            if form.is_branch or form.kind in _ENDS_BLOCK or slot in self.leaders:
+            op, slot = code[slot]
+            if ends_block(op) or slot in self.leaders:
                 break
-        last, last_form = at[slots[-1]], forms[slots[-1]]
-        self_loop = last_form.is_branch and branch_target(last, slots[-1]) == leader
+        last, after = code[slots[-1]]
+        self_loop = last.__class__ in (Jump, MayGoto) and last.target == leader
         if self_loop:
             out.emit(depth, "while True:")
             depth += 1
         out.emit(depth, f"clock.executed += {len(slots)}")
         out.emit(depth, f"if clock.executed > clock.budget: st.pc = {slots[-1]}; clock.exhausted()")
+        machine = _SourceMachine(self, out)
         for s in slots:
-            self.insn(out, at[s], s, depth, self_loop and s == slots[-1])
-        if last_form.kind not in ("exit", "ja"):
+            machine.begin(s, depth, self_loop and s == slots[-1])
+            step(machine, code[s][0])
+        if _falls_through(last):
             if self_loop:
                 out.emit(depth, "break")
                 depth -= 1
-            self.goto(out, slots[-1] + last.slots, depth)
+            self.goto(out, after, depth)
 
-    def insn(self, out: _Writer, insn: Insn, slot: int, depth: int, loops_back: bool) -> None:
-        form: Form = self.prog.forms[slot]
-        kind = form.kind
-        if kind in ("atomic", "ld_abs", "ld_ind"):
-            self.needs.add(slot)
-        e = lambda text: out.emit(depth, text)  # noqa: E731
-        d, s = f"r{insn.dst}", f"r{insn.src}"
-        imm = str(imm_operand(insn.imm))
-        if kind in ("alu", "mov", "neg"):
-            src = s if form.source == "reg" or form.op == "movsx" else imm
-            e(f"{d} = {alu(SOURCE_OPS, form, d, src)}")
-        elif kind == "end":
-            e(f"{d} = {byte_swap(SOURCE_OPS, form, d)}")
-        elif kind == "as_cast":
-            e(f"st.pc = {slot}; {d} = addr_space_cast(st.machine, {insn.imm}, {s})")
-        elif kind == "ldx":
-            value = f"ld(({s} + {insn.off}) & {M64}, {form.size})"
-            if form.signed:
-                value = SOURCE_OPS.sext(value, form.size * 8, 64)
-            e(f"st.pc = {slot}; {d} = {value}")
-        elif kind == "stx":
-            e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {s})")
-        elif kind == "st":
-            e(f"st.pc = {slot}; sto(({d} + {insn.off}) & {M64}, {form.size}, {imm})")
-        elif kind == "atomic":
-            e(f"st.pc = {slot}; R = [{_REGS}, r10]; atomic(mem, FORM_{slot}, INSN_{slot}, R)")
-            e(f"r0, {d}, {s} = R[0], R[{insn.dst}], R[{insn.src}]")
-        elif kind == "lddw":
-            name = form.name
-            if name == "lddw":
-                e(f"{d} = {insn.imm64 & M64}")
-            elif name in ("lddw_map_fd", "lddw_map_idx"):
-                e(f"st.pc = {slot}; {d} = H({insn.imm})")
-            elif name in ("lddw_map_value", "lddw_map_idx_value"):
-                e(f"st.pc = {slot}; {d} = (VP({insn.imm}) + {insn.imm_hi & 0xFFFFFFFF}) & {M64}")
-            elif name == "lddw_func":
-                e(f"{d} = FP({slot + 1 + insn.imm})")
-            else:
-                e(f"st.pc = {slot}; raise VmFault('{name} needs kernel BTF; the interpreter cannot resolve it')")
-        elif kind == "jmp":
-            src = s if form.source == "reg" else imm
-            cond = condition(SOURCE_OPS, form, d, src)
-            if loops_back:
-                e(f"if {cond}: continue")
-            else:
-                e(f"if {cond}:")
-                self.goto(out, slot + 1 + insn.off, depth + 1)
-        elif kind == "ja":
-            if loops_back:
-                e("continue")
-            else:
-                self.goto(out, slot + 1 + (insn.off if form.name == "ja" else insn.imm), depth)
-        elif kind == "may_goto":
-            e("if mg == 0 or clock.expired:")
-            if loops_back:
-                out.emit(depth + 1, "continue")
-            else:
-                self.goto(out, slot + 1 + insn.off, depth + 1)
-            e("mg -= 1")
-        elif kind == "call":
-            if form.op == "helper":
-                e(f"st.pc = {slot}; st.depth = depth; _r = call_helper(st, {insn.imm}, r1, r2, r3, r4, r5)")
-                e("if _r.__class__ is int: r0 = _r")
-                e("elif _r is not None:")  # a tail call: the target finishes this function's frame
-                out.emit(depth + 1, f"{_ARGS} = st.tail(_r.program, {_REGS}, depth)")
-                self.leave(out, depth + 1)
-            elif form.op == "local":
-                e(f"st.pc = {slot}; {_ARGS} = F[{slot + 1 + insn.imm}]({_REGS}, depth + 1)")
-            else:
-                e(f"st.pc = {slot}; r0 = call_kfunc(st, {insn.imm}, {insn.off}, r1, r2, r3, r4, r5)")
-        elif kind == "callx":
-            e(f"st.pc = {slot}; {_ARGS} = env.callx({d})({_REGS}, depth + 1)")
-        elif kind == "exit":
-            self.leave(out, depth)
-        elif kind in ("ld_abs", "ld_ind"):
-            e(f"st.pc = {slot}; _v = legacy_load(st.input, {form.size}, legacy_offset(FORM_{slot}, INSN_{slot}, "
-              f"[{_REGS}, r10]))")
-            e("if _v is None: raise _Stop()")
-            e("r0, r1, r2, r3, r4, r5 = _v, 0, 0, 0, 0, 0")
+
+class _SourceMachine:
+    """The `isa.semantics.Machine` whose values are Python expression text: `step` run on it writes the
+    code of one instruction. Registers are the locals r0-r10; a value loaded from memory is bound to `_m`
+    first (an operation may use it more than once), which the register write that follows absorbs."""
+
+    bv = SOURCE_OPS
+
+    def __init__(self, emitter: _Emitter, out: _Writer) -> None:
+        self.emitter, self.out = emitter, out
+
+    def begin(self, slot: int, depth: int, loops_back: bool) -> None:
+        self.slot, self.depth, self.loops_back = slot, depth, loops_back
+        self._pc_set = False
+        self._loaded: int | None = None  # index of the line that bound `_m`
+
+    def emit(self, text: str, indent: int = 0) -> None:
+        self.out.emit(self.depth + indent, text)
+
+    def _may_fault(self) -> None:
+        """Before the first operation of an instruction that can fault: name its slot for the error."""
+        if not self._pc_set:
+            self.emit(f"st.pc = {self.slot}")
+            self._pc_set = True
+
+    def reg(self, n: int) -> str:
+        return f"r{n}"
+
+    def set_reg(self, n: int, value: str) -> None:
+        lines = self.out.lines
+        if value == "_m" and self._loaded == len(lines) - 1:
+            lines[-1] = lines[-1].replace("_m = ", f"r{n} = ", 1)
+            self._loaded = None
         else:
-            e(f"st.pc = {slot}; raise VmFault('{form.name} is not supported by the interpreter')")
+            self.emit(f"r{n} = {value}")
+
+    def load(self, addr: str, size: int) -> str:
+        self._may_fault()
+        self.emit(f"_m = ld({addr}, {size})")
+        self._loaded = len(self.out.lines) - 1
+        return "_m"
+
+    def store(self, addr: str, size: int, value: str, when=None) -> None:
+        self._may_fault()
+        self.emit(f"sto({addr}, {size}, {value})" if when is None else f"if {when}: sto({addr}, {size}, {value})")
+
+    def _goto(self, target: int, indent: int) -> None:
+        if self.loops_back:
+            self.emit("continue", indent)
+        else:
+            self.emitter.goto(self.out, target, self.depth + indent)
+
+    def branch(self, cond: Condition | None, target: int) -> None:
+        if cond is None:
+            self._goto(target, 0)
+        else:
+            self.emit(f"if {holds(SOURCE_OPS, cond)}:")
+            self._goto(target, 1)
+
+    def may_goto(self, target: int) -> None:
+        self.emit("if mg == 0 or clock.expired:")
+        self._goto(target, 1)
+        self.emit("mg -= 1")
+
+    def call_helper(self, helper: int) -> None:
+        self._may_fault()
+        self.emit(f"st.depth = depth; _r = call_helper(st, {helper}, r1, r2, r3, r4, r5)")
+        self.emit("if _r.__class__ is int: r0 = _r")
+        self.emit("elif _r is not None:")  # a tail call: the target finishes this function's frame
+        self.emit(f"{_ARGS} = st.tail(_r.program, {_REGS}, depth)", 1)
+        self.emitter.leave(self.out, self.depth + 1)
+
+    def call_local(self, target: int) -> None:
+        self._may_fault()
+        self.emit(f"{_ARGS} = F[{target}]({_REGS}, depth + 1)")
+
+    def call_indirect(self, addr: str) -> None:
+        self._may_fault()
+        self.emit(f"{_ARGS} = env.callx({addr})({_REGS}, depth + 1)")
+
+    def call_kfunc(self, btf_id: int, module: int) -> None:
+        self._may_fault()
+        self.emit(f"r0 = call_kfunc(st, {btf_id}, {module}, r1, r2, r3, r4, r5)")
+
+    def exit(self) -> None:
+        self.emitter.leave(self.out, self.depth)
+
+    def map_handle(self, ref: int) -> str:
+        self._may_fault()
+        return f"H({ref})"
+
+    def map_value(self, ref: int) -> str:
+        self._may_fault()
+        return f"VP({ref})"
+
+    def function_address(self, slot: int) -> str:
+        return f"FP({slot})"
+
+    def kernel_object(self, btf_id: int, module: int) -> str:
+        self._may_fault()
+        self.emit(f"raise VmFault({KERNEL_OBJECT_REFUSAL!r})")
+        return "0"
+
+    def legacy_load(self, size: int, offset: str) -> str:
+        self._may_fault()
+        self.emit(f"_v = legacy_load(st.input, {size}, {SOURCE_OPS.signed(offset, 32)})")
+        self.emit("if _v is None: raise _Stop()")
+        return "_v"
+
+    def addr_space_cast(self, value: str, dst_as: int, src_as: int) -> str:
+        self._may_fault()
+        return f"addr_space_cast(st.machine, {dst_as << 16 | src_as}, {value})"
 
 
 def _unit_keys(program: VmProgram) -> list[tuple]:

@@ -20,16 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
-from ..isa import Form, Insn
+from ..isa.ops import Op, decode_op
+from ..isa.semantics import INT_OPS, Condition, holds, step
 from .context import Input, prepare
 from .helpers import TailCall, call_helper, legacy_load
 from .kfuncs import call_kfunc
 from .maps.arena import addr_space_cast
 from .memory import Memory, Region, VmFault
 from .program import VmProgram
-from .semantics import INT_OPS, alu, byte_swap, condition, imm_operand
 
-M64 = (1 << 64) - 1
 STACK_SIZE = 512
 MAX_CALL_FRAMES = 8  # the kernel's MAX_CALL_FRAMES
 MAY_GOTO_BUDGET = 1 << 23  # BPF_MAX_LOOPS: iterations a frame's may_goto loops get
@@ -206,30 +205,30 @@ class Machine:
 
 
 class Interpreter:
-    """One run of the machine's program. Also the `vm` argument helpers receive (`machine`, `input`,
-    `tail_calls`, `call_function`)."""
+    """One run of the machine's program: the integer instantiation of `isa.semantics.step` (the `Machine`
+    it needs), around which this is only the loop. Also the `vm` argument helpers receive (`machine`,
+    `input`, `tail_calls`, `call_function`).
+
+    The loop's state (the running program, its decoded slots, the function's bounds, the frame's may_goto
+    count and the slot to run next) lives in attributes, which the machine methods change."""
+
+    bv = INT_OPS
 
     def __init__(self, machine: Machine, inp: Input) -> None:
         self.machine = machine
+        self.memory = machine.memory
         self.input = inp
         self.regs = [0] * 11
         self.frames: list[Frame] = []
         self.tail_calls = 0
         self.clock = Clock(machine.budget, machine.program)
         self._calling_program = machine.program  # the program a helper was called from (for callbacks)
-        self._decoded: dict[int, list[tuple[Form, Insn] | None]] = {}
-
-    def decoded(self, program: VmProgram) -> list[tuple[Form, Insn] | None]:
-        """Slot-indexed (form, insn); None in the second slot of an lddw."""
-        table = self._decoded.get(id(program))
-        if table is None:
-            table = []
-            for insn in program.insns:
-                table.append((insn.form, insn))
-                if insn.slots == 2:
-                    table.append(None)
-            self._decoded[id(program)] = table
-        return table
+        self.program = machine.program
+        self.code: list[tuple[Op, int] | None] = []
+        self.lo = self.hi = 0
+        self.may_goto_left = MAY_GOTO_BUDGET
+        self.next_pc = 0
+        self.returned = 0
 
     def execute(self) -> tuple[int, int]:
         """Run the program from its first instruction: (r0, instructions executed)."""
@@ -245,14 +244,18 @@ class Interpreter:
     def call_function(self, addr: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         """Call the BPF function at code address `addr` from a helper (bpf_loop's callback): a new frame
         that starts with r1-r5 as given and r0, r6-r9 zero; returns its r0. The caller's registers are as
-        they were afterwards."""
+        they were afterwards, and so is the state of the loop that called the helper."""
         program, slot = self.machine.code_at(addr)
         if program is not self._calling_program or slot not in program.entries:
             raise VmFault(f"callback to slot {slot}, which is not a function of this program")
         regs = self.regs
         self._push(Frame(program, -1, tuple(regs[6:10]), regs[10], callback=True, saved_args=tuple(regs[0:6])))
         regs[0:10] = [0, r1, r2, r3, r4, r5, 0, 0, 0, 0]
-        return self._loop(program, slot)
+        saved = self.program, self.code, self.lo, self.hi, self.may_goto_left, self.next_pc
+        try:
+            return self._loop(program, slot)
+        finally:
+            self.program, self.code, self.lo, self.hi, self.may_goto_left, self.next_pc = saved
 
     def _push(self, frame: Frame) -> None:
         if len(self.frames) + 1 >= MAX_CALL_FRAMES:
@@ -260,159 +263,147 @@ class Interpreter:
         self.frames.append(frame)
         self.regs[10] = self.machine.stack(len(self.frames)).base + STACK_SIZE
 
+    def _enter_function(self, program: VmProgram, slot: int) -> None:
+        """Control continues at `slot`, the entry of a function of `program`, with a fresh may_goto count."""
+        self.program, self.code = program, decoded(program)
+        self.lo, self.hi = program.function_bounds(slot)
+        self.may_goto_left = MAY_GOTO_BUDGET
+        self.next_pc = slot
+
     def _loop(self, program: VmProgram, pc: int) -> int:
         """Execute from `pc`, the entry of a function, until the frame that starts there returns (r0)."""
-        machine, regs, memory = self.machine, self.regs, self.machine.memory
         clock = self.clock
-        code = self.decoded(program)
-        lo, hi = program.function_bounds(pc)
-        may_goto = MAY_GOTO_BUDGET
+        self._enter_function(program, pc)
         try:
             while True:
-                if not lo <= pc < hi or code[pc] is None:
+                if not self.lo <= pc < self.hi or self.code[pc] is None:
+                    if pc == _RETURNED:
+                        return self.returned
                     raise VmFault(f"control reached slot {pc}, which is not an instruction of this function")
                 clock.executed += 1
                 if clock.executed > clock.budget:
                     clock.exhausted()
-                form, insn = code[pc]
-                kind = form.kind
-                next_pc = pc + 1
-                if kind in ("alu", "mov", "neg"):
-                    src = regs[insn.src] if form.source == "reg" or form.op == "movsx" else imm_operand(insn.imm)
-                    regs[insn.dst] = alu(INT_OPS, form, regs[insn.dst], src)
-                elif kind == "ldx":
-                    value = memory.load((regs[insn.src] + insn.off) & M64, form.size)
-                    regs[insn.dst] = INT_OPS.sext(value, form.size * 8, 64) if form.signed else value
-                elif kind == "stx":
-                    memory.store((regs[insn.dst] + insn.off) & M64, form.size, regs[insn.src])
-                elif kind == "st":
-                    memory.store((regs[insn.dst] + insn.off) & M64, form.size, imm_operand(insn.imm))
-                elif kind == "jmp":
-                    src = regs[insn.src] if form.source == "reg" else imm_operand(insn.imm)
-                    if condition(INT_OPS, form, regs[insn.dst], src):
-                        next_pc += insn.off
-                elif kind == "ja":
-                    next_pc += insn.off if form.name == "ja" else insn.imm
-                elif kind == "end":
-                    regs[insn.dst] = byte_swap(INT_OPS, form, regs[insn.dst])
-                elif kind == "as_cast":
-                    regs[insn.dst] = addr_space_cast(machine, insn.imm, regs[insn.src])
-                elif kind == "lddw":
-                    regs[insn.dst] = self.load_imm64(program, form, insn, pc)
-                    next_pc += 1  # the second slot
-                elif kind == "atomic":
-                    atomic(memory, form, insn, regs)
-                elif kind == "call":
-                    if form.op == "helper":
-                        self._calling_program = program
-                        result = call_helper(self, insn.imm, *regs[1:6])
-                        if isinstance(result, TailCall):  # the target replaces this function, in its frame
-                            program, code, next_pc = result.program, self.decoded(result.program), 0
-                            lo, hi = program.function_bounds(0)
-                            may_goto = MAY_GOTO_BUDGET
-                        elif result is not None:
-                            regs[0] = result
-                    elif form.op == "local":
-                        next_pc = self._enter(program, next_pc, next_pc + insn.imm, may_goto, (lo, hi))
-                        lo, hi = program.function_bounds(next_pc)
-                        may_goto = MAY_GOTO_BUDGET
-                    else:
-                        regs[0] = call_kfunc(self, insn.imm, insn.off, *regs[1:6])
-                elif kind == "callx":
-                    callee, slot = machine.code_at(regs[insn.dst])
-                    if callee is not program or slot not in program.entries:
-                        raise VmFault(f"callx to slot {slot}, which is not a function of this program")
-                    next_pc = self._enter(program, next_pc, slot, may_goto, (lo, hi))
-                    lo, hi = program.function_bounds(next_pc)
-                    may_goto = MAY_GOTO_BUDGET
-                elif kind == "exit":
-                    if not self.frames:
-                        return regs[0]
-                    frame = self.frames.pop()
-                    regs[6:10] = frame.callee_saved
-                    regs[10] = frame.fp
-                    if frame.callback:  # back to the helper that called: the caller's r0-r5 as they were
-                        retval = regs[0]
-                        regs[0:6] = frame.saved_args
-                        return retval
-                    program, next_pc = frame.program, frame.return_slot
-                    code = self.decoded(program)
-                    (lo, hi), may_goto = frame.bounds, frame.may_goto
-                elif kind in ("ld_abs", "ld_ind"):
-                    value = legacy_load(self.input, form.size, legacy_offset(form, insn, regs))
-                    if value is None:
-                        raise _Abort()
-                    regs[0:6] = [value, 0, 0, 0, 0, 0]  # the kernel's load helper call clobbers r1-r5
-                elif kind == "may_goto":
-                    if may_goto == 0 or clock.expired:
-                        next_pc += insn.off
-                    else:
-                        may_goto -= 1
-                else:
-                    raise VmFault(f"{form.name} is not supported by the interpreter")
-                pc = next_pc
+                op, self.next_pc = self.code[pc]
+                step(self, op)
+                pc = self.next_pc
         except BpforgeError as err:
             raise err.at(insn=pc) from None
 
-    def _enter(self, program: VmProgram, return_slot: int, target: int, may_goto: int,
-               bounds: tuple[int, int]) -> int:
+    # ---- the Machine of isa.semantics: registers and memory ------------------------------------------
+
+    def reg(self, n: int) -> int:
+        return self.regs[n]
+
+    def set_reg(self, n: int, value: int) -> None:
+        self.regs[n] = value
+
+    def load(self, addr: int, size: int) -> int:
+        return self.memory.load(addr, size)
+
+    def store(self, addr: int, size: int, value: int, when=None) -> None:
+        if when is None or when:
+            self.memory.store(addr, size, value)
+
+    # ---- control -------------------------------------------------------------------------------------
+
+    def branch(self, cond: Condition | None, target: int) -> None:
+        if cond is None or holds(INT_OPS, cond):
+            self.next_pc = target
+
+    def may_goto(self, target: int) -> None:
+        if self.may_goto_left == 0 or self.clock.expired:
+            self.next_pc = target
+        else:
+            self.may_goto_left -= 1
+
+    def call_helper(self, helper: int) -> None:
         regs = self.regs
-        self._push(Frame(program, return_slot, tuple(regs[6:10]), regs[10], may_goto, bounds))
-        return target
+        self._calling_program = self.program
+        result = call_helper(self, helper, *regs[1:6])
+        if isinstance(result, TailCall):  # the target replaces this function, in its frame
+            self._enter_function(result.program, 0)
+        elif result is not None:
+            regs[0] = result
 
-    # ---- instruction helpers -------------------------------------------------------------------------
+    def call_local(self, target: int) -> None:
+        self._call(target)
 
-    def load_imm64(self, program: VmProgram, form: Form, insn: Insn, pc: int) -> int:
-        if form.name == "lddw":
-            return insn.imm64 & M64
-        if form.name in ("lddw_map_fd", "lddw_map_idx"):
-            return self.machine.map_handle(program.map_at(insn.imm))
-        if form.name in ("lddw_map_value", "lddw_map_idx_value"):
-            return (self.machine.data_pointer(program.map_at(insn.imm)) + (insn.imm_hi & 0xFFFFFFFF)) & M64
-        if form.name == "lddw_func":
-            return self.machine.code_pointer(program, pc + 1 + insn.imm)
-        raise VmFault(f"{form.name} needs kernel BTF; the interpreter cannot resolve it")
+    def call_indirect(self, addr: int) -> None:
+        callee, slot = self.machine.code_at(addr)
+        if callee is not self.program or slot not in self.program.entries:
+            raise VmFault(f"callx to slot {slot}, which is not a function of this program")
+        self._call(slot)
+
+    def _call(self, target: int) -> None:
+        regs = self.regs
+        self._push(Frame(self.program, self.next_pc, tuple(regs[6:10]), regs[10], self.may_goto_left,
+                         (self.lo, self.hi)))
+        self._enter_function(self.program, target)
+
+    def call_kfunc(self, btf_id: int, module: int) -> None:
+        self.regs[0] = call_kfunc(self, btf_id, module, *self.regs[1:6])
+
+    def exit(self) -> None:
+        regs = self.regs
+        if not self.frames:
+            self.returned, self.next_pc = regs[0], _RETURNED
+            return
+        frame = self.frames.pop()
+        regs[6:10] = frame.callee_saved
+        regs[10] = frame.fp
+        if frame.callback:  # back to the helper that called: the caller's r0-r5 as they were
+            self.returned, self.next_pc = regs[0], _RETURNED
+            regs[0:6] = frame.saved_args
+            return
+        self.program, self.code = frame.program, decoded(frame.program)
+        (self.lo, self.hi), self.may_goto_left = frame.bounds, frame.may_goto
+        self.next_pc = frame.return_slot
+
+    # ---- what the loader resolves ----------------------------------------------------------------------
+
+    def map_handle(self, ref: int) -> int:
+        return self.machine.map_handle(self.program.map_at(ref))
+
+    def map_value(self, ref: int) -> int:
+        return self.machine.data_pointer(self.program.map_at(ref))
+
+    def function_address(self, slot: int) -> int:
+        return self.machine.code_pointer(self.program, slot)
+
+    def kernel_object(self, btf_id: int, module: int) -> int:
+        raise VmFault(KERNEL_OBJECT_REFUSAL)
+
+    def legacy_load(self, size: int, offset: int) -> int:
+        value = legacy_load(self.input, size, INT_OPS.signed(offset, 32))
+        if value is None:
+            raise _Abort()
+        return value
+
+    def addr_space_cast(self, value: int, dst_as: int, src_as: int) -> int:
+        return addr_space_cast(self.machine, dst_as << 16 | src_as, value)
+
+
+_RETURNED = -1  # next_pc once the loop's own frame has returned
+KERNEL_OBJECT_REFUSAL = "lddw_btf_id needs kernel BTF; the interpreter cannot resolve it"
+
+
+def decoded(program: VmProgram) -> list[tuple[Op, int] | None]:
+    """Slot-indexed (meaning, slot that follows) of a program, decoded once and kept with it; None in the
+    second slot of an lddw."""
+    table = program.decoded
+    if table is None:
+        table = []
+        for insn in program.insns:
+            slot = len(table)
+            table.append((decode_op(insn, slot), slot + insn.slots))
+            if insn.slots == 2:
+                table.append(None)
+        program.decoded = table
+    return table
 
 
 class _Abort(Exception):
     """A failed legacy packet load: the whole run ends with r0 = 0, as the kernel's LD_ABS does."""
-
-
-def atomic(memory: Memory, form: Form, insn: Insn, regs: list[int]) -> None:
-    """An atomic memory operation, updating the registers it writes (src for fetches, r0 for cmpxchg,
-    dst for load-acquire)."""
-    size = form.size
-    bits = size * 8
-    addr = (regs[insn.src if form.op == "load_acquire" else insn.dst] + insn.off) & M64
-    if form.op == "load_acquire":
-        regs[insn.dst] = memory.load(addr, size)
-        return
-    if form.op == "store_release":
-        memory.store(addr, size, regs[insn.src])
-        return
-    old = memory.load(addr, size)
-    operand = regs[insn.src] & ((1 << bits) - 1)
-    if form.op == "cmpxchg":
-        if old == regs[0] & ((1 << bits) - 1):
-            memory.store(addr, size, operand)
-        regs[0] = old  # zero-extended, for 32 bits too
-        return
-    if form.op == "xchg":
-        new = operand
-    else:
-        new = {"add": INT_OPS.add(old, operand, bits), "or": old | operand, "and": old & operand,
-               "xor": old ^ operand}[form.op]
-    memory.store(addr, size, new)
-    if form.fetch:
-        regs[insn.src] = old
-
-
-def legacy_offset(form: Form, insn: Insn, regs) -> int:
-    """The packet offset of LD_ABS (imm) or LD_IND (src + imm, added in 64 bits, passed on as an int)."""
-    if form.kind == "ld_abs":
-        return insn.imm
-    total = (regs[insn.src] + imm_operand(insn.imm)) & 0xFFFFFFFF
-    return total - (1 << 32) if total >> 31 else total
 
 
 def run(program: VmProgram, data: bytes = b"", prog_type: str = "xdp", **options) -> RunResult:

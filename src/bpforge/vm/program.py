@@ -25,6 +25,7 @@ class VmProgram:
     map_names: list[str] = field(default_factory=list)
     functions: dict[int, str] = field(default_factory=dict)
     compiled: object = field(default=None, repr=False, compare=False)  # the fast tier's translation
+    decoded: list | None = field(default=None, repr=False, compare=False)  # the interpreter's ops by slot
     # The running kernel's struct bpf_map (kernel_view.MapStructLayout) when the program reads map fields
     # through a map pointer: map handles are then backed by those bytes.
     map_layout: object = field(default=None, repr=False, compare=False)
