@@ -9,10 +9,7 @@ from .insn import Insn
 
 
 def format_insn(insn: Insn) -> str:
-    form = insn.form
-    values = {"dst": insn.dst, "src": insn.src, "off": insn.off, "imm": insn.imm, "imm_hi": insn.imm_hi,
-              "imm64": insn.imm64}
-    return form.templates[0].render(values)
+    return str(insn)
 
 
 def listing(

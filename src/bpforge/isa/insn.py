@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from ..errors import DecodeError
@@ -25,10 +25,15 @@ class Insn:
     off: int = 0
     imm: int = 0
     imm_hi: int = 0
+    _form: Form | None = field(default=None, init=False, repr=False, compare=False)  # looked up once
 
     @property
     def form(self) -> Form:
-        return form_of(self.opcode, self.dst, self.src, self.off, self.imm, self.imm_hi)
+        form = self._form
+        if form is None:
+            form = form_of(self.opcode, self.dst, self.src, self.off, self.imm, self.imm_hi)
+            object.__setattr__(self, "_form", form)
+        return form
 
     @property
     def slots(self) -> int:
@@ -63,9 +68,10 @@ class Insn:
         return insn
 
     def __str__(self) -> str:
-        from .disasm import format_insn
-
-        return format_insn(self)
+        """The instruction in llvm-objdump spelling: its form's template filled with its fields."""
+        values = {"dst": self.dst, "src": self.src, "off": self.off, "imm": self.imm, "imm_hi": self.imm_hi,
+                  "imm64": self.imm64}
+        return self.form.templates[0].render(values)
 
 
 def _s32(value: int) -> int:
