@@ -1,4 +1,4 @@
-"""Interpreter benchmark: instructions per second of both tiers, and ns per run of every example in the
+"""Interpreter benchmark: instructions per second of both tiers, the fixed cost of a run, and ns per run of every example in the
 reference interpreter, the fast tier and the kernel, as ratios measured in this one run. Every engine is
 timed the same way: `repeat` runs on one prepared input (BPF_PROG_TEST_RUN's repeat), plus, for the VM,
 the cost of a run on a fresh input (preparing the packet and context, binding the translated code).
@@ -60,6 +60,22 @@ def throughput(n: int) -> None:
     print(f"  fast / interp: {rates['fast'] / rates['interp']:.1f}x")
 
 
+def fixed_cost(runs: int) -> None:
+    """What a run costs beyond its instructions: a 3-instruction program repeated on one input, as
+    `bpforge run --repeat` does (set-up happens once per program and input, not per run)."""
+    program = from_insns(assemble("r0 = 1\nr0 += 1\nexit\n"))
+    costs = {}
+    for tier, execute in (("interp", lambda m, n: m.run(bytes(64), repeat=n)),
+                          ("fast", lambda m, n: run_fast(m, bytes(64), repeat=n))):
+        machine = Machine(program)
+        execute(machine, 1)
+        start = time.perf_counter_ns()
+        execute(machine, runs)
+        costs[tier] = (time.perf_counter_ns() - start) / runs
+    print(f"\nfixed cost per run (3 instructions, repeat {runs}): interp {costs['interp']:.0f} ns, "
+          f"fast {costs['fast']:.0f} ns")
+
+
 def per_example(repeat: int) -> None:
     from bpforge.kernel.program import load_loaded
 
@@ -101,6 +117,7 @@ def main() -> int:
     parser.add_argument("--loop", type=int, default=100_000, help="iterations of the arithmetic loop")
     args = parser.parse_args()
     throughput(args.loop)
+    fixed_cost(args.repeat * 500)
     per_example(args.repeat)
     return 0
 

@@ -279,8 +279,13 @@ def ends_block(op: Op) -> bool:
     return isinstance(op, (Jump, MayGoto, Call, Exit, LegacyLoad))
 
 
+def falls_through(op: Op) -> bool:
+    """Whether control may continue at the next instruction after `op` (all but exit and `goto`)."""
+    return not (op.__class__ is Exit or (op.__class__ is Jump and op.cmp is None))
+
+
 __all__ = [
     "Alu", "AddrSpaceCast", "Atomic", "CONDITIONS", "Call", "Exit", "Imm", "Jump", "LegacyLoad", "Load",
     "LoadImm64", "MayGoto", "OP_TYPES", "Op", "Operand", "Reg", "Store", "Unary", "decode_op", "decode_ops",
-    "ends_block", "jump_target",
+    "ends_block", "falls_through", "jump_target",
 ]

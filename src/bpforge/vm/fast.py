@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..errors import BpforgeError
-from ..isa.ops import Exit, Jump, MayGoto, Op, ends_block
+from ..isa.ops import Jump, MayGoto, ends_block, falls_through
 from ..isa.semantics import INT_OPS, SOURCE_OPS, Condition, holds, step
 from .helpers import call_helper, legacy_load
 from .kfuncs import call_kfunc
@@ -228,10 +228,6 @@ def _leaders(slots: list[int], code: list, entry: int, end: int) -> list[int]:
     return sorted(s for s in leaders if entry <= s < end and code[s] is not None)
 
 
-def _falls_through(op: Op) -> bool:
-    return not (op.__class__ is Exit or (op.__class__ is Jump and op.cmp is None))
-
-
 class _Emitter:
     """Emits the blocks of one unit (a whole function, or one segment of it)."""
 
@@ -280,7 +276,7 @@ class _Emitter:
         for s in slots:
             machine.begin(s, depth, self_loop and s == slots[-1])
             step(machine, code[s][0])
-        if _falls_through(last):
+        if falls_through(last):
             if self_loop:
                 out.emit(depth, "break")
                 depth -= 1
