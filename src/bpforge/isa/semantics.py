@@ -96,26 +96,21 @@ def holds(bv: BitVector[V], cond: Condition[V]):
 
 # ---- arithmetic ----------------------------------------------------------------------------------------
 
+_PLAIN = {"add": "add", "sub": "sub", "mul": "mul", "or": "or_", "and": "and_", "xor": "xor"}
+_SHIFTS = {"lsh": "shl", "rsh": "lshr", "arsh": "ashr"}
+
+
 def binary(bv: BitVector[V], op: str, a: V, b: V, w: int) -> V:
     """`a <op> b` in `w` bits (operands already `w` bits wide): the ALU's binary operations, which the
     atomics share."""
-    if op == "add":
-        return bv.add(a, b, w)
-    if op == "sub":
-        return bv.sub(a, b, w)
-    if op == "mul":
-        return bv.mul(a, b, w)
+    name = _PLAIN.get(op)
+    if name is not None:
+        return getattr(bv, name)(a, b, w)
+    name = _SHIFTS.get(op)
+    if name is not None:
+        return getattr(bv, name)(a, bv.and_(b, bv.const(w - 1, w), w), w)
     if op in ("div", "mod", "sdiv", "smod"):
         return _division(bv, op, a, b, w)
-    if op == "or":
-        return bv.or_(a, b, w)
-    if op == "and":
-        return bv.and_(a, b, w)
-    if op == "xor":
-        return bv.xor(a, b, w)
-    if op in ("lsh", "rsh", "arsh"):
-        amount = bv.and_(b, bv.const(w - 1, w), w)
-        return {"lsh": bv.shl, "rsh": bv.lshr, "arsh": bv.ashr}[op](a, amount, w)
     raise ValueError(f"{op} is not a binary operation")
 
 
