@@ -431,18 +431,20 @@ def run_fast(machine: Machine, data: bytes = b"", prog_type: str = "xdp", ctx_in
              repeat: int = 1, stop=None) -> RunResult:
     """Run `machine.program` in the fast tier; same results, faults and budget as `Machine.run`."""
     inp = machine.start(data, prog_type, ctx_in)
-    state = _RunState(machine, inp, Clock(machine.budget, machine.program))  # units bound once per input
+    clock = Clock(machine.budget, machine.program)
+    state = _RunState(machine, inp, clock)
+    entry = state.binding(machine.program).functions[0]  # units are bound once per input, not per run
 
     def once() -> tuple[int, int]:
-        state.clock.reset()
+        clock.reset()
         state.tail_calls = 0
         try:
-            retval = state.binding(machine.program).functions[0](0, inp.r1, inp.r2, 0, 0, 0, 0, 0, 0, 0, 0)[0]
+            retval = entry(0, inp.r1, inp.r2, 0, 0, 0, 0, 0, 0, 0, 0)[0]
         except _Stop:
             retval = 0
         except BpforgeError as err:
             raise err.at(insn=state.pc) from None
-        return retval, state.clock.executed
+        return retval, clock.executed
 
     return repeat_runs(machine, inp, once, repeat, stop)
 
