@@ -1,3 +1,36 @@
-"""bpforge: load, verify, optimize, offload and partition eBPF programs."""
+"""bpforge: load, verify, optimize, offload and partition eBPF programs.
+
+`bpforge.load(path)` reads a program file in any format the `bpforge` command takes and returns a `Program`
+with `.run(...)`, `.disasm()` and `.info()`; README.md ("Python API") shows it at work. Errors are
+`bpforge.BpforgeError`s that name the file, section and instruction (slot).
+"""
+
+from typing import TYPE_CHECKING
+
+from .errors import BpforgeError
 
 __version__ = "0.1.0"
+
+# The API (api.py) is imported on first use, not with the package: every `import bpforge.isa` (and the
+# command's --version) imports this file first, and should not pay for the ELF reader and the formats.
+_LAZY = {"load": "api", "Program": "api", "Info": "views", "RunReport": "runner"}
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .api import Program, load
+    from .runner import RunReport
+    from .views import Info
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bpforge' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["BpforgeError", "Info", "Program", "RunReport", "__version__", "load"]

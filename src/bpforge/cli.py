@@ -18,13 +18,12 @@ import typer
 from rich.console import Console
 from typer import TyperException
 
-from . import __version__
+from . import __version__, load
 from .errors import BpforgeError
-from .formats import LoadedProgram, ProgramSection, assemble_file, load_program, output_kind
-from .isa import encode, format_insn, listing, slot_count, slot_starts
-from .isa.progtypes import check_prog_type, prog_type_of_section
 from .files import read_input
-from .runner import DEFAULT_TIME_BUDGET, read_map_file, run_loaded
+from .formats import assemble_file, output_kind
+from .isa.progtypes import check_prog_type
+from .runner import DEFAULT_TIME_BUDGET, read_map_file
 
 MAX_PACKET = 1 << 20  # more than any test run takes (XDP: 3,520 linear bytes and 17 fragment pages)
 
@@ -66,40 +65,11 @@ def disasm(prog: Prog, section: Section = None, prog_type: ProgType = None, json
            show_bytes: Annotated[bool, typer.Option("--bytes", help="Show each instruction's bytes.")] = False,
            ) -> None:
     """Disassemble a program in llvm-objdump style (re-assemblable by `bpforge asm`), or as JSON."""
-    loaded = load_program(prog, section=section, prog_type=prog_type, link=False)
-    sections = [s for s in loaded.sections if section is None or s.name == loaded.section]
+    program = load(prog, section=section, prog_type=prog_type)
     if json_out:
-        _emit_json([row for sec in sections for row in _insn_rows(sec)])
+        _emit_json(program.disasm_json())
     else:
-        _emit_lines(_listing(loaded, sections, show_bytes))
-
-
-def _listing(loaded: LoadedProgram, sections: Sequence[ProgramSection], show_bytes: bool) -> Iterable[str]:
-    if loaded.kind == "elf":
-        yield from ("", f"{loaded.filename}:\tfile format elf64-bpf", "")
-    for sec in sections:
-        if sec.name is not None:  # raw, word-list and K2 programs have no sections to name
-            yield from (f"Disassembly of section {sec.name}:", "")
-        relocations: dict[int, list[tuple[str, str]]] = {}
-        for rel in sec.relocations:
-            relocations.setdefault(rel.insn, []).append((rel.type or "R_BPF_64_64", rel.symbol))
-        yield from listing(sec.insns, symbols=sec.functions, relocations=relocations, show_bytes=show_bytes)
-        yield ""
-
-
-def _insn_rows(sec: ProgramSection) -> Iterable[dict[str, Any]]:
-    relocations: dict[int, list[dict[str, str]]] = {}
-    for rel in sec.relocations:
-        relocations.setdefault(rel.insn, []).append({"type": rel.type, "symbol": rel.symbol})
-    function = None
-    for index, (insn, slot) in enumerate(zip(sec.insns, slot_starts(sec.insns))):
-        function = sec.functions.get(index, function)
-        yield {
-            "section": sec.name, "function": function, "index": slot, "opcode": insn.opcode,
-            "name": insn.form.name, "dst": insn.dst, "src": insn.src, "off": insn.off, "imm": insn.imm,
-            "imm64": insn.imm64 if insn.slots == 2 else None, "slots": insn.slots, "text": format_insn(insn),
-            "bytes": encode([insn]).hex(), "relocations": relocations.get(index, []),
-        }
+        _emit_text(program.disasm(show_bytes=show_bytes))
 
 
 # ---- asm ---------------------------------------------------------------------------------------------------
@@ -127,97 +97,11 @@ def asm(file: Annotated[str, typer.Argument(metavar="FILE.s", show_default=False
 @app.command()
 def info(prog: Prog, section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
     """Programs with their sizes, maps, relocations, license and global data of a program file."""
-    loaded = load_program(prog, section=section, prog_type=prog_type, link=False)
-    explicit = check_prog_type(prog_type) if prog_type else None
-    report = _info(loaded, explicit)
+    report = load(prog, section=section, prog_type=prog_type).info()
     if json_out:
-        _emit_json(report)
+        _emit_json(report.as_json())
     else:
-        _emit_lines(_info_text(report))
-
-
-def _info(loaded: LoadedProgram, explicit_type: str | None) -> dict[str, Any]:
-    """Everything `info` reports, as the JSON it prints. Positions are slots, as in listings and errors."""
-
-    def type_of(section: str | None) -> str:
-        return explicit_type or prog_type_of_section(section) or loaded.prog_type
-
-    def section(sec: ProgramSection) -> dict[str, Any]:
-        starts = slot_starts(sec.insns)
-        return {"name": sec.name, "insns": len(sec.insns), "slots": slot_count(sec.insns),
-                "functions": [{"name": name, "index": starts[i]} for i, name in sorted(sec.functions.items())]}
-
-    relocations = []
-    for sec in loaded.sections:
-        starts = slot_starts(sec.insns)
-        relocations += [{"section": sec.name, "index": starts[r.insn], "symbol": r.symbol, "type": r.type}
-                        for r in sec.relocations]
-    k2 = loaded.k2
-    return {
-        "file": loaded.filename,
-        "format": loaded.kind,
-        "license": loaded.license,
-        "programs": [{"name": p.name, "section": p.section, "type": type_of(p.section), "insns": len(p.insns),
-                      "slots": slot_count(p.insns)} for p in loaded.programs],
-        "sections": [section(s) for s in loaded.sections],
-        "maps": [{"name": m.name, "type": m.type, "type_name": m.type_name, "key_size": m.key_size,
-                  "value_size": m.value_size, "max_entries": m.max_entries, "flags": m.flags}
-                 for m in loaded.maps],
-        "relocations": relocations,
-        "data": [{"name": d.name, "size": d.size} for d in loaded.data],
-        "k2": None if k2 is None else {"pgm_input_type": k2.pgm_input_type, "input_type": k2.input_type_name,
-                                       "max_pkt_sz": k2.max_pkt_sz},
-    }
-
-
-_FORMAT_NAMES = {"elf": "ELF object", "asm": "assembly", "k2": "K2 benchmark", "words": "word list",
-                 "raw": "raw bytecode"}
-
-
-def _info_text(report: dict[str, Any]) -> Iterable[str]:
-    head = f"{report['file']}: {_FORMAT_NAMES[report['format']]}"
-    if report["license"] is not None:
-        head += f", license {report['license']}"
-    yield head
-    yield "programs:"
-    yield from _table(["name", "section", "type", "insns", "slots"],
-                      [[p["name"], p["section"] or "-", p["type"], p["insns"], p["slots"]]
-                       for p in report["programs"]])
-    if any(s["name"] is not None for s in report["sections"]):  # raw, words and K2 have no sections
-        yield "sections:"
-        yield from _table(["name", "insns", "slots", "functions"],
-                          [[s["name"], s["insns"], s["slots"],
-                            " ".join(f"{f['name']}@{f['index']}" for f in s["functions"]) or "-"]
-                           for s in report["sections"]])
-    if report["maps"]:
-        yield "maps:"
-        yield from _table(["name", "type", "key", "value", "max_entries", "flags"],
-                          [[m["name"], m["type_name"], m["key_size"], m["value_size"], m["max_entries"],
-                            m["flags"]] for m in report["maps"]])
-    if report["relocations"]:
-        yield f"relocations: {len(report['relocations'])}"
-        groups: dict[tuple, list[int]] = {}  # one line per symbol; --json lists every relocation
-        for r in report["relocations"]:
-            groups.setdefault((r["section"], r["symbol"], r["type"]), []).append(r["index"])
-        yield from _table(["section", "symbol", "type", "count", "at insn"],
-                          [[*key, len(slots), " ".join(map(str, slots[:6])) + (" ..." if len(slots) > 6 else "")]
-                           for key, slots in groups.items()])
-    if report["data"]:
-        yield "global data:"
-        yield from _table(["name", "bytes"], [[d["name"], d["size"]] for d in report["data"]])
-    if report["k2"]:
-        k2 = report["k2"]
-        yield f"k2: pgm_input_type {k2['pgm_input_type']} ({k2['input_type']}), max_pkt_sz {k2['max_pkt_sz']}"
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> Iterable[str]:
-    """Left-aligned text columns (numbers right-aligned), two spaces apart, indented by two."""
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
-    for row in cells:
-        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
-        yield "  " + "  ".join(parts).rstrip()
+        _emit_text(report.text())
 
 
 # ---- run ---------------------------------------------------------------------------------------------------
@@ -247,14 +131,11 @@ def run(prog: Prog,
         preload[name] = read_map_file(path)
     if not budget > 0:
         raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
-    loaded = load_program(prog, section=section, prog_type=prog_type)
-    with _progress(f"running {loaded.name or prog}", repeat, engine) as progress:
-        try:
-            report = run_loaded(loaded, packet, engine=engine, repeat=repeat,
-                                ctx=_hex(ctx, "--ctx") if ctx is not None else None, preload=preload,
-                                dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress)
-        except BpforgeError as err:
-            raise err.at(file=prog) from None
+    program = load(prog, section=section, prog_type=prog_type)
+    with _progress(f"running {program.name or prog}", repeat, engine) as progress:
+        report = program.run(packet, engine=engine, repeat=repeat,
+                             ctx=_hex(ctx, "--ctx") if ctx is not None else None, preload=preload,
+                             dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress)
     if report.stopped:
         why = f"--budget of {budget:g} s reached" if report.stopped == "budget" else "interrupted"
         _note(f"{prog}: stopped after {report.repeat} of {report.requested} runs ({why}); the results are "
@@ -305,8 +186,12 @@ def _progress(what: str, total: int, engine: str):
 
 # ---- output and errors -------------------------------------------------------------------------------------
 
+def _emit_text(text: str) -> None:
+    sys.stdout.write(text)
+
+
 def _emit_lines(lines: Iterable[str]) -> None:
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    _emit_text("".join(line + "\n" for line in lines))
 
 
 def _emit_json(value: Any) -> None:

@@ -1,0 +1,117 @@
+"""The public Python API: `bpforge.load(path)` reads a program file in any format the CLI takes and returns a
+`Program` that runs, disassembles and describes itself, with the same results the `bpforge` command prints
+(the command is a thin layer over this module). Errors are `BpforgeError`s naming the file, section and slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from pathlib import Path
+
+from .errors import BpforgeError
+from .formats import LoadedProgram, load_program
+from .isa import Insn
+from .runner import DEFAULT_TIME_BUDGET, RunReport, run_loaded
+from .views import Info, disasm_rows, disasm_text, info_of
+
+
+def load(path: str | Path, *, section: str | None = None, prog_type: str | None = None) -> Program:
+    """Read a program: an ELF object, assembly text (.s/.asm), a K2 trio, a word list or raw bytecode.
+
+    `section` picks a program of an object or assembly file by section or function name (default: the
+    first); `prog_type` sets the program type (`xdp`, `sched_cls`, ..., or `mem`), else it comes from the
+    section name or K2's .desc, else `xdp`."""
+    # The file is read as it is: linking (an object's function + the .text subprograms it calls) happens when
+    # the program is run or its `insns` are asked for, so a listing never fails on a call it cannot resolve.
+    loaded = load_program(path, section=section, prog_type=prog_type, link=False)
+    return Program(loaded, section_given=section is not None, type_given=prog_type is not None)
+
+
+class Program:
+    """A program read from a file, with the rest of that file (`loaded`: every section, map, data section)."""
+
+    def __init__(self, loaded: LoadedProgram, *, section_given: bool = False, type_given: bool = False):
+        self.loaded = loaded
+        self._section_given = section_given  # disasm then lists only the chosen program's section
+        self._type_given = type_given  # info then gives every program that type
+
+    def __repr__(self) -> str:
+        return f"<bpforge.Program {self.name!r} ({self.prog_type}) from {self.filename!r}>"
+
+    @property
+    def name(self) -> str | None:
+        return self.loaded.name
+
+    @property
+    def section(self) -> str | None:
+        """Its section (None for raw bytecode, word lists and K2 programs, which have none)."""
+        return self.loaded.section
+
+    @property
+    def prog_type(self) -> str:
+        return self.loaded.prog_type
+
+    @property
+    def filename(self) -> str:
+        return self.loaded.filename
+
+    @property
+    def format(self) -> str:
+        """How the file was read: "elf", "asm", "k2", "words" or "raw"."""
+        return self.loaded.kind
+
+    @cached_property
+    def insns(self) -> list[Insn]:
+        """The instructions as libbpf hands them to the kernel: for an object its function, then the .text
+        subprograms it calls (relocations not applied: they need maps, which exist only in a run)."""
+        obj = self.loaded.object
+        if obj is None:
+            return self.loaded.insns
+        try:
+            return list(obj.linked(self.loaded.name).insns)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
+    def run(self, data: bytes = b"", *, engine: str = "fast", repeat: int = 1, ctx: bytes | None = None,
+            preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None, dump_maps: bool = False,
+            seed: int = 0, budget: int | None = None, time_budget: float | None = DEFAULT_TIME_BUDGET,
+            progress: Callable[[int, int], None] | None = None) -> RunReport:
+        """Run the program `repeat` times on one input as BPF_PROG_TEST_RUN does, in the fast tier, the
+        reference interpreter or the kernel (root). The report is what `bpforge run --json` prints
+        (`RunReport.as_json()`).
+
+        `ctx`: the context bytes (xdp_md, __sk_buff, ...); `preload`: map name -> (key, value) entries to
+        write before the run; `dump_maps`: list every map afterwards; `seed`: of bpf_get_prandom_u32;
+        `budget`: instructions each VM run may take (default 10 M); `time_budget`: seconds after which a VM
+        repeat loop stops with the runs done (`report.stopped`); `progress(done, total)`: called along it.
+        Each call starts from the file's maps and data: nothing carries over from one call to the next."""
+        # memoryview: any bytes-like input, and a TypeError (not a zero-filled packet) for bytes(5) or a str
+        data = memoryview(data).tobytes()
+        ctx = None if ctx is None else memoryview(ctx).tobytes()
+        try:
+            return run_loaded(self.loaded, data, engine=engine, repeat=repeat, ctx=ctx, preload=preload,
+                              dump_maps=dump_maps, seed=seed, budget=budget, time_budget=time_budget,
+                              progress=progress)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
+    def _listed_sections(self) -> list:
+        # Given a section, a listing shows that program's section; else every program section of the file.
+        return [s for s in self.loaded.sections if not self._section_given or s.name == self.loaded.section]
+
+    def disasm(self, *, show_bytes: bool = False) -> str:
+        """The listing `bpforge disasm` prints (llvm-objdump layout, valid input to `bpforge asm`)."""
+        return disasm_text(self.loaded, self._listed_sections(), show_bytes)
+
+    def disasm_json(self) -> list[dict]:
+        """One object per instruction, as `bpforge disasm --json` prints them."""
+        return disasm_rows(self._listed_sections())
+
+    def info(self) -> Info:
+        """Programs with their sizes, sections, maps, relocations, license and global data of the file, as
+        `bpforge info` prints them (`.text()`; `.as_json()` for `--json`)."""
+        return info_of(self.loaded, self.prog_type if self._type_given else None)
+
+
+__all__ = ["Info", "Program", "RunReport", "load"]
