@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-from bpforge.elf.model import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.isa.maptypes import MapError
 from bpforge.vm.maps.arena import PAGE_SIZE, ArenaMap
 
@@ -72,11 +72,11 @@ def test_arena_pages_match_the_kernel(tmp_path, kernel):
     assert out == (first, 21, first + 2 * PAGE_SIZE, 0, 0, 9, 0, 0, first, 0, first + 8, 0)
 
 
-def _arena(**fields) -> MapDef:
-    values = dict(name="a", type=33, type_name="arena", key_size=0, value_size=0, max_entries=4,
-                  flags=0x400, map_extra=USER_VM_START)
+def _arena(**fields) -> MapSpec:
+    values = dict(name="a", type=33, key_size=0, value_size=0, max_entries=4, flags=0x400,
+                  map_extra=USER_VM_START)
     values.update(fields)
-    return MapDef(**values)
+    return MapSpec(**values)
 
 
 @pytest.mark.parametrize("fields, err", [

@@ -11,10 +11,10 @@ import struct
 import pytest
 
 from bpforge.elf.maps import PAGE_SIZE, arena_data_offset, with_arena_data
-from bpforge.elf.model import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.errors import BpforgeError, ElfError
 from bpforge.isa.maptypes import MapError
-from bpforge.kernel.program import load_program
+from bpforge.kernel.program import load_linked
 from bpforge.vm import Machine, from_object, run_fast
 
 from test_core_helpers import build, vmlinux, words
@@ -143,7 +143,7 @@ def _symbol(obj, name: str) -> int:
 def run_kernel(obj, data: bytes, prog_type: str):
     """(retval, .bss words, the globals as user space reads them afterwards, user_vm_start)."""
     offset, size = _layout(obj)
-    with load_program(obj.linked(None), obj, prog_type=prog_type) as prog:
+    with load_linked(obj.linked(None), obj, prog_type=prog_type) as prog:
         retval = prog.test_run(data).retval
         bss = prog.maps[".bss"].lookup(bytes(4)) if ".bss" in prog.maps else b""
         mapping = prog.maps["arena"].arena
@@ -177,7 +177,7 @@ def arenas(kernel):
     from bpforge.kernel.maps import KernelMap
 
     try:
-        KernelMap.create(MapDef("probe", 33, "arena", 0, 0, 1, flags=0x400)).close()
+        KernelMap.create(MapSpec("probe", 33, 0, 0, 1, flags=0x400)).close()
     except MapError as err:
         pytest.skip(f"the kernel has no arena maps: {err.message}")
     return kernel
@@ -231,7 +231,7 @@ def test_an_arena_with_segv_on_fault_cannot_take_globals(tmp_path, arenas):
     # libbpf's copy into such an arena would kill the process with SIGSEGV; bpforge refuses instead
     obj = build(tmp_path, arena_source("int __arena x = 1;\nSEC(\"syscall\") int p(void *c) { return x; }\n",
                                        flags="BPF_F_MMAPABLE | (1U << 17)"))
-    for attempt in (lambda: from_object(obj), lambda: load_program(obj.linked(None), obj).close()):
+    for attempt in (lambda: from_object(obj), lambda: load_linked(obj.linked(None), obj).close()):
         with pytest.raises(MapError, match="SEGV_ON_FAULT") as refused:
             attempt()
         assert refused.value.errno == errno.EFAULT
@@ -257,7 +257,7 @@ def test_a_second_arena_map_is_refused(tmp_path):
 def test_globals_larger_than_the_arena_are_refused(tmp_path):
     obj = build(tmp_path, arena_source('char __arena big[2 * 4096 + 1] = { 1 };\n'
                                        'SEC("syscall") int p(void *c) { return big[0]; }\n', pages=2))
-    for attempt in (lambda: from_object(obj), lambda: load_program(obj.linked(None), obj)):
+    for attempt in (lambda: from_object(obj), lambda: load_linked(obj.linked(None), obj)):
         with pytest.raises(BpforgeError, match="too small"):
             attempt()
 
@@ -281,7 +281,7 @@ def test_raw_value_load_of_an_arena(arenas):
     from bpforge.vm import from_insns
     from bpforge.vm.maps import create_map
 
-    spec = MapDef("arena", 33, "arena", 0, 0, 2, flags=0x400, map_extra=USER_VM_START)
+    spec = MapSpec("arena", 33, 0, 0, 2, flags=0x400, map_extra=USER_VM_START)
     insns = assemble(RAW % USER_VM_START)
     with KernelMap.create(spec) as kmap, load_insns(insns, "syscall", maps=[kmap]) as prog:
         kernel_retval = prog.test_run(b"").retval

@@ -60,9 +60,9 @@ def run_vm(obj, data: bytes, tier: str, prog_type: str = "xdp", section: str | N
 
 def run_kernel(obj, data: bytes, section: str | None = None, prog_type: str | None = None):
     """(retval, .bss as u64 words) of one BPF_PROG_TEST_RUN."""
-    from bpforge.kernel.program import load_program
+    from bpforge.kernel.program import load_linked
 
-    with load_program(obj.linked(section), obj, prog_type=prog_type) as prog:
+    with load_linked(obj.linked(section), obj, prog_type=prog_type) as prog:
         result = prog.test_run(data)
         bss = prog.maps[".bss"].lookup(bytes(4)) if ".bss" in prog.maps else b""
         return result.retval, words(bss)

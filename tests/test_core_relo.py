@@ -9,7 +9,7 @@ import pytest
 from bpforge.elf.core import POISON_HELPER, CoreError, relocate_linked
 from bpforge.elf.externs import HostKernel
 from bpforge.elf.vmlinux import KernelBtfMissing, kernel_btf, object_btf_target
-from bpforge.kernel.program import VerifierRejected, load_program
+from bpforge.kernel.program import VerifierRejected, load_linked
 from bpforge.vm import VmFault
 
 from test_core_helpers import build, run_everywhere, run_vm, vmlinux
@@ -146,7 +146,7 @@ def test_unresolvable_access_is_poisoned_and_harmless_when_dead(tmp_path, kernel
 def test_reached_poison_is_refused_by_the_kernel_and_faults_in_the_vm(tmp_path, kernel):
     obj = build(tmp_path, POISON)
     with pytest.raises(VerifierRejected) as rejected:
-        load_program(obj.linked("unguarded"), obj)
+        load_linked(obj.linked("unguarded"), obj)
     assert "invalid func unknown#195896080" in rejected.value.verdict.log
     for tier in ("interp", "fast"):
         with pytest.raises(VmFault, match="195896080"):

@@ -92,7 +92,7 @@ def test_k2_maps_line_format():
     maps = parse_k2_maps("counts { type = 2, key_size = 4, value_size = 8, max_entries = 16, fd = 0 }\n"
                          "\n"
                          "flows { type = 1, key_size = 12, value_size = 16, max_entries = 1024, fd = 1 }\n")
-    assert [(m.name, m.type, m.type_name, m.key_size, m.value_size, m.max_entries, m.fd) for m in maps] == [
+    assert [(m.name, m.type, m.type_name, m.key_size, m.value_size, m.max_entries, m.ref) for m in maps] == [
         ("counts", 2, "array", 4, 8, 16, 0), ("flows", 1, "hash", 12, 16, 1024, 1)]
     assert parse_k2_maps("") == []
     assert parse_k2_maps(format_k2_maps(maps)) == maps

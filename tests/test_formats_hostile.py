@@ -45,7 +45,7 @@ def test_k2_benchmark_trios_load_as_k2_wrote_them():
 def test_k2_map_lines_without_their_closing_brace():
     maps = parse_k2_maps("a { type = 2, key_size = 4, value_size = 8, max_entries = 16, fd = 0\n"
                          "b { type = 1, key_size = 8, value_size = 4, max_entries = 9, fd = 1 }\n")
-    assert [(m.name, m.type, m.key_size, m.value_size, m.max_entries, m.fd) for m in maps] == [
+    assert [(m.name, m.type, m.key_size, m.value_size, m.max_entries, m.ref) for m in maps] == [
         ("a", 2, 4, 8, 16, 0), ("b", 1, 8, 4, 9, 1)]
     with pytest.raises(FormatError, match="expected 'name"):
         parse_k2_maps("a type = 2, key_size = 4 }\n")

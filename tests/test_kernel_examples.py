@@ -48,7 +48,7 @@ def obj(name: str):
 @contextlib.contextmanager
 def loaded(kernel, name: str, prog_type: str, **options):
     o = obj(name)
-    with kernel.load_program(o.linked(), o, prog_type=prog_type, **options) as prog:
+    with kernel.load_linked(o.linked(), o, prog_type=prog_type, **options) as prog:
         yield prog
 
 
@@ -289,7 +289,7 @@ def test_global_data_with_rodata_set_before_load(kernel, variant):
     knobs = dataclasses.replace(rodata, initial=struct.pack("<BBxxI", 1, UDP, 1))
     with kernel.KernelMap.create(knobs) as ro:
         assert ro.frozen
-        with kernel.load_program(o.linked(), o, prog_type="xdp", maps={".rodata": ro}) as prog:
+        with kernel.load_linked(o.linked(), o, prog_type="xdp", maps={".rodata": ro}) as prog:
             small = udp4("10.0.0.1", "10.0.0.2", 1, 2, b"u")
             big = udp4("10.0.0.1", "10.0.0.2", 1, 2, bytes(1600))
             assert kernel.test_run(prog, small).retval == XDP_DROP

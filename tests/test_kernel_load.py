@@ -37,7 +37,7 @@ def test_every_example_program_loads(kernel, path):
     before = open_fds()
     for prog in o.programs:
         linked = o.linked(prog)
-        with kernel.load_program(linked, o, prog_type=prog_type_of_section(prog.section)) as loaded:
+        with kernel.load_linked(linked, o, prog_type=prog_type_of_section(prog.section)) as loaded:
             assert loaded.fd >= 0 and loaded.verdict.accepted
             assert loaded.verdict.processed_insns and loaded.verdict.processed_insns > 0
             referenced = {r.target for _, r in linked.relocations}
@@ -50,7 +50,7 @@ def test_every_example_program_loads(kernel, path):
 def test_map_and_data_relocations_are_resolved_as_libbpf_does(kernel):
     o = obj("global_data.o")
     linked = o.linked()
-    with kernel.load_program(linked, o, prog_type="xdp") as prog:
+    with kernel.load_linked(linked, o, prog_type="xdp") as prog:
         for index, reloc in linked.relocations:
             insn, kmap = prog.insns[index], prog.maps[reloc.target]
             assert insn.src == PSEUDO_MAP_VALUE and insn.imm == kmap.fd and insn.imm_hi == reloc.offset
@@ -59,7 +59,7 @@ def test_map_and_data_relocations_are_resolved_as_libbpf_does(kernel):
         assert prog.maps[".bss"].lookup(bytes(4)) == bytes(24)
     o = obj("xdp_counter.o")
     linked = o.linked()
-    with kernel.load_program(linked, o, prog_type="xdp") as prog:
+    with kernel.load_linked(linked, o, prog_type="xdp") as prog:
         for index, reloc in linked.relocations:
             insn = prog.insns[index]
             assert insn.src == PSEUDO_MAP_FD and insn.imm == prog.maps[reloc.target].fd and insn.imm_hi == 0
@@ -69,7 +69,7 @@ def test_given_maps_are_used_and_stay_open(kernel):
     o = obj("xdp_counter.o")
     size_hist = next(m for m in o.maps if m.name == "size_hist")
     with kernel.KernelMap.create(size_hist) as mine:
-        with kernel.load_program(o.linked(), o, prog_type="xdp", maps={"size_hist": mine}) as prog:
+        with kernel.load_linked(o.linked(), o, prog_type="xdp", maps={"size_hist": mine}) as prog:
             assert prog.maps["size_hist"] is mine
             assert prog.maps["class_stats"] is not mine
         assert not mine.closed
@@ -77,7 +77,7 @@ def test_given_maps_are_used_and_stay_open(kernel):
 
 def test_max_entries_shrinks_named_maps(kernel):
     o = obj("xdp_lb.o")
-    with kernel.load_program(o.linked(), o, prog_type="xdp",
+    with kernel.load_linked(o.linked(), o, prog_type="xdp",
                              max_entries={"conn_table": 256, "rev_nat": 256}) as prog:
         assert prog.maps["conn_table"].max_entries == 256 and prog.maps["vip_map"].max_entries == 512
 
@@ -86,10 +86,10 @@ def test_btf_makes_global_functions_verifiable(kernel):
     # With func_info the kernel verifies payload_offset/value_sum/sample_stats once each; without it every
     # call is verified inline and the program exceeds the verifier's 1M instruction budget.
     o = obj("bpf2bpf_loop.o")
-    with kernel.load_program(o.linked(), o, prog_type="xdp") as prog:
+    with kernel.load_linked(o.linked(), o, prog_type="xdp") as prog:
         assert prog.verdict.btf and prog.verdict.btf_error is None
     # (no log and no second, logged load to explain: hitting the budget takes the verifier seconds)
-    verdict = kernel.verify_program(o.linked(), o, prog_type="xdp", btf=False, log_level=0, explain=False)
+    verdict = kernel.verify_linked(o.linked(), o, prog_type="xdp", btf=False, log_level=0, explain=False)
     assert not verdict.accepted and not verdict.btf
     assert verdict.errno == errno.E2BIG and verdict.log == "" and verdict.message.startswith("E2BIG")
 
@@ -105,7 +105,7 @@ def test_func_info_the_kernel_refuses_is_left_out(kernel, monkeypatch):
     real = program.program_btf
     monkeypatch.setattr(program, "program_btf", bogus)
     o = obj("xdp_counter.o")
-    with kernel.load_program(o.linked(), o) as prog:  # prog_type from the section name
+    with kernel.load_linked(o.linked(), o) as prog:  # prog_type from the section name
         assert prog.prog_type == "xdp" and not prog.verdict.btf
         assert prog.verdict.btf_error == "invalid type id 1 in func info"
 
@@ -116,7 +116,7 @@ def test_btf_line_info_reaches_the_log(kernel):
     broken = list(linked.insns)
     broken[1] = Insn.make("ldx8", dst=0, src=2, off=0)  # r2 was never set
     bad = dataclasses.replace(linked, insns=broken)
-    verdict = kernel.verify_program(bad, o, prog_type="xdp")
+    verdict = kernel.verify_linked(bad, o, prog_type="xdp")
     assert not verdict.accepted and verdict.btf
     assert (verdict.message, verdict.slot) == ("R2 !read_ok", 1)
     assert "@ xdp_counter.c:" in verdict.log  # the C source line of each traced instruction
@@ -166,7 +166,7 @@ def test_instruction_index_counts_lddw_once(kernel):
 
 def test_load_insns_map_convention(kernel):
     # imm of lddw_map_fd / lddw_map_value = a key into `maps`; map_idx goes through fd_array.
-    from bpforge.elf import MapDef
+    from bpforge.isa.maptypes import MapSpec
 
     prog = [
         Insn.make("st32", dst=10, off=-4, imm=1),            # key = 1
@@ -179,8 +179,8 @@ def test_load_insns_map_convention(kernel):
         Insn.make("st64", dst=3, off=0, imm=55),
         Insn.make("mov64_imm", dst=0, imm=2), Insn.make("exit"),
     ]
-    with kernel.KernelMap.create(MapDef("cells", 2, "array", 4, 8, 4)) as cells, \
-            kernel.KernelMap.create(MapDef("global", 2, "array", 4, 16, 1)) as glob:
+    with kernel.KernelMap.create(MapSpec("cells", 2, 4, 8, 4)) as cells, \
+            kernel.KernelMap.create(MapSpec("global", 2, 4, 16, 1)) as glob:
         with kernel.load_insns(prog, "xdp", maps={7: cells, 3: glob}) as loaded:
             assert loaded.insns[3].imm == cells.fd and loaded.insns[7].imm == glob.fd
             assert loaded.maps == {"cells": cells, "global": glob}
@@ -204,14 +204,14 @@ def test_extern_relocation_is_a_clear_error(kernel):
     index, _ = linked.relocations[0]
     ext = Reloc(index, "R_BPF_64_64", "bpf_some_kfunc", "extern", "bpf_some_kfunc")
     with pytest.raises(BpforgeError, match="extern") as info:
-        kernel.load_program(dataclasses.replace(linked, relocations=[(index, ext)]), o, prog_type="xdp")
+        kernel.load_linked(dataclasses.replace(linked, relocations=[(index, ext)]), o, prog_type="xdp")
     assert info.value.where.section == "xdp"
 
 
 def test_object_maps_need_the_object(kernel):
     o = obj("xdp_counter.o")
     with pytest.raises(BpforgeError, match="pass the object"):
-        kernel.load_program(o.linked(), None, prog_type="xdp")
+        kernel.load_linked(o.linked(), None, prog_type="xdp")
 
 
 def test_map_creation_failure_closes_what_was_made(kernel):
@@ -220,7 +220,7 @@ def test_map_creation_failure_closes_what_was_made(kernel):
     o2 = dataclasses.replace(o, maps=bad)
     before = open_fds()
     with pytest.raises(MapError):
-        kernel.load_program(o2.linked(), o2, prog_type="xdp")
+        kernel.load_linked(o2.linked(), o2, prog_type="xdp")
     assert open_fds() == before
 
 

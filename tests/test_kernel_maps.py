@@ -9,7 +9,7 @@ import struct
 import pytest
 from test_kernel_packets import no_leaked_fds  # noqa: F401  (an autouse fixture)
 
-from bpforge.elf import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.errors import BpforgeError
 from bpforge.isa.maptypes import BPF_ANY, BPF_EXIST, BPF_NOEXIST, MAP_TYPE_IDS, MapError
 
@@ -17,8 +17,8 @@ u32 = struct.Struct("<I").pack
 u64 = struct.Struct("<Q").pack
 
 
-def mapdef(type_name: str, key: int = 4, value: int = 8, entries: int = 4, flags: int = 0, **kw) -> MapDef:
-    return MapDef(f"t_{type_name}", MAP_TYPE_IDS[type_name], type_name, key, value, entries, flags, **kw)
+def mapdef(type_name: str, key: int = 4, value: int = 8, entries: int = 4, flags: int = 0, **kw) -> MapSpec:
+    return MapSpec(f"t_{type_name}", MAP_TYPE_IDS[type_name], key, value, entries, flags, **kw)
 
 
 @pytest.fixture
@@ -249,9 +249,10 @@ def test_closed_map(kernel):
 
 
 def test_k2_map_specs_create_too(kernel):
-    from bpforge.formats.k2 import K2Map
+    from bpforge.formats.k2 import parse_k2_maps
 
-    with kernel.KernelMap.create(K2Map("counts", 2, 4, 8, 16, fd=0)) as kmap:
+    (spec,) = parse_k2_maps("counts { type = 2, key_size = 4, value_size = 8, max_entries = 16, fd = 0 }\n")
+    with kernel.KernelMap.create(spec) as kmap:
         assert (kmap.type_name, kmap.max_entries, kmap.name) == ("array", 16, "counts")
 
 

@@ -51,7 +51,7 @@ def no_permission(monkeypatch):
 
 
 def test_without_permission_everything_says_unavailable(no_permission):
-    from bpforge.elf import MapDef
+    from bpforge.isa.maptypes import MapSpec
     from bpforge.isa import Insn
     from bpforge.kernel import (
         KernelMap,
@@ -63,7 +63,7 @@ def test_without_permission_everything_says_unavailable(no_permission):
     reason = kernel_available()
     assert reason is not None and reason.startswith("kernel BPF not available:") and "EPERM" in reason
     with pytest.raises(KernelUnavailable, match="not available"):
-        KernelMap.create(MapDef("m", 2, "array", 4, 4, 1))
+        KernelMap.create(MapSpec("m", 2, 4, 4, 1))
     with pytest.raises(KernelUnavailable):
         load_insns([Insn.make("mov64_imm", dst=0, imm=0), Insn.make("exit")], "xdp")
 
@@ -86,10 +86,10 @@ def test_not_linux(monkeypatch):
 
 def test_eperm_from_a_permitted_process_is_an_answer(kernel):
     # A frozen map refuses updates with EPERM; that is the map's answer, not "bpf() unavailable".
-    from bpforge.elf import MapDef
+    from bpforge.isa.maptypes import MapSpec
     from bpforge.isa.maptypes import MapError
 
-    with kernel.KernelMap.create(MapDef("m", 2, "array", 4, 4, 1)) as kmap:
+    with kernel.KernelMap.create(MapSpec("m", 2, 4, 4, 1)) as kmap:
         kmap.freeze()
         with pytest.raises(MapError) as info:
             kmap.update(bytes(4), bytes(4))

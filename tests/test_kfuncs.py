@@ -9,7 +9,7 @@ import pytest
 
 from bpforge.elf.externs import ExternError, HostKernel, kernel_version, read_kallsyms, relocate_for_kernel
 from bpforge.errors import BpforgeError
-from bpforge.kernel.program import load_program
+from bpforge.kernel.program import load_linked
 from bpforge.vm import from_object
 
 from test_core_helpers import build, run_everywhere, vmlinux
@@ -167,7 +167,7 @@ def test_strong_kfunc_missing_from_the_kernel_fails_and_weak_one_is_zero(tmp_pat
     vmlinux()
     obj = build(tmp_path, UNKNOWN.replace("bpf_cast_to_kern_ctx", "bpf_cast_to_nope"))
     with pytest.raises(ExternError, match="extern \\(func ksym\\) 'bpf_cast_to_nope': not found in kernel"):
-        load_program(obj.linked("weak_only"), obj)
+        load_linked(obj.linked("weak_only"), obj)
     # libbpf resolves every extern of the object: drop the strong one and the weak one resolves to 0
     obj = build(tmp_path, UNKNOWN.replace("extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;", "")
                 .replace("return bpf_cast_to_kern_ctx(ctx) ? XDP_PASS : XDP_DROP;", "return XDP_PASS;"))
@@ -210,7 +210,7 @@ def test_kconfig_and_typeless_ksyms_as_libbpf_fills_them(tmp_path, kernel):
     stext = read_kallsyms(["_stext"]).get("_stext")
     if not stext:
         pytest.skip("/proc/kallsyms shows no _stext")
-    with load_program(obj.linked(), obj) as prog:
+    with load_linked(obj.linked(), obj) as prog:
         assert prog.verdict.btf, prog.verdict.btf_error  # the extern DATASECs were fixed up as libbpf does
     _, out = run_everywhere(obj, PACKET, kernel)
     assert out == (kernel_version(host.release), hz, 1, 0, stext[0], 0)

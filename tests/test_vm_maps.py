@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bpforge.elf.model import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.errors import BpforgeError
 from bpforge.isa.maptypes import BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST, MAP_TYPE_IDS, MapError
 from bpforge.vm.maps import (
@@ -19,9 +19,9 @@ BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_RDONLY, BPF_F_WRONLY = 0x1, 0x2, 0
 BPF_F_ZERO_SEED, BPF_F_RDONLY_PROG, BPF_F_INNER_MAP = 0x40, 0x80, 0x1000
 
 
-def md(type_name, key_size=4, value_size=4, max_entries=4, flags=0, **kw) -> MapDef:
-    return MapDef(name=kw.pop("name", "m"), type=MAP_TYPE_IDS[type_name], type_name=type_name, key_size=key_size,
-                  value_size=value_size, max_entries=max_entries, flags=flags, **kw)
+def md(type_name, key_size=4, value_size=4, max_entries=4, flags=0, **kw) -> MapSpec:
+    return MapSpec(name=kw.pop("name", "m"), type=MAP_TYPE_IDS[type_name], key_size=key_size,
+                   value_size=value_size, max_entries=max_entries, flags=flags, **kw)
 
 
 def u32(n: int) -> bytes:

@@ -2,7 +2,7 @@
 results and errnos.
 
 - Syscall side: hypothesis-generated sequences of update/lookup/delete/iterate/get-next-key with random
-  keys, values and flags on a VM map and a KernelMap made from one MapDef. Key order is compared exactly
+  keys, values and flags on a VM map and a KernelMap made from one MapSpec. Key order is compared exactly
   for arrays, LPM tries and BPF_F_ZERO_SEED hash maps (elsewhere the kernel's hash seed is random: sets).
   LRU maps are compared exactly too: the kernel's LRU is approximate but, on a CPU nobody else uses for
   the map, deterministic, and the model replays it (operations hop between CPUs to exercise the per-CPU
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpforge.elf.model import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.isa.maptypes import MAP_TYPE_IDS, MapError
 from bpforge.vm.maps import create_map
 
@@ -37,9 +37,9 @@ EXAMPLES = settings.default.max_examples  # 100 in CI; HYPOTHESIS_PROFILE=deep r
 SLOW_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
-def md(type_name, key_size=4, value_size=4, max_entries=4, flags=0, **kw) -> MapDef:
-    return MapDef(name="t", type=MAP_TYPE_IDS[type_name], type_name=type_name, key_size=key_size,
-                  value_size=value_size, max_entries=max_entries, flags=flags, **kw)
+def md(type_name, key_size=4, value_size=4, max_entries=4, flags=0, **kw) -> MapSpec:
+    return MapSpec(name="t", type=MAP_TYPE_IDS[type_name], key_size=key_size, value_size=value_size,
+                   max_entries=max_entries, flags=flags, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def scenarios(draw, type_name):
     return mapdef, draw(st.lists(op, min_size=1, max_size=60 if type_name in LRU else 30))
 
 
-def run_scenario(mapdef: MapDef, ops, cpus) -> None:
+def run_scenario(mapdef: MapSpec, ops, cpus) -> None:
     vm = create_map(mapdef, num_cpus=kernel_maps.possible_cpus())
     kmap = KernelMap.create(mapdef)
     exact = ordered(mapdef.type_name, mapdef.flags)

@@ -181,11 +181,11 @@ def test_every_implemented_helper_has_a_signature_in_the_one_table():
 
 
 def _map(name: str, type_name: str, key_size: int, value_size: int, max_entries: int):
-    from bpforge.elf import MapDef
+    from bpforge.isa.maptypes import MapSpec
     from bpforge.isa.maptypes import MAP_TYPE_IDS
     from bpforge.vm.maps import create_map
 
-    return create_map(MapDef(name, MAP_TYPE_IDS[type_name], type_name, key_size, value_size, max_entries))
+    return create_map(MapSpec(name, MAP_TYPE_IDS[type_name], key_size, value_size, max_entries))
 
 
 @pytest.mark.parametrize("tier", ["interp", "fast"])

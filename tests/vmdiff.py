@@ -17,7 +17,7 @@ from pathlib import Path
 
 from difftest.engines import RUN_CPU, pinned
 
-from bpforge.elf.model import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.errors import BpforgeError
 from bpforge.isa.maptypes import MAP_TYPE_IDS, MapError
 
@@ -25,8 +25,8 @@ ENGINES = ("interp", "fast", "kernel")
 
 
 def md(type_name: str, key_size: int = 4, value_size: int = 4, max_entries: int = 4, flags: int = 0,
-       name: str = "m", **kw) -> MapDef:
-    return MapDef(name, MAP_TYPE_IDS[type_name], type_name, key_size, value_size, max_entries, flags, **kw)
+       name: str = "m", **kw) -> MapSpec:
+    return MapSpec(name, MAP_TYPE_IDS[type_name], key_size, value_size, max_entries, flags, **kw)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _vm_run(program, named_maps, engine: str, data: bytes, prog_type: str, ctx: 
     return Outcome(result.retval & 0xFFFFFFFF, result.data_out, result.ctx_out, contents(named_maps))
 
 
-def run_asm(text: str, prog_type: str, data: bytes, *, maps: Iterable[MapDef] = (),
+def run_asm(text: str, prog_type: str, data: bytes, *, maps: Iterable[MapSpec] = (),
             setup: Iterable[tuple[int, bytes, bytes]] = (), ctx: bytes | None = None, repeat: int = 1,
             engines: Iterable[str] = ENGINES, prepare: Callable | None = None,
             machine_options: Mapping | None = None) -> dict[str, Outcome]:

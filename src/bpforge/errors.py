@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
+
+# The kernel-internal "not supported" (include/linux/errno.h), which user space has no name for but which
+# bpf() returns for some map operations and for test runs of types without a runner.
+ENOTSUPP = 524
+
+
+def errno_name(err: int) -> str:
+    """The symbolic name of an errno ("ENOENT"), ENOTSUPP included; the number itself when it has none."""
+    return errno.errorcode.get(err, "ENOTSUPP" if err == ENOTSUPP else str(err))
+
+
+def errno_text(err: int, unsupported: str = "not supported") -> str:
+    """"ENAME: description", the way every message of the library quotes an errno (`unsupported`: what
+    ENOTSUPP means where it is returned, which strerror cannot say)."""
+    return f"{errno_name(err)}: {unsupported if err == ENOTSUPP else os.strerror(err)}"
 
 
 @dataclass
@@ -73,4 +90,5 @@ class FormatError(BpforgeError):
     """Input in one of the other program formats (raw, word list, K2) that is malformed."""
 
 
-__all__ = ["Location", "BpforgeError", "DecodeError", "EncodeError", "AsmError", "ElfError", "FormatError"]
+__all__ = ["ENOTSUPP", "Location", "BpforgeError", "DecodeError", "EncodeError", "AsmError", "ElfError", "FormatError",
+           "errno_name", "errno_text"]

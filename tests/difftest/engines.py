@@ -181,7 +181,7 @@ class KernelEngine:
         self._loaded: _Loaded | None = None
 
     def load(self, program: DiffProgram) -> _Loaded:
-        from bpforge.kernel import KernelMap, VerifierRejected, load_insns, load_program
+        from bpforge.kernel import KernelMap, VerifierRejected, load_insns, load_linked
 
         self.close()
         kmaps = []
@@ -192,7 +192,7 @@ class KernelEngine:
                 kmaps[index].update(key, syscall_value(program.maps[index], value, kmaps[index].ncpus))
             if program.obj is not None:
                 linked = program.obj.linked(program.obj_program)
-                kprog = load_program(linked, program.obj, prog_type=program.prog_type, log_level=0,
+                kprog = load_linked(linked, program.obj, prog_type=program.prog_type, log_level=0,
                                      maps={d.name: m for d, m in zip(program.maps, kmaps)})
             else:
                 kprog = load_insns(program.insns, program.prog_type, maps=kmaps, name=program.name, log_level=0)

@@ -33,7 +33,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from bpforge.elf import MapDef
+from bpforge.isa.maptypes import MapSpec
 from bpforge.isa import FORMS, FORMS_BY_NAME, Insn
 from bpforge.isa.helpers import helper_id
 from bpforge.isa.maptypes import MAP_TYPE_IDS
@@ -248,12 +248,12 @@ class Generator:
         self.area = rng.choice((32, 64, 64, 128, 256))
         # 8..48 statements; a few very short programs (and the shortest when shrinking replays zeros)
         self.statements_left = max_statements or (rng.randint(1, 7) if rng.random() < 0.03 else rng.randint(8, 48))
-        self.maps: list[MapDef] = []
+        self.maps: list[MapSpec] = []
         for i in range(rng.choice((0, 1, 1, 2, 2, 3))):
             kind = rng.choice(("array", "hash"))
             key_size = 4 if kind == "array" else rng.choice((4, 8))
-            self.maps.append(MapDef(f"m{i}_{kind}", MAP_TYPE_IDS[kind], kind, key_size, rng.choice((8, 16, 24, 32)),
-                                    rng.randint(1, 6)))
+            self.maps.append(MapSpec(f"m{i}_{kind}", MAP_TYPE_IDS[kind], key_size, rng.choice((8, 16, 24, 32)),
+                                     rng.randint(1, 6)))
 
     # ---- values ---------------------------------------------------------------------------------------
 
@@ -682,7 +682,7 @@ class Generator:
 
     # ---- maps ------------------------------------------------------------------------------------------------
 
-    def stage_key(self, st: State, where: Where, m: MapDef) -> int:
+    def stage_key(self, st: State, where: Where, m: MapSpec) -> int:
         """Write a key on the stack (mostly in 0..max_entries+1, so lookups hit and miss); its offset."""
         off = self.rng.randrange(-self.area, -m.key_size + 1, 8)
         r = self.rng.random()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bpforge.elf import BpfObject, MapDef
+from bpforge.elf import BpfObject
+from bpforge.isa.maptypes import MapSpec
 from bpforge.isa import Insn, format_insn, slot_starts
 
 
@@ -14,7 +15,7 @@ from bpforge.isa import Insn, format_insn, slot_starts
 class DiffProgram:
     name: str
     insns: list[Insn]  # lddw map_fd / map_value carry imm = index into `maps`
-    maps: list[MapDef] = field(default_factory=list)
+    maps: list[MapSpec] = field(default_factory=list)
     prog_type: str = "xdp"
     # Entries written into the maps before every run: (map index, key, value); for per-CPU maps `value` is
     # one CPU's value, written into every CPU's slot.

@@ -1,18 +1,35 @@
 """BTF (.BTF) as the kernel's uapi/linux/btf.h lays it out: every kind is parsed, enough is interpreted
-to size map keys and values (typedefs and modifiers resolved) and to name functions."""
+to size and align types (typedefs and modifiers resolved), read int encodings and name functions.
+
+This is the one module that knows BTF's bytes and walks its type chains: the readers of maps, CO-RE,
+externs and the kernel's BTF ask it (`skip_modifiers`, `size_of`, `align_of`, `int_encoding`), and what
+libbpf changes in an object's BTF before BPF_BTF_LOAD is written through `BtfPatch`, at the positions the
+parse recorded.
+"""
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ElfError
+from ..isa.numbers import s64
 
 BTF_MAGIC = 0xEB9F
 KINDS = ("void", "int", "ptr", "array", "struct", "union", "enum", "fwd", "typedef", "volatile", "const",
          "restrict", "func", "func_proto", "var", "datasec", "float", "decl_tag", "type_tag", "enum64")
 _MODIFIERS = {"typedef", "volatile", "const", "restrict", "type_tag"}
 _HEADER = struct.Struct("<HBBIIIII")
+_TYPE = struct.Struct("<III")  # name_off, info (vlen | kind << 24 | kflag << 31), size or type
+# The records that follow a type's header, per member (struct btf_member, btf_enum, btf_param, ...).
+_MEMBER_RECORD = {"struct": "III", "union": "III", "enum": "II", "enum64": "III", "func_proto": "II",
+                  "datasec": "III"}
+_EXTRA_RECORD = {"int": "I", "var": "I", "decl_tag": "i", "array": "III"}  # one record after the header
+
+# BTF_INT_* encoding bits (of an INT's extra word, bits 24-27), BTF_VAR_* and BTF_FUNC_* linkage.
+INT_SIGNED, INT_CHAR, INT_BOOL = 1, 2, 4
+VAR_STATIC, VAR_GLOBAL_ALLOCATED, VAR_GLOBAL_EXTERN = 0, 1, 2
+FUNC_STATIC, FUNC_GLOBAL, FUNC_EXTERN = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -39,11 +56,28 @@ class BtfType:
     extra: int = 0  # int encoding, var linkage, decl_tag component index; func linkage (vlen)
     kflag: bool = False
 
+    @property
+    def int_encoding(self) -> int:
+        """An INT's BTF_INT_* bits (INT_SIGNED, INT_CHAR, INT_BOOL)."""
+        return self.extra >> 24 & 0x0F
+
+    @property
+    def int_offset(self) -> int:
+        """An INT's bit offset (BTF_INT_OFFSET)."""
+        return self.extra >> 16 & 0xFF
+
+    @property
+    def int_bits(self) -> int:
+        """An INT's width in bits (BTF_INT_BITS)."""
+        return self.extra & 0xFF
+
 
 @dataclass
 class Btf:
     types: list[BtfType]  # index = type id; 0 is void
     strings: bytes
+    # Where each type's record starts in the parsed .BTF bytes (index = type id; void has none: -1).
+    record_offsets: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def string(self, offset: int) -> str:
         return _cstr(self.strings, offset)
@@ -79,15 +113,116 @@ class Btf:
             raise ElfError(f"BTF type {t.id} ({t.kind} '{t.name}') has no size", section=".BTF")
         raise ElfError(f"BTF type {type_id}: cycle of arrays", section=".BTF")
 
+    def align_of(self, type_id: int) -> int:
+        """btf__align_of: the alignment of a type (a struct's: its most aligned member's)."""
+        t = self.skip_modifiers(type_id)
+        for _ in range(len(self.types)):
+            if t.kind in ("int", "enum", "enum64", "float"):
+                return min(8, t.size)
+            if t.kind == "ptr":
+                return 8
+            if t.kind == "array":
+                t = self.skip_modifiers(t.array[0])
+                continue
+            if t.kind in ("struct", "union"):
+                return max((self.align_of(m.type) for m in t.members), default=1)
+            return 1
+        raise ElfError(f"BTF type {type_id}: cycle of arrays", section=".BTF")
+
     def find(self, kind: str, name: str) -> BtfType | None:
         for t in self.types:
             if t.kind == kind and t.name == name:
                 return t
         return None
 
+    def member_offset(self, type_id: int, index: int) -> int:
+        """Where member `index` of a struct, union, enum, function prototype or datasec is recorded in the
+        parsed .BTF bytes (for `BtfPatch`)."""
+        t = self[type_id]
+        record = struct.calcsize("<" + _MEMBER_RECORD[t.kind])
+        if not 0 <= index < len(t.members):
+            raise ElfError(f"BTF type {type_id} has no member {index}", section=".BTF")
+        return self.record_offsets[type_id] + _TYPE.size + index * record
 
-def _s64(value: int) -> int:
-    return value - (1 << 64) if value >> 63 else value
+
+class BtfPatch:
+    """Edits of a parsed .BTF, made in its bytes at the positions the parse recorded (so that string
+    offsets, which .BTF.ext and the kernel refer to, stay as they are), plus appended VARs."""
+
+    def __init__(self, btf: Btf, data: bytes) -> None:
+        self.btf = btf
+        self.data = bytearray(data)
+        self._types = b""  # appended type records
+        self._strings = b""  # appended strings
+        self._next_id = len(btf.types)
+
+    def set_size(self, type_id: int, size: int) -> None:
+        """The size word of a sized type (a DATASEC's size)."""
+        struct.pack_into("<I", self.data, self.btf.record_offsets[type_id] + 8, size)
+
+    def set_type(self, type_id: int, ref: int) -> None:
+        """The type word of a VAR, FUNC, pointer or modifier."""
+        struct.pack_into("<I", self.data, self.btf.record_offsets[type_id] + 8, ref)
+
+    def set_var_linkage(self, type_id: int, linkage: int) -> None:
+        struct.pack_into("<I", self.data, self.btf.record_offsets[type_id] + _TYPE.size, linkage)
+
+    def set_func_linkage(self, type_id: int, linkage: int) -> None:
+        """A FUNC keeps its linkage in the vlen bits of its info word."""
+        at = self.btf.record_offsets[type_id] + 4
+        info = struct.unpack_from("<I", self.data, at)[0]
+        struct.pack_into("<I", self.data, at, info & ~0xFFFF | linkage)
+
+    def set_param_name(self, proto_id: int, index: int, name_off: int) -> None:
+        struct.pack_into("<I", self.data, self.btf.member_offset(proto_id, index), name_off)
+
+    def param_name_off(self, proto_id: int, index: int) -> int:
+        return struct.unpack_from("<I", self.data, self.btf.member_offset(proto_id, index))[0]
+
+    def set_datasec(self, type_id: int, size: int, entries: list[tuple[int, int, int]]) -> None:
+        """A DATASEC's size and its (variable type, offset, size) entries, as many as it has."""
+        self.set_size(type_id, size)
+        for i, entry in enumerate(entries):
+            struct.pack_into("<III", self.data, self.btf.member_offset(type_id, i), *entry)
+
+    def datasec_entries(self, type_id: int) -> list[tuple[int, int, int]]:
+        """(variable type, offset, size) of a DATASEC's entries as the bytes have them now."""
+        return [struct.unpack_from("<III", self.data, self.btf.member_offset(type_id, i))
+                for i in range(len(self.btf[type_id].members))]
+
+    def add_string(self, text: str) -> int:
+        """Append a string; its offset in the string section."""
+        _, _, _, _, _, _, _, str_len = _HEADER.unpack_from(self.data)
+        offset = str_len + len(self._strings)
+        self._strings += text.encode() + b"\0"
+        return offset
+
+    def add_var(self, name_off: int, type_id: int, linkage: int) -> int:
+        """Append a VAR; its type id."""
+        self._types += _TYPE.pack(name_off, KINDS.index("var") << 24, type_id) + struct.pack("<I", linkage)
+        self._next_id += 1
+        return self._next_id - 1
+
+    def bytes(self) -> bytes:
+        if not self._types and not self._strings:
+            return bytes(self.data)
+        _, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(self.data)
+        types = bytes(self.data[hdr_len + type_off:hdr_len + type_off + type_len]) + self._types
+        strings = bytes(self.data[hdr_len + str_off:hdr_len + str_off + str_len]) + self._strings
+        header = bytearray(self.data[:hdr_len])
+        struct.pack_into("<IIII", header, 8, 0, len(types), len(types), len(strings))
+        return bytes(header) + types + strings
+
+
+def scalar_btf(value_size: int) -> bytes:
+    """A .BTF of three types, [1] int (signed, 32 bits), [2] char, [3] char[value_size]: the key and value
+    types a loader's BTF gives a map that needs BTF (local storage)."""
+    strings = b"\0int\0char\0"
+    kind = KINDS.index
+    types = (_TYPE.pack(1, kind("int") << 24, 4) + struct.pack("<I", INT_SIGNED << 24 | 32)
+             + _TYPE.pack(5, kind("int") << 24, 1) + struct.pack("<I", 8)
+             + _TYPE.pack(0, kind("array") << 24, 0) + struct.pack("<III", 2, 1, value_size))
+    return _HEADER.pack(BTF_MAGIC, 1, 0, _HEADER.size, 0, len(types), len(types), len(strings)) + types + strings
 
 
 def _cstr(table: bytes, offset: int) -> str:
@@ -123,12 +258,14 @@ def parse_btf(data: bytes) -> Btf:
     strings = data[base + str_off: base + str_off + str_len]
     types_data = data[base + type_off: base + type_off + type_len]
     types = [BtfType(0, "void", "")]
+    offsets = [-1]
     pos = 0
     while pos < len(types_data):
-        if pos + 12 > len(types_data):
+        offsets.append(base + type_off + pos)
+        if pos + _TYPE.size > len(types_data):
             raise ElfError(f"BTF type {len(types)} truncated", section=".BTF")
-        name_off, info, size_or_type = struct.unpack_from("<III", types_data, pos)
-        pos += 12
+        name_off, info, size_or_type = _TYPE.unpack_from(types_data, pos)
+        pos += _TYPE.size
         vlen, kind_no, kflag = info & 0xFFFF, info >> 24 & 0x1F, bool(info >> 31)
         if not 1 <= kind_no < len(KINDS):
             raise ElfError(f"BTF type {len(types)} has unknown kind {kind_no}", section=".BTF")
@@ -151,27 +288,29 @@ def parse_btf(data: bytes) -> Btf:
             t["size"] = size_or_type
         else:
             t["type"] = size_or_type
-        if kind in ("int", "var"):
-            t["extra"] = take(1, "I")[0][0]
-        elif kind == "decl_tag":  # component_idx is an s32: -1 tags the whole type, else a member/parameter
-            t["extra"] = take(1, "i")[0][0]
-        elif kind == "array":
-            t["array"] = take(1, "III")[0]
-        elif kind in ("struct", "union"):
-            t["members"] = tuple(Member(_cstr(strings, n), ty, off & 0xFFFFFF if kflag else off,
-                                        off >> 24 if kflag else 0)  # size: bitfield bits (0: not one)
-                                 for n, ty, off in take(vlen, "III"))
-        elif kind == "enum":
-            t["members"] = tuple(Member(_cstr(strings, n), value=v) for n, v in take(vlen, "Ii" if kflag else "II"))
-        elif kind == "enum64":
-            # kflag: a signed enum, so the 64-bit value is two's complement (as for 32-bit enums above)
-            t["members"] = tuple(Member(_cstr(strings, n), value=_s64(hi << 32 | lo) if kflag else hi << 32 | lo)
-                                 for n, lo, hi in take(vlen, "III"))
-        elif kind == "func_proto":
-            t["members"] = tuple(Member(_cstr(strings, n), ty) for n, ty in take(vlen, "II"))
-        elif kind == "datasec":
-            t["members"] = tuple(Member("", ty, off, sz) for ty, off, sz in take(vlen, "III"))
-        elif kind == "func":
+        if kind in _EXTRA_RECORD:  # decl_tag's component_idx is an s32: -1 tags the whole type
+            (extra,) = take(1, _EXTRA_RECORD[kind])
+            if kind == "array":
+                t["array"] = extra
+            else:
+                t["extra"] = extra[0]
+        elif kind in _MEMBER_RECORD:
+            records = take(vlen, "Ii" if kind == "enum" and kflag else _MEMBER_RECORD[kind])
+            if kind in ("struct", "union"):
+                t["members"] = tuple(Member(_cstr(strings, n), ty, off & 0xFFFFFF if kflag else off,
+                                            off >> 24 if kflag else 0)  # size: bitfield bits (0: not one)
+                                     for n, ty, off in records)
+            elif kind == "enum":
+                t["members"] = tuple(Member(_cstr(strings, n), value=v) for n, v in records)
+            elif kind == "enum64":
+                # kflag: a signed enum, so the 64-bit value is two's complement (as for 32-bit enums above)
+                t["members"] = tuple(Member(_cstr(strings, n), value=s64(hi << 32 | lo) if kflag else hi << 32 | lo)
+                                     for n, lo, hi in records)
+            elif kind == "func_proto":
+                t["members"] = tuple(Member(_cstr(strings, n), ty) for n, ty in records)
+            else:  # datasec
+                t["members"] = tuple(Member("", ty, off, sz) for ty, off, sz in records)
+        if kind == "func":
             t["extra"] = vlen
         types.append(BtfType(**t))
-    return Btf(types, strings)
+    return Btf(types, strings, offsets)

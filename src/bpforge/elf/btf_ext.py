@@ -109,10 +109,11 @@ def parse_ext(data: bytes, btf: Btf, insn_index: Callable[[str, int], int | None
     (None when no instruction starts there, which is an error)."""
     layout = parse_ext_layout(data)
     ext = BtfExt()
+    by_kind = {"func_info": ext.func_info, "line_info": ext.line_info, "core_relo": ext.core_relos}
     for kind, blocks in layout.blocks.items():
         for block in blocks:
             sec = btf.string(block.sec_name_off)
-            out = getattr(ext, {"core_relo": "core_relos"}.get(kind, kind)).setdefault(sec, [])
+            out = by_kind[kind].setdefault(sec, [])
             for i, rec in enumerate(block.records):
                 index = insn_index(sec, block.insn_off(i))
                 if index is None:

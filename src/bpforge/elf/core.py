@@ -29,9 +29,11 @@ from ..errors import BpforgeError
 from ..isa import Insn, slot_starts
 from ..isa import opcodes as op
 from ..isa.insn import LDDW_OPCODE
-from .btf import Btf, BtfType
+from ..isa.numbers import M64, s32
+from .btf import INT_SIGNED, Btf, BtfType
 from .btf_ext import CoreRelo
-from .model import BpfObject, LinkedProgram
+from .bpfobject import BpfObject
+from .model import LinkedProgram
 from .vmlinux import KernelBtf, essential_name
 
 FIELD_BYTE_OFFSET, FIELD_BYTE_SIZE, FIELD_EXISTS, FIELD_SIGNED, FIELD_LSHIFT_U64, FIELD_RSHIFT_U64 = range(6)
@@ -51,10 +53,8 @@ _ACCESS = re.compile(r"[0-9]{1,10}(?::[0-9]{1,10})*", re.ASCII)
 POISON_HELPER = 0xBAD2310  # libbpf's "bad relo" helper id (195896080)
 SPEC_MAX_LEN = 64  # BPF_CORE_SPEC_MAX_LEN
 _MAX_DEPTH = 32  # recursion depth libbpf allows when comparing types
-_INT_SIGNED = 1
 _COMPOSITE = ("struct", "union")
 _ENUMS = ("enum", "enum64")
-_M64 = (1 << 64) - 1
 _CALL = op.JMP | op.JMP_OPS["call"]
 _SIZE_MASK = 0x18  # the size field of a load/store opcode
 _SIZE_BYTES = {code: size for size, code in op.SIZES.items()}
@@ -133,22 +133,13 @@ def _kind_compat(a: BtfType, b: BtfType) -> bool:
     return a.kind == b.kind or (a.kind in _ENUMS and b.kind in _ENUMS)
 
 
-def _int_offset(t: BtfType) -> int:
-    return t.extra >> 16 & 0xFF
-
-
-def _int_encoding(t: BtfType) -> int:
-    return t.extra >> 24 & 0x0F
-
-
 def _enum_value(t: BtfType, idx: int) -> int:
     """The value libbpf reads for enumerator `idx`: a 32-bit enum's value sign-extended (it is __s32 in
     struct btf_enum), an enum64's as 64 bits."""
     value = t.members[idx].value
     if t.kind == "enum":
-        value &= 0xFFFFFFFF
-        return (value - (1 << 32) if value >> 31 else value) & _M64
-    return value & _M64
+        return s32(value) & M64
+    return value & M64
 
 
 def _type_label(btf: Btf, type_id: int) -> str:
@@ -248,7 +239,7 @@ def _fields_compat(lbtf: Btf, lid: int, tbtf: Btf, tid: int) -> bool:
             ln, tn = essential_name(lt.name), essential_name(tt.name)
             return not ln or not tn or ln == tn
         if lt.kind == "int":
-            return _int_offset(lt) == 0 and _int_offset(tt) == 0
+            return lt.int_offset == 0 and tt.int_offset == 0
         if lt.kind == "array":
             lid, tid = lt.array[0], tt.array[0]
             continue
@@ -267,7 +258,7 @@ def types_are_compat(lbtf: Btf, lid: int, tbtf: Btf, tid: int, level: int = _MAX
         if lt.kind in ("void", "struct", "union", "enum", "enum64", "fwd"):
             return True
         if lt.kind == "int":
-            return _int_offset(lt) == 0 and _int_offset(tt) == 0
+            return lt.int_offset == 0 and tt.int_offset == 0
         if lt.kind == "ptr":
             lid, tid = lt.type, tt.type
             continue
@@ -322,7 +313,7 @@ def types_match(lbtf: Btf, lid: int, tbtf: Btf, tid: int, behind_ptr: bool = Fal
             return lk == tk and _composites_match(lbtf, lt, tbtf, tt, behind_ptr, level)
         if lk == "int":
             return lk == tk and lt.size == tt.size and \
-                (_int_encoding(lt) & _INT_SIGNED) == (_int_encoding(tt) & _INT_SIGNED)
+                (lt.int_encoding & INT_SIGNED) == (tt.int_encoding & INT_SIGNED)
         if lk == "ptr":
             if lk != tk:
                 return False
@@ -471,7 +462,7 @@ def _field_value(kind: int, spec: Spec | None) -> tuple[int, int, int, bool]:
     if kind == FIELD_BYTE_SIZE:
         return byte_sz, 0, 0, validate
     if kind == FIELD_SIGNED:
-        signed = (mt.kind in _ENUMS and mt.kflag) or (mt.kind == "int" and bool(_int_encoding(mt) & _INT_SIGNED))
+        signed = (mt.kind in _ENUMS and mt.kflag) or (mt.kind == "int" and bool(mt.int_encoding & INT_SIGNED))
         return int(signed), 0, 0, True
     if kind == FIELD_LSHIFT_U64:
         return 64 - (bit_off + bit_sz - byte_off * 8), 0, 0, validate
@@ -514,8 +505,8 @@ def _calc(local: Spec, target: Spec | None) -> _Result:
                 # Loads may only be resized where zero extension keeps the value: pointers (32-bit kernels)
                 # and unsigned integers; anything else poisons the ldx/st/stx later.
                 ot, nt = local.btf[res.orig_type_id], target.btf[res.new_type_id]
-                unsigned = (ot.kind == nt.kind == "int" and _int_encoding(ot) != _INT_SIGNED
-                            and _int_encoding(nt) != _INT_SIGNED)
+                unsigned = (ot.kind == nt.kind == "int" and ot.int_encoding != INT_SIGNED
+                            and nt.int_encoding != INT_SIGNED)
                 res.fail_memsz_adjust = not (ot.kind == nt.kind == "ptr" or unsigned)
         elif kind in TYPE_KINDS:
             res.orig, res.validate = _type_value(kind, local)
@@ -539,17 +530,17 @@ def _patch(insn: Insn, res: _Result) -> list[Insn]:
     """bpf_core_patch_insn: the instruction(s) replacing `insn` (two for a poisoned lddw)."""
     if res.poison:
         return _poisoned(insn)
-    orig, new = res.orig, res.new & _M64
+    orig, new = res.orig, res.new & M64
     cls = op.cls(insn.opcode)
     if cls in (op.ALU, op.ALU64):
         if insn.opcode & op.X:
             raise CoreError("CO-RE relocation of an ALU instruction with a register operand")
-        if res.validate and insn.imm & _M64 != orig:
+        if res.validate and insn.imm & M64 != orig:
             raise CoreError(f"unexpected ALU immediate {insn.imm & 0xFFFFFFFF}, expected {orig} -> {new}")
         value = new & 0xFFFFFFFF
-        return [insn.replace(imm=value - (1 << 32) if value >> 31 else value)]
+        return [insn.replace(imm=s32(value))]
     if cls in (op.LDX, op.ST, op.STX):
-        if res.validate and insn.off & _M64 != orig:
+        if res.validate and insn.off & M64 != orig:
             raise CoreError(f"unexpected memory offset {insn.off}, expected {orig} -> {new}")
         if new > 0x7FFF:
             raise CoreError(f"relocated offset {new} does not fit an instruction's 16-bit offset")
@@ -573,7 +564,7 @@ def _patch(insn: Insn, res: _Result) -> list[Insn]:
         if res.validate and imm != orig:
             raise CoreError(f"unexpected 64-bit immediate {imm}, expected {orig} -> {new}")
         lo, hi = new & 0xFFFFFFFF, new >> 32
-        return [insn.replace(imm=lo - (1 << 32) if lo >> 31 else lo, imm_hi=hi - (1 << 32) if hi >> 31 else hi)]
+        return [insn.replace(imm=s32(lo), imm_hi=s32(hi))]
     raise CoreError(f"CO-RE relocation of an instruction (opcode {insn.opcode:#04x}) that holds no relocatable "
                     "value")
 
@@ -676,7 +667,7 @@ def _one(insn: Insn, index: int, relo: CoreRelo, local: Btf, target: KernelBtf |
         candidates[relo.type_id] = kept  # libbpf narrows the cached list to the matching candidates
     if chosen is None:
         chosen = _calc(spec, None)
-    decision = CoreDecision(index, kind, what, chosen.orig, chosen.new & _M64, chosen.poison,
+    decision = CoreDecision(index, kind, what, chosen.orig, chosen.new & M64, chosen.poison,
                             chosen_spec.root_type_id if chosen_spec is not None else None)
     patched = _patch(insn, chosen)
     if chosen.fail_memsz_adjust and patched[0].imm == POISON_HELPER and patched[0].opcode == _CALL:

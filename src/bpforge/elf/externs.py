@@ -30,17 +30,17 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import BpforgeError
 from ..isa import Insn, slot_starts
-from .btf import Btf, BtfType
+from ..isa.numbers import M64, fits_signed
+from .btf import FUNC_EXTERN, INT_BOOL, INT_SIGNED, VAR_GLOBAL_EXTERN, Btf, BtfType
 from .core import CoreDecision, relocate_linked, types_are_compat
 from .layout import SHN_UNDEF, STB_GLOBAL, STB_WEAK, STT_NOTYPE
-from .maps import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY
-from .model import BpfObject, LinkedProgram, MapDef, map_type_name
+from ..isa.maptypes import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, MapSpec
+from .bpfobject import BpfObject
+from .maps import BPF_MAP_TYPE_ARRAY
+from .model import LinkedProgram
 from .vmlinux import KernelBtf, essential_name, kernel_btf
 
 KCONFIG_SEC, KSYMS_SEC = ".kconfig", ".ksyms"
-_VAR_EXTERN = 2  # BTF_VAR_GLOBAL_EXTERN
-_FUNC_EXTERN = 2  # BTF_FUNC_EXTERN
-_INT_SIGNED, _INT_BOOL = 1, 4
 TRI_NO, TRI_YES, TRI_MODULE = 0, 1, 2
 _SYSCALL_PREFIX = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_", "riscv64": "__riscv_",
                    "ppc64le": "", "loongarch64": ""}
@@ -104,14 +104,13 @@ class ExternResolution:
     externs: dict[str, Resolved]
     kconfig: bytes | None
 
-    def kconfig_map(self) -> MapDef | None:
+    def kconfig_map(self) -> MapSpec | None:
         """The `.kconfig` map libbpf creates (a frozen, read-only, mmapable one-element array)."""
         if self.kconfig is None:
             return None
-        return MapDef(name=KCONFIG_SEC, type=BPF_MAP_TYPE_ARRAY, type_name=map_type_name(BPF_MAP_TYPE_ARRAY),
-                      key_size=4, value_size=len(self.kconfig), max_entries=1,
-                      flags=BPF_F_RDONLY_PROG | BPF_F_MMAPABLE, source="data", section=KCONFIG_SEC,
-                      initial=self.kconfig)
+        return MapSpec(name=KCONFIG_SEC, type=BPF_MAP_TYPE_ARRAY, key_size=4, value_size=len(self.kconfig),
+                       max_entries=1, flags=BPF_F_RDONLY_PROG | BPF_F_MMAPABLE, source="data", section=KCONFIG_SEC,
+                       initial=self.kconfig)
 
 
 # ---- reading the host ------------------------------------------------------------------------------------
@@ -200,7 +199,7 @@ def collect_externs(obj: BpfObject) -> list[Extern]:
             if kcfg_type is None:
                 raise ExternError(f"extern (kcfg) '{sym.name}': type is unsupported", file=obj.filename)
             externs.append(Extern(sym.name, section, t.id, weak, False, btf.skip_modifiers(t.type).id, kcfg_type,
-                                  btf.size_of(t.type), _align_of(btf, t.type), signed))
+                                  btf.size_of(t.type), btf.align_of(t.type), signed))
         else:
             type_id = btf.skip_modifiers(t.type).id
             externs.append(Extern(sym.name, section, t.id, weak, t.kind == "func", type_id))
@@ -226,8 +225,8 @@ def _extern_sections(btf: Btf) -> dict[int, str]:
 def _extern_btf(btf: Btf, name: str) -> BtfType | None:
     """find_extern_btf_id: the extern VAR or FUNC of that name."""
     for t in btf.types:
-        if t.name == name and ((t.kind == "var" and t.extra == _VAR_EXTERN) or
-                               (t.kind == "func" and t.extra == _FUNC_EXTERN)):
+        if t.name == name and ((t.kind == "var" and t.extra == VAR_GLOBAL_EXTERN) or
+                               (t.kind == "func" and t.extra == FUNC_EXTERN)):
             return t
     return None
 
@@ -236,14 +235,14 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[str | None, bool]:
     """find_kcfg_type: (kind of kconfig value, signed)."""
     t = btf.skip_modifiers(type_id)
     if t.kind == "int":
-        enc = t.extra >> 24 & 0x0F
-        if enc & _INT_BOOL:
+        enc = t.int_encoding
+        if enc & INT_BOOL:
             return ("bool" if t.size == 1 else None), False
         if t.size == 1:
-            return "char", bool(enc & _INT_SIGNED)
+            return "char", bool(enc & INT_SIGNED)
         if t.size not in (2, 4, 8):
             return None, False
-        return "int", bool(enc & _INT_SIGNED)
+        return "int", bool(enc & INT_SIGNED)
     if t.kind in ("enum", "enum64"):
         if t.name != "libbpf_tristate" or (t.kind == "enum" and t.size != 4):
             return None, False
@@ -253,20 +252,6 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[str | None, bool]:
             return None, False
         return "char_arr", False
     return None, False
-
-
-def _align_of(btf: Btf, type_id: int) -> int:
-    """btf__align_of for the types a kconfig extern can have."""
-    t = btf.skip_modifiers(type_id)
-    if t.kind in ("int", "enum", "enum64", "float"):
-        return min(8, t.size)
-    if t.kind == "ptr":
-        return 8
-    if t.kind == "array":
-        return _align_of(btf, t.array[0])
-    if t.kind in ("struct", "union"):
-        return max((_align_of(btf, m.type) for m in t.members), default=1)
-    return 1
 
 
 # ---- resolving -------------------------------------------------------------------------------------------
@@ -379,7 +364,7 @@ def _apply_kconfig(text: str, wanted: dict[str, Extern], data: bytearray) -> set
                 raise ExternError(f"extern (kcfg) '{name}': value '{value}' isn't a valid integer") from None
             if e.kcfg_type not in ("int", "char"):
                 raise ExternError(f"extern (kcfg) '{name}': value '{value}' implies integer type")
-            _set_num(e, data, num & (1 << 64) - 1)
+            _set_num(e, data, num & M64)
         done.add(name)
     return done
 
@@ -411,7 +396,7 @@ def _set_num(e: Extern, data: bytearray, value: int) -> None:
     if e.kcfg_type not in ("int", "char") and not (e.kcfg_type == "bool" and value <= 1):
         raise ExternError(f"extern (kcfg) '{e.name}': value '{value}' implies integer, char, or boolean type")
     bits = e.size * 8
-    fits = bits == 64 or ((value + (1 << (bits - 1))) & (1 << 64) - 1) < (1 << bits) if e.signed \
+    fits = fits_signed(value, bits) if e.signed \
         else bits == 64 or value >> bits == 0
     if not fits:
         raise ExternError(f"extern (kcfg) '{e.name}': value '{value}' doesn't fit in {e.size} bytes")

@@ -5,11 +5,15 @@ order of first reference; calls and function addresses become pc-relative (src_r
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..errors import ElfError, EncodeError
 from ..isa import Insn, branch_target, retarget, slot_starts
-from .model import BpfObject, LinkedProgram, Program, ProgramSection, Reloc
+from .model import LinkedProgram, Program, ProgramSection, Reloc
 from .relocs import slot_index
+
+if TYPE_CHECKING:
+    from .bpfobject import BpfObject  # linking reads only its sections and file name
 
 
 def link(obj: BpfObject, prog: Program) -> LinkedProgram:

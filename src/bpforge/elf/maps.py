@@ -4,23 +4,24 @@ libbpf creates for global data sections."""
 
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ..errors import ElfError
+from ..isa.maptypes import (
+    BPF_F_MMAPABLE, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, MAP_IN_MAP_TYPES, MAP_TYPE_IDS, MapSpec, map_type_name,
+)
+from ..isa.numbers import PAGE_SIZE  # libbpf's sysconf(_SC_PAGE_SIZE): the unit of the arena's layout
 from .btf import Btf, BtfType
 from .layout import SHT_PROGBITS, STT_FILE, STT_SECTION, Sym
-from .model import BpfObject, DataSection, MapDef, map_type_name
-from .names import ARENA_SECTION, is_data_section, is_legacy_map_section, is_map_section  # noqa: F401  (re-exported)
+from .model import DataSection
+from .names import ARENA_SECTION
 
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS = 12, 13
-BPF_F_NUMA_NODE = 0x4
-BPF_F_RDONLY_PROG = 0x80
-BPF_F_MMAPABLE = 0x400
-BPF_MAP_TYPE_ARENA = 33
-PAGE_SIZE = mmap.PAGESIZE  # libbpf's sysconf(_SC_PAGE_SIZE): the unit of the arena's layout
+if TYPE_CHECKING:
+    from .bpfobject import BpfObject
+
+BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARENA = MAP_TYPE_IDS["array"], MAP_TYPE_IDS["arena"]
 NO_ARENA_MAP = 'to use global __arena variables the object must declare an arena map in SEC(".maps")'
 
 # __uint(name, value) fields of a BTF map definition (libbpf's parse_btf_map_def).
@@ -28,7 +29,7 @@ _UINT_FIELDS = {"type", "max_entries", "map_flags", "numa_node", "pinning", "key
 
 
 def btf_maps(btf: Btf | None, section: str, size: int, symbols: dict[str, tuple[int, int]], values: dict[int, str],
-             filename: str) -> list[MapDef]:
+             filename: str) -> list[MapSpec]:
     """Maps of a BTF-defined map section (.maps). clang leaves the DATASEC offsets 0 for the linker; like
     libbpf's btf_fixup_datasec, take them from the symbols (`symbols`: name -> (value, size)).
     `values` maps byte offsets in the section to the symbol a relocation puts there (initial contents of
@@ -70,9 +71,9 @@ def _uint(btf: Btf, type_id: int, what: str, filename: str) -> int:
 
 
 def _from_struct(btf: Btf, definition: BtfType, name: str, offset: int, section: str, values: dict[int, str],
-                 filename: str, *, is_inner: bool = False) -> MapDef:
+                 filename: str, *, is_inner: bool = False) -> MapSpec:
     fields: dict[str, int] = {}
-    key_type = value_type = None
+    key_type = value_type = None  # BTF ids
     inner = None
     slots: dict[int, str] = {}
     for m in definition.members:
@@ -108,12 +109,12 @@ def _from_struct(btf: Btf, definition: BtfType, name: str, offset: int, section:
     map_type = fields.get("type", 0)
     if inner is not None and "value_size" not in fields:
         fields["value_size"] = 4  # map-in-map values are map fds
-    return MapDef(
-        name=name, type=map_type, type_name=map_type_name(map_type), key_size=fields.get("key_size", 0),
-        value_size=fields.get("value_size", 0), max_entries=fields.get("max_entries", 0),
-        flags=fields.get("map_flags", 0), source="btf", section=section, offset=offset,
-        pinning=fields.get("pinning", 0), numa_node=fields.get("numa_node"), map_extra=fields.get("map_extra", 0),
-        key_type=key_type, value_type=value_type, inner=inner, values=slots)
+    return MapSpec(
+        name=name, type=map_type, key_size=fields.get("key_size", 0), value_size=fields.get("value_size", 0),
+        max_entries=fields.get("max_entries", 0), flags=fields.get("map_flags", 0), source="btf", section=section,
+        offset=offset, pinning=fields.get("pinning", 0), numa_node=fields.get("numa_node"),
+        map_extra=fields.get("map_extra", 0), btf_key_type_id=key_type, btf_value_type_id=value_type, inner=inner,
+        values=slots)
 
 
 _LEGACY_FIELDS = ("type", "key_size", "value_size", "max_entries", "map_flags")
@@ -130,7 +131,7 @@ _NO_INDEX = 0xFFFFFFFF  # iproute2's inner_idx = -1: not to be put into an outer
 class LegacyMap:
     """A legacy definition as read, before map-in-map references between definitions are resolved."""
 
-    mapdef: MapDef
+    mapdef: MapSpec
     fields: dict[str, int]  # every field the definition's layout has
     position: int  # index among the definitions of its section, in offset order (bpf_load's map_fd[] index)
 
@@ -161,17 +162,17 @@ def legacy_maps(data: bytes, syms: list[Sym], section: str, section_index: int, 
         values = dict.fromkeys(names, 0) | dict(zip(names, struct.unpack_from(f"<{count}I", data, sym.value)))
         map_type = values["type"]
         value_size = values["value_size"]
-        if map_type in (BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS) and value_size == 0:
+        if map_type_name(map_type) in MAP_IN_MAP_TYPES and value_size == 0:
             value_size = 4  # bpf_load left it out: map-in-map values are map fds
         numa = values["numa_node"] if "numa_node" in names and values["map_flags"] & BPF_F_NUMA_NODE else None
-        maps.append(LegacyMap(MapDef(
-            name=sym.name, type=map_type, type_name=map_type_name(map_type), key_size=values["key_size"],
-            value_size=value_size, max_entries=values["max_entries"], flags=values["map_flags"], source="legacy",
-            section=section, offset=sym.value, pinning=values.get("pinning", 0), numa_node=numa), values, position))
+        maps.append(LegacyMap(MapSpec(
+            name=sym.name, type=map_type, key_size=values["key_size"], value_size=value_size,
+            max_entries=values["max_entries"], flags=values["map_flags"], source="legacy", section=section,
+            offset=sym.value, pinning=values.get("pinning", 0), numa_node=numa), values, position))
     return maps
 
 
-def link_legacy_maps(legacy: list[LegacyMap], filename: str) -> list[MapDef]:
+def link_legacy_maps(legacy: list[LegacyMap], filename: str) -> list[MapSpec]:
     """The definitions with their map-in-map references resolved, as their loaders resolve them:
 
     - bpf_load (samples/bpf, Katran): an outer map's inner template is the definition at `inner_map_idx`
@@ -186,7 +187,7 @@ def link_legacy_maps(legacy: list[LegacyMap], filename: str) -> list[MapDef]:
     out = []
     for item in legacy:
         mapdef, fields = item.mapdef, item.fields
-        if mapdef.type not in (BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS):
+        if mapdef.type_name not in MAP_IN_MAP_TYPES:
             out.append(mapdef)
             continue
         inner, slots = None, {}
@@ -202,24 +203,23 @@ def link_legacy_maps(legacy: list[LegacyMap], filename: str) -> list[MapDef]:
             peers = by_section[mapdef.section]
             index = fields["inner_map_idx"]
             inner = peers[index].mapdef if index < len(peers) and peers[index] is not item else None
-        if inner is not None and inner.type in (BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS):
+        if inner is not None and inner.type_name in MAP_IN_MAP_TYPES:
             inner = None  # the kernel refuses a map of maps as an inner map; no template to give
         out.append(replace(mapdef, inner=inner, values=slots))
     return out
 
 
-def data_map(sec: DataSection) -> MapDef:
+def data_map(sec: DataSection) -> MapSpec:
     """The single-element array libbpf creates for a global data section (its name there is prefixed with
     the object name; here it is the section name)."""
     flags = BPF_F_MMAPABLE | (BPF_F_RDONLY_PROG if sec.readonly else 0)
-    return MapDef(name=sec.name, type=BPF_MAP_TYPE_ARRAY, type_name=map_type_name(BPF_MAP_TYPE_ARRAY), key_size=4,
-                  value_size=sec.size, max_entries=1, flags=flags, source="data", section=sec.name,
-                  initial=sec.data)
+    return MapSpec(name=sec.name, type=BPF_MAP_TYPE_ARRAY, key_size=4, value_size=sec.size, max_entries=1,
+                   flags=flags, source="data", section=sec.name, initial=sec.data)
 
 
 # ---- arena globals (libbpf: init_arena_map_data, bpf_object__create_maps) ---------------------------------
 
-def single_arena(maps: list[MapDef], filename: str) -> MapDef | None:
+def single_arena(maps: list[MapSpec], filename: str) -> MapSpec | None:
     """The object's arena map, or None. libbpf ties the __arena globals to the one arena an object may
     declare, and refuses a second one when it opens the object (bpf_object__init_user_btf_maps, EINVAL)."""
     arenas = [m for m in maps if m.type == BPF_MAP_TYPE_ARENA and m.source != "data"]
@@ -236,7 +236,7 @@ def arena_data_offset(max_entries: int, data_size: int, page_size: int = PAGE_SI
     return max_entries * page_size - -(-data_size // page_size) * page_size
 
 
-def arena_value_offset(arena: MapDef, offset: int) -> int:
+def arena_value_offset(arena: MapSpec, offset: int) -> int:
     """The value offset libbpf gives the arena map in an lddw of the __arena variable at `offset` in
     `.addr_space.1` (reloc_desc->sym_off: arena_data_off + the variable's offset); `arena` as
     `with_arena_data` returns it."""

@@ -1,4 +1,5 @@
-"""What a BPF object holds, as plain dataclasses: program sections, functions, relocations, maps, data.
+"""The parts of a BPF object, as plain dataclasses: program sections, functions, relocations, global data,
+linked programs. (The object itself is `bpfobject.BpfObject`; its maps are `isa.maptypes.MapSpec`s.)
 
 Instruction indexes count instructions (an lddw is one), as in `isa.Insn` lists; byte offsets in the file
 count 8-byte slots. Every relocation is keyed by the index of the instruction it patches, within the
@@ -9,16 +10,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..errors import ElfError
 from ..isa import Insn
-from ..isa.maptypes import MAP_TYPES, map_type_name  # noqa: F401  (used by the readers of objects)
-
-if TYPE_CHECKING:
-    from .btf import Btf
-    from .btf_ext import BtfExt
-    from .layout import ElfImage, Sym
 
 
 @dataclass(frozen=True)
@@ -126,32 +120,6 @@ class LinkedProgram:
 
 
 @dataclass
-class MapDef:
-    """A map the object declares. source: "btf" (.maps), "legacy" (maps, struct bpf_map_def) or "data"
-    (the array libbpf makes of a global data section; `initial` holds its contents). An arena's `initial`,
-    set by `maps.with_arena_data`, is the object's `.addr_space.1`: its __arena globals."""
-
-    name: str
-    type: int
-    type_name: str
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int = 0
-    source: str = "btf"
-    section: str = ".maps"
-    offset: int = 0  # of the definition within its section
-    pinning: int = 0
-    numa_node: int | None = None
-    map_extra: int = 0
-    key_type: int | None = None  # BTF type ids when declared with __type()
-    value_type: int | None = None
-    inner: MapDef | None = None  # map-in-map: the inner map's template
-    values: dict[int, str] = field(default_factory=dict)  # initial slots of map-in-map / prog arrays
-    initial: bytes | None = None
-
-
-@dataclass
 class DataSection:
     """A global data section (.data, .rodata, .bss and their .name variants)."""
 
@@ -160,67 +128,3 @@ class DataSection:
     data: bytes  # zeros for .bss
     readonly: bool
     symbols: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, size)
-
-
-@dataclass
-class BpfObject:
-    filename: str
-    sections: list[ProgramSection]
-    programs: list[Program]
-    subprograms: list[Program]
-    maps: list[MapDef]
-    data: list[DataSection]
-    license: str | None
-    kernel_version: int | None
-    btf: Btf | None
-    btf_ext: BtfExt | None
-    symbols: list[Sym]
-    data_relocations: list[DataReloc]
-    image: ElfImage
-
-    @property
-    def btf_bytes(self) -> bytes | None:
-        """The raw .BTF section (None without one)."""
-        return self._raw(".BTF")
-
-    @property
-    def btf_ext_bytes(self) -> bytes | None:
-        """The raw .BTF.ext section (None without one)."""
-        return self._raw(".BTF.ext")
-
-    def _raw(self, name: str) -> bytes | None:
-        index = self.image.index(name)
-        return None if index is None else self.image.sections[index].data
-
-    def section(self, name: str) -> ProgramSection:
-        for sec in self.sections:
-            if sec.name == name:
-                return sec
-        raise ElfError(f"no program section '{name}' (sections: {', '.join(s.name for s in self.sections)})",
-                       file=self.filename)
-
-    def program(self, name: str | None = None) -> Program:
-        """The program named `name` (a function or section name); None: the only or first program
-        (or, in an object with only .text, its first function)."""
-        candidates = self.programs or self.subprograms
-        if name is None:
-            if not candidates:
-                raise ElfError("object holds no programs", file=self.filename)
-            return candidates[0]
-        everything = self.programs + self.subprograms
-        for prog in everything:
-            if prog.name == name:
-                return prog
-        in_section = [p for p in everything if p.section == name]
-        if len(in_section) == 1:
-            return in_section[0]
-        if in_section:
-            names = ", ".join(p.name for p in in_section)
-            raise ElfError(f"section '{name}' holds several programs, pick one by name: {names}", file=self.filename)
-        names = ", ".join(f"{p.name} ({p.section})" for p in candidates) or "none"
-        raise ElfError(f"no program or section named '{name}'; available: {names}", file=self.filename)
-
-    def linked(self, program: Program | str | None = None) -> LinkedProgram:
-        from .link import link
-
-        return link(self, program if isinstance(program, Program) else self.program(program))

@@ -17,13 +17,15 @@ from dataclasses import replace
 from ..errors import BpforgeError, ElfError
 from ..files import read_input
 from ..isa import decode, slot_starts
+from ..isa.maptypes import MapSpec
 from .btf import Btf, parse_btf
 from .btf_ext import BtfExt, parse_ext
 from .layout import (EHDR, EM_BPF, ET_REL, R_BPF_NONE, RELOC_NAMES, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS,
                      SHT_PROGBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, STB_LOCAL, STB_GLOBAL, STB_WEAK, STT_FUNC,
                      STT_NOTYPE, STT_SECTION, SYM, ElfImage, Sym, read_image, unpack_rels, unpack_syms)
+from .bpfobject import BpfObject
 from .maps import btf_maps, data_map, legacy_maps, link_legacy_maps
-from .model import BpfObject, DataReloc, DataSection, MapDef, Program, ProgramSection
+from .model import DataReloc, DataSection, Program, ProgramSection
 from .names import is_data_section, is_legacy_map_section
 from .relocs import classify, slot_index
 
@@ -289,9 +291,9 @@ class _Reader:
         return out
 
     def _maps(self, image: ElfImage, by_section: dict[int, list[Sym]], btf: Btf | None, relocs,
-              names: list[str]) -> list[MapDef]:
-        maps: list[MapDef] = []
-        legacy: list[MapDef] = []
+              names: list[str]) -> list[MapSpec]:
+        maps: list[MapSpec] = []
+        legacy: list[MapSpec] = []
         for index, raw in enumerate(image.sections):  # `maps` and `maps/NAME`: struct bpf_map_def and kin
             if is_legacy_map_section(raw.name) and raw.header.size and raw.header.type != SHT_NOBITS:
                 legacy += legacy_maps(raw.data, by_section.get(index, []), raw.name, index, self.filename)

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 from ..errors import ElfError
 from ..isa import Insn
+from ..isa.maptypes import MapSpec
 from .layout import R_BPF_64_32, R_BPF_64_64, RELOC_NAMES, SHN_UNDEF, STT_SECTION, Sym
-from .maps import ARENA_SECTION, NO_ARENA_MAP, single_arena
-from .model import MapDef, ProgramSection, Reloc
-from .names import is_data_section, is_map_section
+from .maps import NO_ARENA_MAP, single_arena
+from .model import ProgramSection, Reloc
+from .names import ARENA_SECTION, is_data_section, is_map_section
 
 
 def call_target_byte(rtype: int, insn: Insn, sym_value: int) -> int:
@@ -40,7 +41,7 @@ def function_label(sec: ProgramSection, index: int) -> str:
 
 def classify(
     sec: ProgramSection, index: int, rtype: int, sym: Sym, section_name: Callable[[int], str],
-    programs: dict[str, ProgramSection], locate: Callable[[str, int], int | None], maps: list[MapDef], slot: int,
+    programs: dict[str, ProgramSection], locate: Callable[[str, int], int | None], maps: list[MapSpec], slot: int,
     filename: str,
 ) -> Reloc:
     """The meaning of relocation `rtype` against `sym` on instruction `index` of `sec`.

@@ -18,7 +18,8 @@ from .btf_ext import parse_ext_layout, rewrite_ext
 from .edit import SectionEdit
 from .layout import (R_BPF_64_32, R_BPF_64_64, RELOC_NAMES, SHT_REL, SHT_SYMTAB, STT_SECTION, ElfImage, Rel, Sym,
                      serialize, unpack_rels, unpack_syms)
-from .model import BpfObject, ProgramSection
+from .bpfobject import BpfObject
+from .model import ProgramSection
 from .relocs import call_target_byte, slot_index, target_imm
 
 

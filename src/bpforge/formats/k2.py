@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError
-from ..elf.model import map_type_name
-from ..isa.numbers import UNSIGNED, NumberError, parse_number
+from ..isa.maptypes import MapSpec
+from ..isa.numbers import U32_MAX, UNSIGNED, NumberError, parse_number
 
 INSNS_SUFFIXES = (".insns", ".ins")  # .ins: the older extractor's name for the same binary file
 COMPANION_SUFFIXES = (".maps", ".desc")
@@ -40,25 +40,6 @@ _PROG_TYPE_OF_INPUT = {1: "mem", 2: "xdp", 3: "sched_cls"}
 
 _LINE = re.compile(r"\s*(?P<name>[^\s{}]+)?\s*\{(?P<body>[^{}]*)\}?\s*$", re.ASCII)
 _ATTR = re.compile(rf"\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>[+-]?{UNSIGNED})\s*$", re.ASCII)
-U32_MAX = (1 << 32) - 1
-
-
-@dataclass(frozen=True)
-class K2Map:
-    """A line of NAME.maps. Same attribute names as the ELF reader's MapDef, so both print alike."""
-
-    name: str
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    fd: int
-    flags: int = 0
-    source: str = "k2"
-
-    @property
-    def type_name(self) -> str:
-        return map_type_name(self.type)
 
 
 @dataclass(frozen=True)
@@ -123,17 +104,18 @@ def _u32(key: str, text: str, filename: str | None, line: int, col: int) -> int:
     return value
 
 
-def parse_k2_maps(text: str, *, filename: str | None = None) -> list[K2Map]:
-    maps: list[K2Map] = []
+def parse_k2_maps(text: str, *, filename: str | None = None) -> list[MapSpec]:
+    """The maps of NAME.maps, each with `ref` = its `fd` there (what the program's lddw names it by)."""
+    maps: list[MapSpec] = []
     for lineno, name, attrs in _lines(text, filename):
         if name is None:
             raise FormatError("map line without a name", file=filename, line=lineno, col=1)
         missing = [k for k in ("key_size", "value_size") if k not in attrs]
         if missing:
             raise FormatError(f"map '{name}' lacks {' and '.join(missing)}", file=filename, line=lineno)
-        maps.append(K2Map(name, attrs.get("type", 0), attrs["key_size"], attrs["value_size"],
-                          attrs.get("max_entries", 0), attrs.get("fd", len(maps))))
-    fds = [m.fd for m in maps]
+        maps.append(MapSpec(name, attrs.get("type", 0), attrs["key_size"], attrs["value_size"],
+                            attrs.get("max_entries", 0), source="k2", ref=attrs.get("fd", len(maps))))
+    fds = [m.ref for m in maps]
     if len(set(fds)) != len(fds):
         raise FormatError(f"two maps share an fd ({', '.join(map(str, fds))})", file=filename)
     return maps
@@ -166,4 +148,4 @@ def format_k2_desc(desc: K2Desc) -> str:
     return text
 
 
-__all__ = ["K2Desc", "K2Map", "format_k2_desc", "format_k2_maps", "k2_paths", "parse_k2_desc", "parse_k2_maps"]
+__all__ = ["K2Desc", "format_k2_desc", "format_k2_maps", "k2_paths", "parse_k2_desc", "parse_k2_maps"]

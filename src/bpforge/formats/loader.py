@@ -12,15 +12,17 @@ from .. import elf
 from ..errors import BpforgeError, DecodeError, FormatError
 from ..files import read_input
 from ..isa import Insn, Relocation, check_targets, decode, parse
+from ..isa.maptypes import MapSpec
 from ..isa.progtypes import DEFAULT_PROG_TYPE, check_prog_type, prog_type_of_section
 from .detect import detect_format
-from .k2 import K2Desc, K2Map, k2_paths, parse_k2_desc, parse_k2_maps
+from .k2 import K2Desc, k2_paths, parse_k2_desc, parse_k2_maps
 from .words import parse_words
 
 
 @dataclass
-class ProgramSection:
-    """A run of instructions as stored: an object's program section, an assembly section, or the whole file."""
+class LoadedSection:
+    """A run of instructions as stored: an object's program section, an assembly section, or the whole file.
+    (An object's own sections, with ELF details, are `elf.ProgramSection`.)"""
 
     name: str | None
     insns: list[Insn]
@@ -49,9 +51,9 @@ class LoadedProgram:
     prog_type: str  # --type if given, else what the section name or K2's .desc says, else "xdp"
     functions: dict[int, str] = field(default_factory=dict)
     relocations: list[Relocation] = field(default_factory=list)
-    sections: list[ProgramSection] = field(default_factory=list)  # every program section of the file
+    sections: list[LoadedSection] = field(default_factory=list)  # every program section of the file
     programs: list[ProgramEntry] = field(default_factory=list)
-    maps: list[elf.MapDef | K2Map] = field(default_factory=list)  # same attribute names
+    maps: list[MapSpec] = field(default_factory=list)  # an object's, or K2's NAME.maps (with `ref`)
     license: str | None = None
     data: list[elf.DataSection] = field(default_factory=list)  # global data of an object
     k2: K2Desc | None = None
@@ -98,7 +100,7 @@ def _single(filename: str, kind: str, insns: list[Insn], **extra) -> LoadedProgr
     """A format that holds exactly one program and no sections (raw, words, K2)."""
     name = Path(filename).stem
     return LoadedProgram(filename, kind, insns, name, None, DEFAULT_PROG_TYPE,
-                         sections=[ProgramSection(None, insns)], programs=[ProgramEntry(name, None, insns)],
+                         sections=[LoadedSection(None, insns)], programs=[ProgramEntry(name, None, insns)],
                          **extra)
 
 
@@ -145,9 +147,9 @@ def _k2_file(path: Path, parser):
     return parser(text, filename=str(path))
 
 
-def _check_map_refs(insns: list[Insn], maps: list[K2Map], maps_path: Path) -> None:
+def _check_map_refs(insns: list[Insn], maps: list[MapSpec], maps_path: Path) -> None:
     """Every lddw of a map fd (or map value) must name a map of NAME.maps, as libbpf resolved it."""
-    fds = {m.fd for m in maps}
+    fds = {m.ref for m in maps}
     slot = 0
     for insn in insns:
         if insn.form.name in ("lddw_map_fd", "lddw_map_value") and insn.imm not in fds:
@@ -170,7 +172,7 @@ def _load_asm(data: bytes, filename: str, section: str | None) -> LoadedProgram:
         functions: dict[int, str] = {}
         for label, index in sorted(sec.functions.items(), key=lambda item: item[1]):
             functions.setdefault(index, label)
-        sections.append(ProgramSection(sec.name, sec.insns, functions, list(sec.relocations)))
+        sections.append(LoadedSection(sec.name, sec.insns, functions, list(sec.relocations)))
     chosen = _pick(sections, section)
     stem = Path(filename).stem  # the name of a program without a label at its start
     programs = [ProgramEntry(s.functions.get(0, stem), s.name, s.insns) for s in sections]
@@ -178,7 +180,7 @@ def _load_asm(data: bytes, filename: str, section: str | None) -> LoadedProgram:
                          DEFAULT_PROG_TYPE, dict(chosen.functions), list(chosen.relocations), sections, programs)
 
 
-def _pick(sections: list[ProgramSection], wanted: str | None) -> ProgramSection:
+def _pick(sections: list[LoadedSection], wanted: str | None) -> LoadedSection:
     if wanted is None:
         return sections[0]
     for sec in sections:
@@ -196,7 +198,7 @@ def _load_elf(data: bytes, filename: str, section: str | None, link: bool) -> Lo
         insns, functions, relocations = linked.insns, linked.functions, linked.relocations
     else:
         insns, functions, relocations = prog.insns, {0: prog.name}, sorted(prog.relocations.items())
-    sections = [ProgramSection(s.name, list(s.insns), dict(s.functions),
+    sections = [LoadedSection(s.name, list(s.insns), dict(s.functions),
                                [_relocation(i, r) for i, r in sorted(s.relocations.items())])
                 for s in obj.sections]
     return LoadedProgram(
@@ -221,4 +223,4 @@ def _is_text(data: bytes) -> bool:
 
 _LOADERS = {"asm": _load_asm, "k2": _load_k2, "words": _load_words, "raw": _load_raw}
 
-__all__ = ["LoadedProgram", "ProgramEntry", "ProgramSection", "load_program"]
+__all__ = ["LoadedProgram", "LoadedSection", "ProgramEntry", "load_program"]

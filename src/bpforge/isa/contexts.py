@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..errors import ENOTSUPP
+from .numbers import PAGE_SIZE
+
 ETH_HLEN = 14
-PAGE_SIZE = 4096
 XDP_PACKET_HEADROOM = 256
 IPV4_HLEN, IPV6_HLEN = 20, 40
 SKB_SHARED_INFO = 320  # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)) on x86_64
@@ -30,6 +32,15 @@ GSO_MAX_SEGS = 65535
 MAX_SYSCALL_CTX = 0xFFFF
 MAX_RAW_TP_CTX = 12 * 8  # MAX_BPF_FUNC_ARGS u64 arguments
 AF_INET, AF_INET6 = 2, 10
+# Ethernet protocol ids (uapi if_ether.h, host order) and the packet types of eth_type_trans (if_packet.h).
+ETH_P_802_3, ETH_P_802_2, ETH_P_802_3_MIN = 0x0001, 0x0004, 0x0600
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
+PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST = range(4)
+TCP_CLOSE = 7  # the sk_state of the socket test_run hangs on an skb (sock_init_data)
+# The kernel's context struct sizes of the types the VM runs on plain context memory (x86_64: struct pt_regs,
+# bpf_perf_event_data, the tracepoint buffer, bpf_raw_tracepoint_args, the tracing/lsm/struct_ops args).
+PLAIN_CTX_SIZES = {"kprobe": 168, "perf_event": 184, "tracepoint": 256, "raw_tracepoint": 0,
+                   "raw_tracepoint_writable": 96, "tracing": 96, "lsm": 96, "struct_ops": 96, "syscall": 0}
 
 
 @dataclass(frozen=True)
@@ -186,7 +197,7 @@ def input_refusal(prog_type: str, data: bytes, ctx: bytes | None,
     device = device or host_device
     kind = TEST_RUN_KINDS.get(prog_type)
     if kind is None:
-        return Refusal(524, f"the kernel has no test run for {prog_type} programs")
+        return Refusal(ENOTSUPP, f"the kernel has no test run for {prog_type} programs")
     if kind in ("syscall", "raw_tp"):
         if data:
             return Refusal(errno.EINVAL, f"{prog_type} test runs take no packet, only a context")
@@ -321,7 +332,7 @@ def _skb_refusal(prog_type: str, data: bytes, ctx: bytes | None, device) -> Refu
     if fields["ifindex"] > 1 and device(fields["ifindex"]) is None:
         return Refusal(errno.ENODEV, f"__sk_buff.ifindex {fields['ifindex']}: the interface does not exist")
     ethertype = int.from_bytes(data[12:14], "big")
-    for proto, name, hlen in ((0x0800, "IPv4", IPV4_HLEN), (0x86DD, "IPv6", IPV6_HLEN)):
+    for proto, name, hlen in ((ETH_P_IP, "IPv4", IPV4_HLEN), (ETH_P_IPV6, "IPv6", IPV6_HLEN)):
         if ethertype == proto and len(data) - ETH_HLEN < hlen:  # the dummy socket takes its addresses
             return Refusal(errno.EINVAL, f"an {name} frame of {len(data)} bytes is shorter than its Ethernet and "
                                          f"{name} headers ({ETH_HLEN + hlen})")
@@ -359,8 +370,11 @@ def _sk_lookup_refusal(data: bytes, ctx: bytes | None) -> Refusal | None:
 
 
 __all__ = [
-    "AF_INET", "AF_INET6", "BPF_SOCK", "DIRECT_PACKET_TYPES", "ETH_HLEN", "FLOW_KEYS", "Field", "L2_TYPES", "Layout",
-    "LOOPBACK", "NET_SKB_PAD", "NetDevice", "ONE_SHOT_KINDS", "Refusal", "SKB_MAX_DATA", "SKB_SHARED_INFO", "SKB_TYPES", "SK_BUFF",
-    "SK_BUFF_INPUTS", "SK_BUFF_OUTPUTS", "SK_LOOKUP", "TEST_RUN_KINDS", "XDP_MAX_META", "XDP_MD",
-    "XDP_PACKET_HEADROOM", "ctx_returned", "host_device", "input_refusal", "xdp_linear_room", "xdp_linear_size",
+    "AF_INET", "AF_INET6", "BPF_SOCK", "DIRECT_PACKET_TYPES", "ETH_HLEN", "ETH_P_802_2", "ETH_P_802_3",
+    "ETH_P_802_3_MIN", "ETH_P_8021AD", "ETH_P_8021Q", "ETH_P_IP", "ETH_P_IPV6", "FLOW_KEYS", "Field", "IPV4_HLEN",
+    "IPV6_HLEN", "L2_TYPES", "LOOPBACK", "Layout", "NET_SKB_PAD", "NetDevice", "ONE_SHOT_KINDS", "PACKET_BROADCAST",
+    "PACKET_HOST", "PACKET_MULTICAST", "PACKET_OTHERHOST", "PAGE_SIZE", "PLAIN_CTX_SIZES", "Refusal", "SKB_MAX_DATA",
+    "SKB_SHARED_INFO", "SKB_TYPES", "SK_BUFF", "SK_BUFF_INPUTS", "SK_BUFF_OUTPUTS", "SK_LOOKUP", "TCP_CLOSE",
+    "TEST_RUN_KINDS", "XDP_MAX_META", "XDP_MD", "XDP_PACKET_HEADROOM", "ctx_returned", "host_device",
+    "input_refusal", "xdp_linear_room", "xdp_linear_size",
 ]

@@ -1,4 +1,8 @@
-"""Number literals as every text parser of bpforge reads them (assembly, syntax templates, word lists, K2 files).
+"""Numbers: the widths and signs of BPF's integers, and literals as every text parser of bpforge reads them
+(assembly, syntax templates, word lists, K2 files).
+
+Widths: registers are 64 bits, subregisters, `imm` and most helper arguments 32; a value "as s32" is its low
+32 bits read as two's complement. These helpers are the one definition of that arithmetic for the library.
 
 Only ASCII digits are digits: Python's `\\d` and `int()` also take full-width and Arabic-Indic digits, which no
 BPF tool writes and which would make `r０` a register. And a literal is refused for its length before `int()`
@@ -7,7 +11,41 @@ sees it, so a 5,000-digit number gets our message (it fits no field) rather than
 
 from __future__ import annotations
 
+import mmap
 import re
+
+M8, M16, M32, M64 = 0xFF, 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF
+U32_MAX = M32
+# The kernel's page, which is the host's (the unit of arena and mmapable-array layouts, of test-run buffers).
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def mask(bits: int) -> int:
+    """The all-ones value of `bits` bits."""
+    return (1 << bits) - 1
+
+
+def signed(value: int, bits: int) -> int:
+    """The low `bits` bits of `value` as a two's complement number."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def s32(value: int) -> int:
+    """The low 32 bits as a signed number (an `imm`, an int helper argument)."""
+    return signed(value, 32)
+
+
+def s64(value: int) -> int:
+    """The low 64 bits as a signed number (a register read as `long`)."""
+    return signed(value, 64)
+
+
+def fits_signed(value: int, bits: int) -> bool:
+    """Whether `value` (taken as a 64-bit register value, so negative numbers and their unsigned spelling
+    alike) survives truncation to `bits` bits and sign extension back."""
+    return bits >= 64 or signed(value, bits) == signed(value, 64)
+
 
 DECIMAL = r"[0-9]+"
 HEX = r"0[xX][0-9a-fA-F]+"
@@ -56,4 +94,5 @@ def _short(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else f"{text[:10]}...{text[-10:]}"
 
 
-__all__ = ["DECIMAL", "HEX", "NumberError", "UNSIGNED", "is_number", "parse_number"]
+__all__ = ["DECIMAL", "HEX", "M16", "M32", "M64", "M8", "NumberError", "PAGE_SIZE", "U32_MAX", "UNSIGNED",
+           "fits_signed", "is_number", "mask", "parse_number", "s32", "s64", "signed"]

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 from dataclasses import dataclass
 
-from ..isa.maptypes import MapError
+from ..errors import errno_text
+from ..isa.maptypes import BPF_F_SEGV_ON_FAULT, MapError
 
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_SHARED = 0x01
 MAP_FIXED_NOREPLACE = 0x100000
-BPF_F_SEGV_ON_FAULT = 0x20000
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,8 +75,7 @@ def map_arena(name: str, fd: int, size: int, map_extra: int, flags: int) -> Aren
     if address is None or address == _MAP_FAILED:
         err = ctypes.get_errno()
         where = f" at {map_extra:#x}" if map_extra else ""
-        raise MapError(err, f"cannot mmap arena '{name}' ({size} bytes{where}): "
-                            f"{errno.errorcode.get(err, err)}: {os.strerror(err)}")
+        raise MapError(err, f"cannot mmap arena '{name}' ({size} bytes{where}): {errno_text(err)}")
     if map_extra and address != map_extra:  # a kernel without MAP_FIXED_NOREPLACE takes it as a hint
         _libc.munmap(address, size)
         raise MapError(errno.EEXIST, f"cannot mmap arena '{name}' at {map_extra:#x}: the address is taken")

@@ -16,24 +16,20 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..elf.btf import BTF_MAGIC, KINDS
+from ..elf.btf import FUNC_GLOBAL, VAR_GLOBAL_ALLOCATED, BtfPatch
 from ..elf.btf_ext import parse_ext_layout
 from ..elf.externs import KCONFIG_SEC, KSYMS_SEC, collect_externs
 from ..elf.layout import STT_OBJECT
 from ..errors import BpforgeError
 from ..isa import slot_starts
-from .syscall import BPF_BTF_LOAD, BtfLoadAttr, bpf, close_fd
+from .syscall import BPF_BTF_LOAD, BtfLoadAttr, ProgramBtf, bpf
 
 if TYPE_CHECKING:
-    from ..elf.model import BpfObject, LinkedProgram
+    from ..elf.bpfobject import BpfObject
+    from ..elf.model import LinkedProgram
 
-_HEADER = struct.Struct("<HBBIIIII")
-_TYPE = struct.Struct("<III")
-_FUNC_INFO = struct.Struct("<II")  # insn_off (slots in the program), type_id
-_LINE_INFO_SIZE = 16  # insn_off, file_name_off, line_off, line_col
 _BTF_LOG_SIZE = 1 << 16
 
 
@@ -45,55 +41,23 @@ class BtfError(BpforgeError):
         super().__init__(message, **where)
 
 
-@dataclass
-class ProgramBtf:
-    """What BPF_PROG_LOAD takes for BTF: the loaded .BTF (`fd`, to close) and the program's records."""
-
-    fd: int
-    func_info: bytes
-    func_info_cnt: int
-    line_info: bytes
-    line_info_cnt: int
-
-    func_info_rec_size = _FUNC_INFO.size
-    line_info_rec_size = _LINE_INFO_SIZE
-
-    def close(self) -> None:
-        close_fd(self.fd)
-        self.fd = -1
-
-
 def fixed_btf(obj: BpfObject) -> bytes:
     """The object's .BTF with every DATASEC given its section's size and each variable its symbol's offset
     (variables sorted by offset, as the kernel requires)."""
-    data = obj.btf_bytes
-    if data is None or obj.btf is None:
+    data, btf = obj.btf_bytes, obj.btf
+    if data is None or btf is None:
         raise BtfError("the object has no .BTF section", file=obj.filename)
-    out = bytearray(data)
-    magic, _, _, hdr_len, type_off, type_len, _, _ = _HEADER.unpack_from(data)
-    if magic != BTF_MAGIC:
-        raise BtfError("bad .BTF magic", file=obj.filename)
-    pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 0
-    positions: dict[int, int] = {}  # type id -> where its record starts
-    extern_secs: list[tuple[int, int, int]] = []
-    while pos < end:
-        type_id += 1
-        positions[type_id] = pos
-        _, info, _ = _TYPE.unpack_from(data, pos)
-        vlen, kind = info & 0xFFFF, KINDS[info >> 24 & 0x1F]
-        body = pos + _TYPE.size
-        if kind == "datasec" and obj.btf[type_id].name in (KCONFIG_SEC, KSYMS_SEC):
-            extern_secs.append((type_id, pos, vlen))
-        elif kind == "datasec":
-            _fix_datasec(obj, type_id, out, pos, body, vlen)
-        pos = body + _extra_size(kind, vlen)
+    patch = BtfPatch(btf, data)
+    extern_secs = [t.id for t in btf.types if t.kind == "datasec" and t.name in (KCONFIG_SEC, KSYMS_SEC)]
+    for t in btf.types:
+        if t.kind == "datasec" and t.id not in extern_secs:
+            _fix_datasec(obj, t.id, patch)
     if extern_secs:
-        return _fix_extern_datasecs(obj, out, positions, extern_secs)
-    return bytes(out)
+        _fix_extern_datasecs(obj, patch, extern_secs)
+    return patch.bytes()
 
 
-def _fix_extern_datasecs(obj: BpfObject, out: bytearray, positions: dict[int, int],
-                         secs: list[tuple[int, int, int]]) -> bytes:
+def _fix_extern_datasecs(obj: BpfObject, patch: BtfPatch, secs: list[int]) -> None:
     """What libbpf's bpf_object__collect_externs does to the extern DATASECs so that the kernel accepts
     the BTF: .kconfig variables get their offsets in the .kconfig map and "allocated" linkage; in .ksyms every
     variable becomes an allocated int and every function a global one whose slot is taken by an int
@@ -103,85 +67,54 @@ def _fix_extern_datasecs(obj: BpfObject, out: bytearray, positions: dict[int, in
     except BpforgeError as err:
         raise BtfError(f"extern BTF: {err.message}", file=obj.filename) from None
     btf = obj.btf
-    int_id = next((t.id for t in btf.types if t.kind == "int" and t.extra & 0xFF == 32), 0)
-    _, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(out)
+    int_id = next((t.id for t in btf.types if t.kind == "int" and t.int_bits == 32), 0)
     dummy_id = dummy_name = 0
-    if any(btf[var.type].kind == "func" for sec_id, _, _ in secs if btf[sec_id].name == KSYMS_SEC
+    if any(btf[var.type].kind == "func" for sec_id in secs if btf[sec_id].name == KSYMS_SEC
            for var in btf[sec_id].members):
         if not int_id:
             raise BtfError("extern functions need a 32-bit int in the object's BTF", file=obj.filename)
-        dummy_id, dummy_name = len(btf.types), str_len
-    for sec_id, pos, vlen in secs:
-        body = pos + _TYPE.size
+        dummy_name = patch.add_string("dummy_ksym")
+        dummy_id = patch.add_var(dummy_name, int_id, VAR_GLOBAL_ALLOCATED)
+    for sec_id in secs:
         entries = []
-        for i in range(vlen):
-            var_type, _, size = struct.unpack_from("<III", out, body + 12 * i)
+        for i, (var_type, _, size) in enumerate(patch.datasec_entries(sec_id)):
             t = btf[var_type]
             e = externs.get(t.name)
             if e is None:
                 raise BtfError(f"BTF {t.kind} '{t.name}' of {btf[sec_id].name} is no extern of the object",
                                file=obj.filename)
-            here = positions[var_type]
             if btf[sec_id].name == KCONFIG_SEC:
-                struct.pack_into("<I", out, here + 12, 1)  # BTF_VAR_GLOBAL_ALLOCATED
+                patch.set_var_linkage(var_type, VAR_GLOBAL_ALLOCATED)
                 entries.append((e.data_off, var_type, size))
             elif t.kind == "func":
-                info = struct.unpack_from("<I", out, here + 4)[0]
-                struct.pack_into("<I", out, here + 4, info & ~0xFFFF | 1)  # BTF_FUNC_GLOBAL
-                proto = positions[t.type]
-                for j in range(len(btf[t.type].members)):
-                    name_off, param_type = struct.unpack_from("<II", out, proto + _TYPE.size + 8 * j)
-                    if param_type and not name_off:
-                        struct.pack_into("<I", out, proto + _TYPE.size + 8 * j, dummy_name)
+                patch.set_func_linkage(var_type, FUNC_GLOBAL)
+                for j, param in enumerate(btf[t.type].members):
+                    if param.type and not patch.param_name_off(t.type, j):
+                        patch.set_param_name(t.type, j, dummy_name)
                 entries.append((4 * i, dummy_id, 4))
             else:
-                struct.pack_into("<I", out, here + 8, int_id)
-                struct.pack_into("<I", out, here + 12, 1)
+                patch.set_type(var_type, int_id)
+                patch.set_var_linkage(var_type, VAR_GLOBAL_ALLOCATED)
                 entries.append((4 * i, var_type, 4))
         entries.sort()
-        sec_size = max((off + size for off, _, size in entries), default=0)
-        struct.pack_into("<I", out, pos + 8, sec_size)
-        for i, (offset, var_type, size) in enumerate(entries):
-            struct.pack_into("<III", out, body + 12 * i, var_type, offset, size)
-    if not dummy_id:
-        return bytes(out)
-    types = bytes(out[hdr_len + type_off:hdr_len + type_off + type_len])
-    types += _TYPE.pack(dummy_name, 14 << 24, int_id) + struct.pack("<I", 1)  # VAR dummy_ksym, allocated
-    strings = bytes(out[hdr_len + str_off:hdr_len + str_off + str_len]) + b"dummy_ksym\0"
-    header = bytearray(out[:hdr_len])
-    struct.pack_into("<IIII", header, 8, 0, len(types), len(types), len(strings))
-    return bytes(header) + types + strings
+        patch.set_datasec(sec_id, max((off + size for off, _, size in entries), default=0),
+                          [(var_type, offset, size) for offset, var_type, size in entries])
 
 
-def _extra_size(kind: str, vlen: int) -> int:
-    """Bytes that follow the common 12-byte type header (uapi/linux/btf.h)."""
-    if kind in ("int", "var", "decl_tag"):
-        return 4
-    if kind == "array":
-        return 12
-    if kind in ("struct", "union", "datasec", "enum64"):
-        return 12 * vlen
-    if kind in ("enum", "func_proto"):
-        return 8 * vlen
-    return 0
-
-
-def _fix_datasec(obj: BpfObject, type_id: int, out: bytearray, pos: int, body: int, vlen: int) -> None:
+def _fix_datasec(obj: BpfObject, type_id: int, patch: BtfPatch) -> None:
     sec_name = obj.btf[type_id].name
     index = obj.image.index(sec_name)
     if index is None:
         raise BtfError(f"BTF DATASEC '{sec_name}' names no section of the object", file=obj.filename)
-    struct.pack_into("<I", out, pos + 8, obj.image.sections[index].header.size)
     offsets = {s.name: s.value for s in obj.symbols if s.shndx == index and s.type in (STT_OBJECT, 0) and s.name}
     entries = []
-    for i in range(vlen):
-        var_type, _, size = struct.unpack_from("<III", out, body + 12 * i)
+    for var_type, _, size in patch.datasec_entries(type_id):
         var_name = obj.btf[var_type].name
         if var_name not in offsets:
             raise BtfError(f"BTF variable '{var_name}' of '{sec_name}' has no symbol", file=obj.filename)
         entries.append((offsets[var_name], var_type, size))
-    for i, (offset, var_type, size) in enumerate(sorted(entries)):
-        struct.pack_into("<III", out, body + 12 * i, var_type, offset, size)
+    patch.set_datasec(type_id, obj.image.sections[index].header.size,
+                      [(var_type, offset, size) for offset, var_type, size in sorted(entries)])
 
 
 def load_btf(obj: BpfObject) -> int:
@@ -230,7 +163,7 @@ def program_btf(obj: BpfObject, linked: LinkedProgram) -> ProgramBtf:
             for i, rec in enumerate(block.records):
                 slot = linked_slot(section, block.insn_off(i))
                 if slot is not None:
-                    size = _FUNC_INFO.size if kind == "func_info" else _LINE_INFO_SIZE
+                    size = ProgramBtf.func_info_rec_size if kind == "func_info" else ProgramBtf.line_info_rec_size
                     records[kind].append((slot, struct.pack("<I", slot) + rec[4:size]))
     funcs = sorted(records["func_info"])
     lines = sorted(dict(records["line_info"]).items())  # one line per instruction, in program order

@@ -9,26 +9,29 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
 
-from ..elf.maps import PAGE_SIZE, arena_data_offset
+from ..elf.btf import scalar_btf
+from ..elf.maps import arena_data_offset
 from ..errors import BpforgeError
 from ..isa.maptypes import (
     BPF_ANY,
     BPF_F_NO_PREALLOC,
+    BPF_F_NUMA_NODE,
     BPF_F_RDONLY_PROG,
     MAP_TYPE_IDS,
-    check_value_size,
-    round8,
-    split_cpu_values,
     PERCPU_TYPES,
     MapError,
+    MapSpec,
+    check_value_size,
+    map_errno_text,
     map_type_name,
+    round8,
+    split_cpu_values,
 )
+from ..isa.numbers import PAGE_SIZE
 from .arena import ArenaMapping, map_arena
 from .syscall import (
     BPF_BTF_LOAD,
@@ -47,7 +50,6 @@ from .syscall import (
     obj_name,
 )
 
-BPF_F_NUMA_NODE = 0x4
 _FIXED_SIZES = {  # map types whose key/value sizes the kernel dictates, whatever the declaration says
     "ringbuf": (0, 0), "user_ringbuf": (0, 0),
     "prog_array": (4, 4),  # value: a program fd going in, a program id coming out
@@ -58,17 +60,6 @@ _POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 # Map types the kernel creates only with BTF for key and value (bpf_local_storage_map_alloc_check).
 _NEEDS_BTF = ("sk_storage", "inode_storage", "task_storage", "cgrp_storage")
-
-
-class MapSpec(Protocol):
-    """What creating a map needs: elf.MapDef and formats.k2.K2Map both have these attributes."""
-
-    name: str
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +117,7 @@ class KernelMap:
 
     @classmethod
     def create(cls, spec: MapSpec, *, name: str | None = None, max_entries: int | None = None) -> KernelMap:
-        """BPF_MAP_CREATE for `spec` (an elf.MapDef, a K2 map, ...): its type, sizes and flags as declared,
+        """BPF_MAP_CREATE for `spec`: its type, sizes and flags as declared,
         except what the kernel dictates (ringbuf key/value 0, prog_array value 4, BPF_F_NO_PREALLOC for an
         LPM trie) and what libbpf fills in (a perf_event_array declared with 0 entries gets one per possible
         CPU; local storage maps, which the kernel creates only with BTF, get an int key and a byte-array
@@ -148,14 +139,12 @@ class KernelMap:
         if type_name == "perf_event_array" and entries == 0:
             entries = possible_cpus()  # libbpf: one slot per possible CPU
         attr = MapCreateAttr(map_type=spec.type, key_size=key_size, value_size=value_size, max_entries=entries,
-                             map_flags=flags, map_name=obj_name(map_name),
-                             map_extra=getattr(spec, "map_extra", 0) or 0)
-        numa = getattr(spec, "numa_node", None)
-        if numa is not None:
+                             map_flags=flags, map_name=obj_name(map_name), map_extra=spec.map_extra)
+        if spec.numa_node is not None:
             attr.map_flags |= BPF_F_NUMA_NODE
-            attr.numa_node = numa
+            attr.numa_node = spec.numa_node
         inner = None
-        if getattr(spec, "inner", None) is not None:  # map-in-map: the kernel copies the inner template
+        if spec.inner is not None:  # map-in-map: the kernel copies the inner template
             inner = cls.create(spec.inner)
             attr.inner_map_fd = inner.fd
         btf_fd = -1
@@ -171,17 +160,17 @@ class KernelMap:
                 close_fd(btf_fd)
         if fd < 0:
             raise MapError(err, f"cannot create map '{map_name}' ({type_name}, key {key_size}, value "
-                                f"{value_size}, {entries} entries, flags {flags:#x}): {_describe(err)}")
+                                f"{value_size}, {entries} entries, flags {flags:#x}): {map_errno_text(err)}")
         kmap = cls(fd, map_name, spec.type, key_size, value_size, entries, flags,
                    possible_cpus() if type_name in PERCPU_TYPES else 1)
-        initial = getattr(spec, "initial", None)
+        initial = spec.initial
         try:
             if type_name == "arena":  # mapped at once, as libbpf does: that fixes user_vm_start
                 kmap.arena = map_arena(map_name, fd, entries * PAGE_SIZE, attr.map_extra, flags)
                 if initial is not None:  # the __arena globals (elf.maps.with_arena_data)
-                    kmap.arena.write(arena_data_offset(spec.max_entries, len(initial)), bytes(initial))
+                    kmap.arena.write(arena_data_offset(spec.max_entries, len(initial)), initial)
             elif initial is not None:
-                kmap.update(bytes(4), bytes(initial))
+                kmap.update(bytes(4), initial)
                 if flags & BPF_F_RDONLY_PROG:
                     kmap.freeze()
         except BpforgeError:
@@ -335,17 +324,13 @@ class KernelMap:
         return ctypes.create_string_buffer(key, len(key)) if key else None
 
     def _error(self, err: int, op: str) -> MapError:
-        return MapError(err, f"map '{self.name}' ({self.type_name}): {op}: {_describe(err)}")
+        return MapError(err, f"map '{self.name}' ({self.type_name}): {op}: {map_errno_text(err)}")
 
 
 def _load_scalar_btf(value_size: int) -> int:
-    """BPF_BTF_LOAD of three types, [1] int, [2] char, [3] char[value_size]: the key and value types a
-    loader's BTF would give a local storage map (which the kernel requires). -1 when the kernel refuses."""
-    strings = b"\0int\0char\0"
-    types = (struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)  # INT int, signed 32
-             + struct.pack("<III", 5, 1 << 24, 1) + struct.pack("<I", 8)  # INT char, 8 bits
-             + struct.pack("<III", 0, 3 << 24, 0) + struct.pack("<III", 2, 1, value_size))  # ARRAY
-    blob = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+    """BPF_BTF_LOAD of [1] int, [2] char, [3] char[value_size] (`elf.btf.scalar_btf`): the key and value
+    types a loader's BTF would give a local storage map (which the kernel requires). -1 when refused."""
+    blob = scalar_btf(value_size)
     buf = ctypes.create_string_buffer(blob, len(blob))
     fd, _ = bpf(BPF_BTF_LOAD, BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(blob)))
     return fd
@@ -353,13 +338,6 @@ def _load_scalar_btf(value_size: int) -> int:
 
 def _addr(buf: ctypes.Array | None) -> int:
     return 0 if buf is None else ctypes.addressof(buf)
-
-
-def _describe(err: int) -> str:
-    # 524 is the kernel-internal ENOTSUPP that some map types leak to user space.
-    name = errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
-    text = "operation not supported by this map type" if err == 524 else os.strerror(err)
-    return f"{name}: {text}"
 
 
 def map_type_id(name: str) -> int:
@@ -370,4 +348,4 @@ def map_type_id(name: str) -> int:
         raise BpforgeError(f"unknown map type '{name}'") from None
 
 
-__all__ = ["KernelMap", "MapSpec", "map_type_id", "possible_cpus"]
+__all__ = ["KernelMap", "map_type_id", "possible_cpus"]

@@ -11,10 +11,10 @@ from functools import cache
 from ..errors import BpforgeError
 from ..isa import Insn, encode
 from ..isa.helpers import helper_id, helper_name
-from ..isa.maptypes import BPF_F_NO_PREALLOC, MAP_TYPE_IDS, MapError
+from ..isa.maptypes import BPF_F_NO_PREALLOC, MAP_TYPE_IDS, MapError, MapSpec
 from ..isa.progtypes import PROG_TYPES, check_prog_type
 from .maps import KernelMap
-from .syscall import _prog_load, close_fd, kernel_available
+from .syscall import bpf_prog_load, close_fd, kernel_available
 
 _RETURN_0 = [Insn.make("mov64_imm", dst=0, imm=0), Insn.make("exit")]
 # Map types whose creation needs other than (key 4, value 8, 1 entry): key, value, entries, flags.
@@ -28,11 +28,10 @@ _MAP_SHAPES = {
 }
 
 
-class _Spec:
-    def __init__(self, type_name: str):
-        key, value, entries, flags = _MAP_SHAPES.get(type_name, (4, 8, 1, 0))
-        self.name, self.type = f"probe_{type_name}"[:15], MAP_TYPE_IDS[type_name]
-        self.key_size, self.value_size, self.max_entries, self.flags = key, value, entries, flags
+def _probe_spec(type_name: str) -> MapSpec:
+    """The smallest map of a type that the kernel creates."""
+    key, value, entries, flags = _MAP_SHAPES.get(type_name, (4, 8, 1, 0))
+    return MapSpec.of(type_name, key, value, entries, flags, name=f"probe_{type_name}"[:15], source="probe")
 
 
 def _unavailable() -> bool:
@@ -47,7 +46,7 @@ def prog_type_supported(prog_type: str) -> bool:
     type_id = PROG_TYPES[name]
     if type_id is None or _unavailable():
         return False
-    result = _prog_load(encode(_RETURN_0), type_id, license="GPL", log_level=0, log_size=0, checked=True)
+    result = bpf_prog_load(encode(_RETURN_0), type_id, log_level=0)
     close_fd(result.fd)
     return result.fd is not None
 
@@ -59,7 +58,7 @@ def map_type_supported(type_name: str) -> bool:
     if type_name not in MAP_TYPE_IDS or _unavailable():
         return False
     try:
-        KernelMap.create(_Spec(type_name)).close()
+        KernelMap.create(_probe_spec(type_name)).close()
     except MapError:
         return False
     return True
@@ -77,13 +76,13 @@ def helper_supported(helper: int | str, prog_type: str = "xdp") -> bool:
     if type_id is None or _unavailable():
         return False
     code = encode([Insn.make("call", imm=number)] + _RETURN_0)
-    result = _prog_load(code, type_id, license="GPL", log_level=1, log_size=1 << 16, checked=True)
+    result = bpf_prog_load(code, type_id, log_level=1, log_size=1 << 16)
     close_fd(result.fd)
     if result.fd is not None:
         return True
     log = result.log
     missing = ("invalid func " in log or "unknown func " in log or "cannot use helper" in log
-               or "program of this type cannot use" in log or result.errno == errno.ENOSPC)
+               or "program of this type cannot use" in log or result.errno == errno.ENOSPC or result.log_truncated)
     return not missing
 
 

@@ -12,8 +12,6 @@ and the kernel resolves it through `fd_array`, built from the same `maps` (slot 
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -21,22 +19,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..elf.externs import relocate_for_kernel
-from ..elf.maps import arena_value_offset, with_arena_data
+from ..elf.maprefs import find_map, resolve_map_relocations
+from ..elf.maps import with_arena_data
 from ..elf.model import MAP_RELOC_KINDS
-from ..errors import BpforgeError
+from ..errors import BpforgeError, errno_text
 from ..isa import Insn, encode, slot_starts
-from ..isa.opcodes import PSEUDO_MAP_FD, PSEUDO_MAP_VALUE
+from ..isa.maptypes import MapSpec
 from ..isa.progtypes import default_attach_type, prog_type_of_section, required_prog_flags, section_def
-from .btf import BtfError, ProgramBtf, program_btf
+from .btf import BtfError, program_btf
 from .maps import KernelMap
-from .syscall import BPF_PROG_LOAD, ProgLoadAttr, _prog_type_id, bpf, close_fd, obj_name
+from .syscall import DEFAULT_LOG_SIZE, LoadResult, bpf_prog_load, close_fd, prog_type_id
+from .testrun import TestRunResult, test_run
 
 if TYPE_CHECKING:
-    from ..elf.model import BpfObject, LinkedProgram, MapDef
+    from ..elf.bpfobject import BpfObject
+    from ..elf.model import LinkedProgram
     from ..formats.loader import LoadedProgram
-    from .testrun import RunResult
 
-DEFAULT_LOG_SIZE = 1 << 20  # the last MiB of a longer log is kept (see _prog_load)
 _MAP_LOADS = ("lddw_map_fd", "lddw_map_value")  # imm: a key into `maps`, replaced by the map's fd
 _MAP_IDX_LOADS = ("lddw_map_idx", "lddw_map_idx_value")
 
@@ -101,10 +100,8 @@ class KernelProgram:
     def log(self) -> str:
         return self.verdict.log
 
-    def test_run(self, data: bytes, **options) -> RunResult:
+    def test_run(self, data: bytes, **options) -> TestRunResult:
         """`testrun.test_run(self, data, ...)`."""
-        from .testrun import test_run
-
         return test_run(self, data, **options)
 
     def close(self) -> None:
@@ -126,11 +123,11 @@ class KernelProgram:
 
 # ---- objects -----------------------------------------------------------------------------------------------
 
-def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
-                 maps: Mapping[str, KernelMap] | None = None, license: str | None = None, log_level: int = 1,
-                 log_size: int = DEFAULT_LOG_SIZE, explain: bool = True, prog_flags: int = 0,
-                 expected_attach_type: int = 0, max_entries: Mapping[str, int] | None = None,
-                 btf: bool = True) -> KernelProgram:
+def load_linked(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
+                maps: Mapping[str, KernelMap] | None = None, license: str | None = None, log_level: int = 1,
+                log_size: int = DEFAULT_LOG_SIZE, explain: bool = True, prog_flags: int = 0,
+                expected_attach_type: int = 0, max_entries: Mapping[str, int] | None = None,
+                btf: bool = True) -> KernelProgram:
     """Load an object's linked program as libbpf would: every map it references is taken from `maps` (by
     name) or created from the object's definition (global data sections become one-element arrays holding
     their initial contents, .rodata ones frozen); lddw of a map gets src_reg BPF_PSEUDO_MAP_FD and imm = its
@@ -158,29 +155,33 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
         view = relocate_for_kernel(obj, linked)
         linked, obj = view.linked, with_arena_data(view.obj)  # the arena map gets the __arena globals
     given = dict(maps or {})
-    starts = slot_starts(linked.insns)
-    needed: dict[str, MapDef | None] = {}
-    for index, reloc in linked.relocations:  # externs are resolved by now (relocate_for_kernel)
-        if reloc.kind in MAP_RELOC_KINDS and reloc.target not in given:
-            needed[reloc.target] = _find_mapdef(obj, reloc.kind, reloc.target, starts[index], where)
+    needed: dict[str, MapSpec] = {}  # the object's maps this load creates, in order of first use
+    used: dict[str, KernelMap] = {}  # every map the program refers to, by name
     owned: list[KernelMap] = []
+
+    def make(name: str, spec: MapSpec) -> KernelMap:
+        kmap = KernelMap.create(spec, name=_kernel_map_name(obj, spec), max_entries=(max_entries or {}).get(name))
+        kmap.name = name  # bpforge's name (the kernel's may be prefixed/truncated)
+        owned.append(kmap)
+        given[name], needed[name] = kmap, spec
+        return kmap
+
+    def handle(name: str, spec: MapSpec | None) -> int | None:
+        kmap = given.get(name)
+        if kmap is None:
+            if spec is None:
+                return None
+            kmap = make(name, spec)
+        used.setdefault(name, kmap)
+        return kmap.fd
+
     try:
+        insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps if obj is not None else None,
+                                        handle, where=where)
         if obj is not None and any(d.values for d in needed.values()):
-            needed.update(_slot_maps(obj, needed, given))
-        for name, mapdef in needed.items():
-            entries = (max_entries or {}).get(name)
-            kmap = KernelMap.create(mapdef, name=_kernel_map_name(obj, mapdef), max_entries=entries)
-            kmap.name = name  # bpforge's name (the kernel's may be prefixed/truncated)
-            owned.append(kmap)
-            given[name] = kmap
-        insns = list(linked.insns)
-        for index, reloc in linked.relocations:
-            if reloc.kind not in MAP_RELOC_KINDS:
-                continue  # call/func were resolved by linking
-            offset = reloc.offset if reloc.kind != "arena" else arena_value_offset(
-                _find_mapdef(obj, "arena", reloc.target, starts[index], where), reloc.offset)
-            insns[index] = _patch(insns[index], given[reloc.target], reloc.kind, offset, starts[index], where)
-        used = {r.target: given[r.target] for _, r in linked.relocations if r.kind in MAP_RELOC_KINDS}
+            for name, spec in _slot_maps(obj, needed, given).items():
+                if name not in given:
+                    make(name, spec)
         if license is None:
             license = (obj.license if obj is not None else None) or "GPL"
         prog_btf, btf_error = None, None
@@ -216,10 +217,10 @@ def load_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str
         raise
 
 
-def _slot_maps(obj: BpfObject, needed: Mapping[str, MapDef], given: Mapping[str, KernelMap]) -> dict[str, MapDef]:
+def _slot_maps(obj: BpfObject, needed: Mapping[str, MapSpec], given: Mapping[str, KernelMap]) -> dict[str, MapSpec]:
     """Every map the programs and maps named in slot initializers (`.values = {...}`) use, transitively:
     libbpf creates all of an object's maps before it loads its programs, so tail-call targets share them."""
-    found: dict[str, MapDef] = {}
+    found: dict[str, MapSpec] = {}
     pending = [d for d in needed.values() if d.values]
     seen_programs: set[str] = set()
     while pending:
@@ -231,18 +232,18 @@ def _slot_maps(obj: BpfObject, needed: Mapping[str, MapDef], given: Mapping[str,
                 seen_programs.add(symbol)
                 for _, reloc in obj.linked(symbol).relocations:
                     if reloc.kind in MAP_RELOC_KINDS and reloc.target not in given:
-                        target = _find_mapdef(obj, reloc.kind, reloc.target, 0, {})
+                        target = _object_map(obj, reloc.kind, reloc.target)
                         if target.name not in needed and target.name not in found:
                             found[target.name] = target
                             pending.append(target)
             elif symbol not in needed and symbol not in found and symbol not in given:
-                target = _find_mapdef(obj, "map", symbol, 0, {})
+                target = _object_map(obj, "map", symbol)
                 found[symbol] = target
                 pending.append(target)
     return found
 
 
-def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapDef],
+def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapSpec],
                 given: Mapping[str, KernelMap], **options) -> None:
     """Fill prog arrays with the object's programs and maps of maps with its maps, as libbpf does after
     loading (bpf_object__init_prog_arrays / init_map_in_maps). Target programs load with the same maps and
@@ -254,7 +255,7 @@ def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapDef
             if mapdef.type_name == "prog_array":
                 if symbol not in targets:
                     try:
-                        targets[symbol] = load_program(obj.linked(symbol), obj, maps=maps, **options)
+                        targets[symbol] = load_linked(obj.linked(symbol), obj, maps=maps, **options)
                     except BpforgeError as err:
                         raise BpforgeError(f"tail-call target '{symbol}' (map '{name}' slot {slot}): {err.message}",
                                            section=err.where.section) from None
@@ -265,19 +266,14 @@ def _fill_slots(loaded: KernelProgram, obj: BpfObject, defs: Mapping[str, MapDef
             maps[name].update(slot.to_bytes(maps[name].key_size, "little"), fd.to_bytes(4, "little"))
 
 
-def _find_mapdef(obj: BpfObject | None, kind: str, target: str, slot: int, where: dict) -> MapDef:
-    if obj is None:
-        raise BpforgeError(f"the program refers to {'map' if kind != 'data' else 'global data'} '{target}': "
-                           "pass the object or the map", insn=slot, **where)
-    for mapdef in obj.maps:
-        if (kind in ("map", "arena") and mapdef.name == target and mapdef.source != "data") or \
-           (kind == "data" and mapdef.source == "data" and mapdef.section == target):
-            return mapdef
-    raise BpforgeError(f"the object defines no {'map' if kind != 'data' else 'data section'} '{target}'",
-                       insn=slot, **where)
+def _object_map(obj: BpfObject, kind: str, target: str) -> MapSpec:
+    spec = find_map(obj.maps, kind, target)
+    if spec is None:
+        raise BpforgeError(f"the object defines no {'data section' if kind == 'data' else 'map'} '{target}'")
+    return spec
 
 
-def _kernel_map_name(obj: BpfObject | None, mapdef: MapDef) -> str:
+def _kernel_map_name(obj: BpfObject | None, mapdef: MapSpec) -> str:
     """The kernel-side name libbpf gives a map: its own name, or for global data the object's name cut to 8
     characters plus the section (`global_d.rodata`) — only the standard three sections, others keep their
     section name (".rodata.cst16")."""
@@ -285,20 +281,6 @@ def _kernel_map_name(obj: BpfObject | None, mapdef: MapDef) -> str:
         return mapdef.name
     stem = os.path.basename(obj.filename).split(".")[0]
     return stem[:8] + mapdef.section
-
-
-def _patch(insn: Insn, kmap: KernelMap, kind: str, offset: int, slot: int, where: dict) -> Insn:
-    if insn.form.kind != "lddw":
-        raise BpforgeError(f"relocation against '{kmap.name}' patches a {insn.form.name}, not an lddw",
-                           insn=slot, **where)
-    if kind == "map":
-        return insn.replace(src=PSEUDO_MAP_FD, imm=kmap.fd, imm_hi=0)
-    if kind == "arena":  # the verifier checks the offset against the arena (arena_map_direct_value_addr)
-        return insn.replace(src=PSEUDO_MAP_VALUE, imm=kmap.fd, imm_hi=offset)
-    if not 0 <= offset < max(kmap.value_size, 1):
-        raise BpforgeError(f"offset {offset} lies outside '{kmap.name}' ({kmap.value_size} bytes)",
-                           insn=slot, **where)
-    return insn.replace(src=PSEUDO_MAP_VALUE, imm=kmap.fd, imm_hi=offset)
 
 
 # ---- raw instruction lists ---------------------------------------------------------------------------------
@@ -310,7 +292,7 @@ def load_insns(insns: Sequence[Insn], prog_type: str, *,
     """Load raw/assembled instructions. Map references follow the module's convention: the imm of a
     PSEUDO_MAP_FD/VALUE lddw is a key into `maps` (list index, or dict key such as K2's map fd), replaced by
     the real fd; PSEUDO_MAP_IDX(_VALUE) go to the kernel through fd_array. The maps stay the caller's.
-    Logging options as for load_program."""
+    Logging options as for load_linked."""
     return _load_with_maps(insns, prog_type, maps=maps, owned=[], name=name, license=license,
                            log_level=log_level, log_size=log_size, explain=explain, prog_flags=prog_flags,
                            expected_attach_type=expected_attach_type)
@@ -351,14 +333,14 @@ def load_loaded(loaded: LoadedProgram, *, prog_type: str | None = None, log_leve
     prog_type = prog_type or loaded.prog_type
     if loaded.object is not None:
         obj = loaded.object
-        return load_program(obj.linked(loaded.name), obj, prog_type=prog_type, log_level=log_level)
+        return load_linked(obj.linked(loaded.name), obj, prog_type=prog_type, log_level=log_level)
     owned: list[KernelMap] = []
     try:
         table = {}
         for spec in loaded.maps:
             kmap = KernelMap.create(spec)
             owned.append(kmap)
-            table[getattr(spec, "fd", len(table))] = kmap
+            table[spec.ref if spec.ref is not None else len(table)] = kmap
         return _load_with_maps(loaded.insns, prog_type, maps=table, owned=owned, name=loaded.name,
                                license=loaded.license or "GPL", log_level=log_level, prog_flags=0,
                                expected_attach_type=0, where=dict(file=loaded.filename))
@@ -379,11 +361,11 @@ def verify_insns(insns: Sequence[Insn], prog_type: str, **options) -> KernelVerd
         return err.verdict
 
 
-def verify_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
-                   **options) -> KernelVerdict:
-    """The verifier's verdict on an object's program (options as for load_program); everything is closed."""
+def verify_linked(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: str | None = None,
+                  **options) -> KernelVerdict:
+    """The verifier's verdict on an object's program (options as for load_linked); everything is closed."""
     try:
-        with load_program(linked, obj, prog_type=prog_type, **options) as prog:
+        with load_linked(linked, obj, prog_type=prog_type, **options) as prog:
             return prog.verdict
     except VerifierRejected as err:
         return err.verdict
@@ -393,69 +375,36 @@ def verify_program(linked: LinkedProgram, obj: BpfObject | None, *, prog_type: s
 
 def _load(insns: list[Insn], prog_type: str, *, name, maps, owned, license, log_level, log_size, explain,
           prog_flags, expected_attach_type, fd_array, where, btf=None, btf_error=None) -> KernelProgram:
-    type_id = _prog_type_id(prog_type)
+    type_id = prog_type_id(prog_type)
     expected_attach_type = expected_attach_type or default_attach_type(prog_type)
     prog_flags |= required_prog_flags(prog_type)
     code = encode(insns)
     options = dict(name=name, license=license, log_size=log_size, prog_flags=prog_flags,
                    expected_attach_type=expected_attach_type, fd_array=fd_array, btf=btf)
-    fd, verdict = _prog_load(code, type_id, log_level=log_level, **options)
-    if fd < 0 and log_level == 0 and explain:
+    result = bpf_prog_load(code, type_id, log_level=log_level, **options)
+    if not result.accepted and log_level == 0 and explain:
         # Loading without a log is the fast path; a "no" deserves its explanation, so ask again with one.
-        again, explained = _prog_load(code, type_id, log_level=1, **options)
-        if again >= 0:  # a transient failure (ENOMEM, EAGAIN) the second try did not meet: keep the first
-            close_fd(again)
+        explained = bpf_prog_load(code, type_id, log_level=1, **options)
+        if explained.accepted:  # a transient failure (ENOMEM, EAGAIN) the second try did not meet: keep
+            close_fd(explained.fd)  # the first answer
         else:
-            verdict = explained
+            result = explained
+    verdict = _verdict(result)
     verdict.btf = btf is not None
     verdict.btf_error = btf_error
-    if fd < 0:
+    if not result.accepted:
         verdict.insn = _insn_of_slot(insns, verdict.slot)
         raise VerifierRejected(verdict, **where)
-    return KernelProgram(fd, name or "", prog_type, insns, dict(maps), verdict, list(owned))
+    return KernelProgram(result.fd, name or "", prog_type, insns, dict(maps), verdict, list(owned))
 
 
-def _prog_load(code: bytes, type_id: int, *, name, license, log_level, log_size, prog_flags, expected_attach_type,
-               fd_array, btf: ProgramBtf | None) -> tuple[int, KernelVerdict]:
-    code_buf = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(license.encode())
-    fds = (ctypes.c_int32 * len(fd_array))(*fd_array) if fd_array else None
-    log_size = log_size if log_level else 0
-    log = ctypes.create_string_buffer(max(log_size, 1))
-    attr = ProgLoadAttr(prog_type=type_id, insn_cnt=len(code) // 8, insns=ctypes.addressof(code_buf),
-                        license=ctypes.addressof(lic), log_level=log_level, log_size=log_size,
-                        log_buf=ctypes.addressof(log) if log_size else 0, prog_flags=prog_flags,
-                        prog_name=obj_name(name), expected_attach_type=expected_attach_type,
-                        fd_array=ctypes.addressof(fds) if fds is not None else 0)
-    if btf is not None:
-        _set_btf(attr, btf)
-    fd, err = bpf(BPF_PROG_LOAD, attr)
-    truncated = err == errno.ENOSPC and log_size > 0
-    if truncated:
-        # The log did not fit, and then the kernel fails the load whatever the verdict (errno ENOSPC). Since
-        # 6.4 the log keeps its *end*, where the complaint is; growing the buffer would mean verifying again
-        # with the (slow) log on, so ask for the verdict alone instead.
-        attr.log_level, attr.log_size, attr.log_buf = 0, 0, 0
-        fd, err = bpf(BPF_PROG_LOAD, attr)
-    text = log.value.decode(errors="replace") if log_size else ""
-    if truncated:
-        text = text[text.find("\n") + 1:]  # the kept end starts mid-line
-    if fd >= 0:
-        return fd, KernelVerdict(True, text, log_truncated=truncated)
-    message, slot = _complaint(text)
-    return fd, KernelVerdict(False, text, err, message or _errno_text(err), slot, log_truncated=truncated)
-
-
-def _set_btf(attr: ProgLoadAttr, btf: ProgramBtf) -> None:
-    # The record buffers must outlive the syscall: keep them on the attr object.
-    attr._btf_bufs = [ctypes.create_string_buffer(b, max(len(b), 1)) for b in (btf.func_info, btf.line_info)]
-    attr.prog_btf_fd = btf.fd
-    if btf.func_info_cnt:
-        attr.func_info_rec_size, attr.func_info_cnt = btf.func_info_rec_size, btf.func_info_cnt
-        attr.func_info = ctypes.addressof(attr._btf_bufs[0])
-    if btf.line_info_cnt:
-        attr.line_info_rec_size, attr.line_info_cnt = btf.line_info_rec_size, btf.line_info_cnt
-        attr.line_info = ctypes.addressof(attr._btf_bufs[1])
+def _verdict(result: LoadResult) -> KernelVerdict:
+    """The verifier's verdict in what BPF_PROG_LOAD answered: for a rejection, its complaint and where."""
+    if result.accepted:
+        return KernelVerdict(True, result.log, log_truncated=result.log_truncated)
+    message, slot = _complaint(result.log)
+    return KernelVerdict(False, result.log, result.errno, message or errno_text(result.errno), slot,
+                         log_truncated=result.log_truncated)
 
 
 def _complaint(log: str) -> tuple[str, int | None]:
@@ -480,9 +429,5 @@ def _insn_of_slot(insns: Sequence[Insn], slot: int | None) -> int | None:
     return starts.index(slot) if slot in starts else None
 
 
-def _errno_text(err: int) -> str:
-    return f"{errno.errorcode.get(err, err)}: {os.strerror(err)}"
-
-
-__all__ = ["KernelProgram", "KernelVerdict", "VerifierRejected", "load_insns", "load_loaded", "load_program",
-           "verify_insns", "verify_program"]
+__all__ = ["KernelProgram", "KernelVerdict", "VerifierRejected", "load_insns", "load_linked", "load_loaded",
+           "verify_insns", "verify_linked"]

@@ -13,10 +13,11 @@ import ctypes.util
 import errno
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..errors import BpforgeError
+from ..errors import BpforgeError, errno_text
 from ..isa.progtypes import PROG_TYPES, check_prog_type
 
 # enum bpf_cmd (the ones bpforge issues).
@@ -137,55 +138,112 @@ def obj_name(name: str | None) -> bytes:
     return clean[:BPF_OBJ_NAME_LEN - 1].encode()
 
 
-# ---- the minimal load kept for callers that only want the verifier's verdict on raw bytecode ----------
+# ---- BPF_PROG_LOAD: the one path of every load (programs, their tail-call targets, feature probes) -------
+
+DEFAULT_LOG_SIZE = 1 << 20  # the last MiB of a longer log is kept (see bpf_prog_load)
+_FUNC_INFO_SIZE, _LINE_INFO_SIZE = 8, 16  # struct bpf_func_info, struct bpf_line_info
+
+
+@dataclass
+class ProgramBtf:
+    """What BPF_PROG_LOAD takes for BTF: the loaded .BTF (`fd`, to close) and the program's func_info and
+    line_info records (kernel.btf.program_btf makes them)."""
+
+    fd: int
+    func_info: bytes
+    func_info_cnt: int
+    line_info: bytes
+    line_info_cnt: int
+
+    func_info_rec_size = _FUNC_INFO_SIZE
+    line_info_rec_size = _LINE_INFO_SIZE
+
+    def close(self) -> None:
+        close_fd(self.fd)
+        self.fd = -1
+
 
 @dataclass
 class LoadResult:
-    fd: int | None  # an open program fd when the verifier accepted; the caller closes it
+    """What BPF_PROG_LOAD answered: an open program fd when the verifier accepted (the caller closes it),
+    else None and the errno; the verifier's log (empty at log_level 0); `log_truncated` when the log
+    outgrew its buffer (`log` then holds its end, kernels >= 6.4)."""
+
+    fd: int | None
     log: str
     errno: int = 0
+    log_truncated: bool = False
 
     @property
     def accepted(self) -> bool:
         return self.fd is not None
 
 
-def prog_load(bytecode: bytes, prog_type: str = "xdp", *, license: str = "GPL", log_level: int = 1,
-              log_size: int = 1 << 20) -> LoadResult:
-    """Ask the kernel's verifier about `bytecode` (no maps). Rejection is a result, not an exception; an
-    unusable bpf() raises KernelUnavailable. (program.load_insns does the same with maps and a verdict.)"""
-    return _prog_load(bytecode, _prog_type_id(prog_type), license=license, log_level=log_level,
-                      log_size=log_size, checked=True)
+def bpf_prog_load(code: bytes, prog_type_id: int, *, name: str | None = None, license: str = "GPL",
+                  log_level: int = 1, log_size: int = DEFAULT_LOG_SIZE, prog_flags: int = 0,
+                  expected_attach_type: int = 0, fd_array: Sequence[int] | None = None,
+                  btf: ProgramBtf | None = None, raw: bool = False) -> LoadResult:
+    """BPF_PROG_LOAD of `code` (encoded instructions). A rejection is a result, not an exception; an
+    unusable bpf() raises KernelUnavailable (`raw`: not even that, for the availability probe itself).
+    `fd_array` resolves BPF_PSEUDO_MAP_IDX references; `btf` sends the program's BTF along."""
+    code_buf = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license.encode())
+    fds = (ctypes.c_int32 * len(fd_array))(*fd_array) if fd_array else None
+    log_size = log_size if log_level else 0
+    log = ctypes.create_string_buffer(max(log_size, 1))
+    attr = ProgLoadAttr(prog_type=prog_type_id, insn_cnt=len(code) // 8, insns=ctypes.addressof(code_buf),
+                        license=ctypes.addressof(lic), log_level=log_level if log_size else 0, log_size=log_size,
+                        log_buf=ctypes.addressof(log) if log_size else 0, prog_flags=prog_flags,
+                        prog_name=obj_name(name), expected_attach_type=expected_attach_type,
+                        fd_array=ctypes.addressof(fds) if fds is not None else 0)
+    if btf is not None:
+        records = [ctypes.create_string_buffer(b, max(len(b), 1)) for b in (btf.func_info, btf.line_info)]
+        attr.prog_btf_fd = btf.fd
+        if btf.func_info_cnt:
+            attr.func_info_rec_size, attr.func_info_cnt = btf.func_info_rec_size, btf.func_info_cnt
+            attr.func_info = ctypes.addressof(records[0])
+        if btf.line_info_cnt:
+            attr.line_info_rec_size, attr.line_info_cnt = btf.line_info_rec_size, btf.line_info_cnt
+            attr.line_info = ctypes.addressof(records[1])
+    call = _raw_bpf if raw else bpf
+    fd, err = call(BPF_PROG_LOAD, attr)
+    truncated = err == errno.ENOSPC and log_size > 0
+    if truncated:
+        # The log did not fit, and then the kernel fails the load whatever the verdict (errno ENOSPC). Since
+        # 6.4 the log keeps its *end*, where the complaint is; growing the buffer would mean verifying again
+        # with the (slow) log on, so ask for the verdict alone instead.
+        attr.log_level, attr.log_size, attr.log_buf = 0, 0, 0
+        fd, err = call(BPF_PROG_LOAD, attr)
+    text = log.value.decode(errors="replace") if log_size else ""
+    if truncated:
+        text = text[text.find("\n") + 1:]  # the kept end starts mid-line
+    if fd < 0:
+        return LoadResult(None, text, err, truncated)
+    return LoadResult(fd, text, 0, truncated)
 
 
-def _prog_type_id(prog_type: str) -> int:
+def prog_type_id(prog_type: str) -> int:
+    """The kernel's number of a program type bpforge knows (BpforgeError for the VM-only ones, like mem)."""
     type_id = PROG_TYPES[check_prog_type(prog_type)]
     if type_id is None:
         raise BpforgeError(f"program type {prog_type!r} exists only outside the kernel")
     return type_id
 
 
-def _prog_load(bytecode: bytes, type_id: int, *, license: str, log_level: int, log_size: int,
-               checked: bool) -> LoadResult:
-    code = ctypes.create_string_buffer(bytecode, len(bytecode))
-    lic = ctypes.create_string_buffer(license.encode())
-    log = ctypes.create_string_buffer(log_size if log_level else 1)
-    attr = ProgLoadAttr(prog_type=type_id, insn_cnt=len(bytecode) // 8, insns=ctypes.addressof(code),
-                        license=ctypes.addressof(lic), log_level=log_level, log_size=log_size if log_level else 0,
-                        log_buf=ctypes.addressof(log) if log_level else 0)
-    fd, err = (bpf if checked else _raw_bpf)(BPF_PROG_LOAD, attr)
-    text = log.value.decode(errors="replace")
-    if fd < 0:
-        return LoadResult(None, text, err)
-    return LoadResult(fd, text)
+def prog_load(bytecode: bytes, prog_type: str = "xdp", *, license: str = "GPL", log_level: int = 1,
+              log_size: int = DEFAULT_LOG_SIZE) -> LoadResult:
+    """The verifier's answer on raw `bytecode` of a program type named as bpforge names it (no maps);
+    `bpf_prog_load` by type name. (program.load_insns does the same with maps and a verdict.)"""
+    return bpf_prog_load(bytecode, prog_type_id(prog_type), license=license, log_level=log_level,
+                         log_size=log_size)
 
 
 @lru_cache(maxsize=1)
 def kernel_available() -> str | None:
     """None when programs can be loaded here, else the reason they cannot (cached: asked once)."""
     try:
-        result = _prog_load(bytes.fromhex("b700000002000000" "9500000000000000"), PROG_TYPES["xdp"],
-                            license="GPL", log_level=0, log_size=0, checked=False)
+        result = bpf_prog_load(bytes.fromhex("b700000002000000" "9500000000000000"), PROG_TYPES["xdp"],
+                               log_level=0, raw=True)
     except KernelUnavailable as err:
         return err.message
     if result.fd is None:
@@ -193,6 +251,6 @@ def kernel_available() -> str | None:
             return "kernel BPF not available: loading a program needs CAP_BPF and CAP_NET_ADMIN (EPERM)"
         if result.errno == errno.ENOSYS:
             return "kernel BPF not available: bpf() is not implemented by this kernel (ENOSYS)"
-        return f"kernel BPF not available: loading a trivial program failed: {os.strerror(result.errno)}"
+        return f"kernel BPF not available: loading a trivial program failed: {errno_text(result.errno)}"
     os.close(result.fd)
     return None

@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import BpforgeError
+from ..errors import ENOTSUPP, BpforgeError, errno_name, errno_text
 from ..isa.contexts import (
     ETH_HLEN, FLOW_KEYS, ONE_SHOT_KINDS, SK_BUFF, SK_LOOKUP, TEST_RUN_KINDS, XDP_MD, ctx_returned, input_refusal,
 )
@@ -55,13 +54,16 @@ from .syscall import BPF_PROG_TEST_RUN, TestRunAttr, bpf
 if TYPE_CHECKING:
     from .program import KernelProgram
 
-ENOTSUPP = 524  # kernel-internal "not supported", which BPF_PROG_TEST_RUN returns for types without a runner
 DEFAULT_DATA_OUT_EXTRA = 1 << 16  # room for programs that grow the packet
 _CTX_OUT_SIZE = 1024  # more than any context struct; the kernel says how much it wrote
 
 
 @dataclass
-class RunResult:
+class TestRunResult:
+    """What BPF_PROG_TEST_RUN gave back (the last run's, for `repeat` runs)."""
+
+    __test__ = False  # not a pytest class, whatever its name says
+
     retval: int
     data_out: bytes
     ctx_out: bytes | None
@@ -122,7 +124,7 @@ def parse_sk_buff(ctx: bytes) -> dict[str, int | tuple[int, ...]]:
 # ---- the run ----------------------------------------------------------------------------------------------
 
 def test_run(prog: KernelProgram | int, data: bytes, *, ctx: bytes | None = None, repeat: int = 1,
-             data_out_size: int | None = None, prog_type: str | None = None) -> RunResult:
+             data_out_size: int | None = None, prog_type: str | None = None) -> TestRunResult:
     """Run `prog` (a KernelProgram, or a program fd with its `prog_type`) on `data` with BPF_PROG_TEST_RUN.
 
     `ctx` is the raw context struct (build one with `xdp_md()`, `sk_buff()`, `sk_lookup()`, ...); `ctx_out` is
@@ -175,21 +177,21 @@ def test_run(prog: KernelProgram | int, data: bytes, *, ctx: bytes | None = None
         returned = ctx_in.raw[:len(ctx)]  # the kernel copies the context back over the input
     elif ctx_out is not None and ctx_returned(kind_name or "", ctx is not None):
         returned = ctx_out.raw[:attr.ctx_size_out]
-    return RunResult(attr.retval, out, returned, float(attr.duration), repeat)
+    return TestRunResult(attr.retval, out, returned, float(attr.duration), repeat)
 
 
 def explain(err: int, prog_type: str | None, data: bytes, ctx: bytes | None) -> str:
     """Why BPF_PROG_TEST_RUN said `err`, from what net/bpf/test_run.c checks (first rule that applies)."""
-    name = errno.errorcode.get(err, "ENOTSUPP" if err == ENOTSUPP else str(err))
+    name = errno_name(err)
     refusal = input_refusal(prog_type or "", data, ctx) if prog_type else None
     if err in (ENOTSUPP, errno.EOPNOTSUPP) and (refusal is None or refusal.errno != ENOTSUPP):
         return f"{name}: the kernel has no test run for {prog_type or 'this'} programs"
     if refusal is not None and refusal.errno == err:
         return f"{name}: {refusal.reason}"
-    return f"{name}: {os.strerror(err) if err != ENOTSUPP else 'not supported'}"
+    return errno_text(err)
 
 
-__all__ = ["ETH_HLEN", "RunResult", "TestRunError", "explain", "flow_keys", "parse_sk_buff", "parse_xdp_md",
+__all__ = ["ETH_HLEN", "TestRunError", "TestRunResult", "explain", "flow_keys", "parse_sk_buff", "parse_xdp_md",
            "sk_buff", "sk_lookup", "test_run", "xdp_md"]
 
 test_run.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test

@@ -31,20 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
+from ..errors import errno_name
 from ..isa.contexts import (
-    AF_INET, AF_INET6, BPF_SOCK, DIRECT_PACKET_TYPES, ETH_HLEN, FLOW_KEYS, L2_TYPES, NET_SKB_PAD, PAGE_SIZE,
-    SK_BUFF, SK_BUFF_OUTPUTS, SK_LOOKUP, SKB_SHARED_INFO, TEST_RUN_KINDS, XDP_MD, XDP_PACKET_HEADROOM, NetDevice,
-    LOOPBACK, host_device, input_refusal, xdp_linear_size,
+    AF_INET, AF_INET6, BPF_SOCK, DIRECT_PACKET_TYPES, ETH_HLEN, ETH_P_802_2, ETH_P_802_3, ETH_P_802_3_MIN, ETH_P_IP,
+    ETH_P_IPV6, FLOW_KEYS, L2_TYPES, LOOPBACK, NET_SKB_PAD, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST,
+    PACKET_OTHERHOST, PAGE_SIZE, PLAIN_CTX_SIZES, SK_BUFF, SK_BUFF_OUTPUTS, SK_LOOKUP, SKB_SHARED_INFO, TCP_CLOSE,
+    TEST_RUN_KINDS, XDP_MD, XDP_PACKET_HEADROOM, NetDevice, host_device, input_refusal, xdp_linear_size,
 )
 from .memory import Memory, Region
 
-LOOPBACK_IFINDEX = 1
-PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST = range(4)
-ETH_P_802_3, ETH_P_802_2, ETH_P_802_3_MIN, ETH_P_IP, ETH_P_IPV6 = 0x0001, 0x0004, 0x0600, 0x0800, 0x86DD
-TCP_CLOSE = 7  # sock_init_data's sk_state
-# The kernel's context struct sizes, for the types the VM runs on plain context memory (x86_64).
-PLAIN_CTX_SIZES = {"kprobe": 168, "perf_event": 184, "tracepoint": 256, "raw_tracepoint": 0,
-                   "raw_tracepoint_writable": 96, "tracing": 96, "lsm": 96, "struct_ops": 96, "syscall": 0}
 _KMALLOC_BUCKETS = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -110,7 +105,7 @@ def prepare(memory: Memory, prog_type: str, data: bytes, ctx_in: bytes | None = 
     if kind is not None:
         refusal = input_refusal(prog_type, data, ctx_in, device)
         if refusal is not None:
-            name = errno.errorcode.get(refusal.errno, "ENOTSUPP")
+            name = errno_name(refusal.errno)
             raise TestRunRefused(refusal.errno, f"the kernel refuses this test run ({name}): {refusal.reason}")
     if prog_type == "xdp":
         return _xdp(memory, data, ctx_in, device)
@@ -143,7 +138,7 @@ def _xdp(memory: Memory, data: bytes, ctx_in: bytes | None, device) -> Input:
     region = memory.map(buf, "packet")
     packet = Packet(region, start, XDP_PACKET_HEADROOM, start + linear, len(buf), frags=bytearray(data[linear:]))
     packet.sync()
-    ifindex = XDP_MD.get(user, "ingress_ifindex") or LOOPBACK_IFINDEX  # no device given: loopback's queue 0
+    ifindex = XDP_MD.get(user, "ingress_ifindex") or LOOPBACK.ifindex  # no device given: loopback's queue 0
     view = bytearray(XDP_MD.size)
     XDP_MD.put(view, "ingress_ifindex", ifindex)
     XDP_MD.put(view, "rx_queue_index", XDP_MD.get(user, "rx_queue_index"))

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..elf.bpfobject import BpfObject
 from ..elf.core import CoreDecision
 from ..elf.externs import KCONFIG_SEC, HostKernel, relocate_for_kernel
-from ..elf.model import BpfObject, LinkedProgram, MapDef
+from ..elf.model import LinkedProgram
 from ..elf.vmlinux import KernelBtf, essential_name
 from ..errors import BpforgeError
 from ..isa import Insn, slot_starts
+from ..isa.maptypes import MapSpec
 from .kfuncs import check_kfuncs
+from .maps import VmMap
 
 # What an lddw of a kfunc's address (bpf_ksym_exists) gives in the VM: nonzero, and no memory there.
 KFUNC_ADDRESS_BASE = 0xFFFF_FFFF_0000_0000
-# struct bpf_map fields filled from the VM map (everything else reads as 0).
-_MAP_FIELDS = {"map_type": "type", "key_size": "key_size", "value_size": "value_size",
-               "max_entries": "max_entries", "map_flags": "flags", "map_extra": "map_extra"}
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,17 @@ class MapStructLayout:
     size: int
     fields: dict[str, tuple[int, int]]
 
-    def render(self, vm_map) -> bytearray:
+    def render(self, vm_map: VmMap) -> bytearray:
         """The bytes of `struct bpf_map` for `vm_map`: type, sizes, max_entries, flags and map_extra as the
         map has them, every other byte zero."""
         buf = bytearray(self.size)
-        for kernel_name, attr in _MAP_FIELDS.items():
+        values = {"map_type": vm_map.type, "key_size": vm_map.key_size, "value_size": vm_map.value_size,
+                  "max_entries": vm_map.max_entries, "map_flags": vm_map.flags, "map_extra": vm_map.map_extra}
+        for kernel_name, value in values.items():
             where = self.fields.get(kernel_name)
             if where is None:
                 continue
             offset, size = where
-            value = int(getattr(vm_map, attr, 0) or 0)
             buf[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         return buf
 
@@ -47,7 +48,7 @@ class MapStructLayout:
 @dataclass
 class VmView:
     linked: LinkedProgram
-    maps: list[MapDef]  # maps the kernel view adds (.kconfig)
+    maps: list[MapSpec]  # maps the kernel view adds (.kconfig)
     map_layout: MapStructLayout | None
     core: list[CoreDecision]
 

@@ -17,12 +17,11 @@ from functools import lru_cache
 
 from ..elf.vmlinux import KernelBtf, kernel_btf
 from ..isa import Insn, slot_starts
-from .helpers.registry import s32
+from ..isa.numbers import M64, s32
+from .helpers.misc import BPF_MAX_LOOPS  # the kernel's cap on bpf_loop, and on bpf_iter_num ranges
 from .maps.arena import ArenaMap
 from .memory import VmFault
 
-M64 = (1 << 64) - 1
-BPF_MAX_LOOPS = 8 * 1024 * 1024  # the kernel's cap on bpf_iter_num ranges (and bpf_loop)
 BITS_ITER_NR_WORDS_MAX = 511  # bpf_iter_bits_new: at most 511 u64 words
 
 Kfunc = Callable[..., "int | None"]

@@ -1,20 +1,26 @@
 """A program ready to run in the interpreter: linked instructions with map and data references resolved to
-the interpreter's maps (by index, as lddw map_fd/map_value with imm = that index)."""
+the interpreter's maps (by index, as lddw map_fd/map_value with imm = that index: what `elf.maprefs`
+makes of an object's relocations, given the index of each map)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..elf import BpfObject, MapDef
-from ..elf.maps import arena_value_offset, with_arena_data
-from ..elf.model import MAP_RELOC_KINDS, Reloc
+from ..elf import BpfObject
+from ..elf.maprefs import resolve_map_relocations
+from ..elf.maps import with_arena_data
+from ..elf.model import Reloc
 from ..errors import BpforgeError
 from ..isa import Insn, branch_target, slot_starts
-from .memory import VmFault
+from ..isa.maptypes import MapSpec
+from ..isa.numbers import M32
 from .kernel_view import vm_view
+from .maps import VmMap, create_map, fill_slots
+from .maps.arena import ArenaMap
+from .memory import VmFault
 
 
 @dataclass
@@ -74,10 +80,8 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
     Maps declared with initial slots (`.values = { ... }` in `.maps`) are filled as libbpf fills them
     after loading: a prog_array with the object's programs of those names (each linked and resolved the
     same way, sharing this program's maps), a map of maps with the object's maps of those names."""
-    from .maps import create_map, fill_slots
-
     obj = with_arena_data(obj)  # the arena map holds the __arena globals, as libbpf creates it
-    defs: dict[str, MapDef] = {m.name: m for m in obj.maps}
+    defs: dict[str, MapSpec] = {m.name: m for m in obj.maps}
     table: dict[str, object] = dict(maps or {})
     programs: dict[str, VmProgram] = {}
     make_map = lambda d: create_map(d, num_cpus=num_cpus)  # noqa: E731
@@ -103,7 +107,7 @@ def from_object(obj: BpfObject, name: str | None = None, *, maps: Mapping[str, o
     return load(name)
 
 
-def _map_by_name(name: str, defs: Mapping[str, MapDef], table: dict[str, object], make_map):
+def _map_by_name(name: str, defs: Mapping[str, MapSpec], table: dict[str, object], make_map):
     """The run's map of that name, made from its definition on first use."""
     if name not in table:
         if name not in defs:
@@ -112,30 +116,24 @@ def _map_by_name(name: str, defs: Mapping[str, MapDef], table: dict[str, object]
     return table[name]
 
 
-def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, Reloc]], defs: Mapping[str, MapDef],
-            table: dict[str, object], make_map, functions: Mapping[int, str] | None = None) -> VmProgram:
+def resolve(name: str, insns: Sequence[Insn], relocations: Sequence[tuple[int, Reloc]],
+            defs: Mapping[str, MapSpec], table: dict[str, object], make_map: Callable[[MapSpec], VmMap],
+            functions: Mapping[int, str] | None = None) -> VmProgram:
+    """The program with its map references resolved (`elf.maprefs`): each map's number is its index in the
+    program's `maps`, in order of first reference; maps come from `table` by name, or are made from their
+    definitions in `defs` (and put in `table`) on first use."""
     names: list[str] = []
-    out = list(insns)
-    starts = slot_starts(insns)
-    for index, rel in relocations:
-        if rel.kind not in MAP_RELOC_KINDS:
-            if rel.kind in ("call", "func"):
-                continue  # linked() already made these pc-relative
-            raise BpforgeError(f"{rel.kind} symbol '{rel.target}' cannot be resolved in the interpreter",
-                               insn=starts[index])
-        map_name = rel.target
+
+    def handle(map_name: str, spec: MapSpec | None) -> int | None:
         if map_name not in names:
-            try:
-                _map_by_name(map_name, defs, table, make_map)
-            except BpforgeError as err:
-                raise err.at(insn=starts[index]) from None
+            if map_name not in table:
+                if spec is None:
+                    return None
+                table[map_name] = make_map(spec)
             names.append(map_name)
-        slot = names.index(map_name)
-        if rel.kind == "map":
-            out[index] = Insn.make("lddw_map_fd", dst=insns[index].dst, imm=slot)
-        else:  # an arena global is a value of the arena at the place libbpf puts `.addr_space.1`
-            offset = rel.offset if rel.kind == "data" else arena_value_offset(defs[map_name], rel.offset)
-            out[index] = Insn.make("lddw_map_value", dst=insns[index].dst, imm=slot, imm_hi=offset)
+        return names.index(map_name)
+
+    out = resolve_map_relocations(insns, relocations, list(defs.values()), handle)
     maps = [table[n] for n in names]
     return VmProgram(name, _arena_values(out, maps), maps, names, dict(functions or {0: name}))
 
@@ -144,22 +142,22 @@ def from_insns(insns: Sequence[Insn], maps: Sequence[object] = (), name: str = "
     """A raw program whose lddw map_fd/map_value instructions already hold indexes into `maps`. A value load
     of an arena becomes the constant the verifier makes of it (the user address it names)."""
     return VmProgram(name, _arena_values(insns, maps), list(maps),
-                     [getattr(m, "name", str(i)) for i, m in enumerate(maps)])
+                     [m.name if m is not None else str(i) for i, m in enumerate(maps)])
 
 
 def _arena_values(insns: Sequence[Insn], maps: Sequence[object]) -> list[Insn]:
     """Value loads of an arena become the constant the verifier makes of them: the user address they name."""
     out = list(insns)
-    if not any(hasattr(m, "direct_value_addr") for m in maps):
+    if not any(isinstance(m, ArenaMap) for m in maps):
         return out
     starts = slot_starts(out)
     for i, insn in enumerate(out):
         if insn.form.name not in ("lddw_map_value", "lddw_map_idx_value") or not 0 <= insn.imm < len(maps):
             continue
-        direct_value_addr = getattr(maps[insn.imm], "direct_value_addr", None)  # arenas have one
-        if direct_value_addr is not None:
+        arena = maps[insn.imm]
+        if isinstance(arena, ArenaMap):
             try:
-                out[i] = Insn.make("lddw", dst=insn.dst, imm64=direct_value_addr(insn.imm_hi & 0xFFFFFFFF))
+                out[i] = Insn.make("lddw", dst=insn.dst, imm64=arena.direct_value_addr(insn.imm_hi & M32))
             except BpforgeError as err:
                 raise err.at(insn=starts[i]) from None
     return out
@@ -176,10 +174,8 @@ def from_loaded(loaded, *, num_cpus: int = 1) -> VmProgram:
         raise BpforgeError(f"symbol '{rel.symbol}' needs a relocation: assemble to an object (.o) with its maps",
                            file=loaded.filename)
     maps: list = []
-    if loaded.maps:
-        from .maps import create_map
-    for spec in loaded.maps:  # K2: the program names maps by their fd
-        fd = getattr(spec, "fd", len(maps))
-        maps += [None] * (fd + 1 - len(maps))
-        maps[fd] = create_map(spec, num_cpus=num_cpus)
+    for spec in loaded.maps:  # K2: the program names maps by their fd there (`ref`)
+        ref = spec.ref if spec.ref is not None else len(maps)
+        maps += [None] * (ref + 1 - len(maps))
+        maps[ref] = create_map(spec, num_cpus=num_cpus)
     return from_insns(loaded.insns, maps, loaded.name or "prog")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-M16, M32 = 0xFFFF, 0xFFFFFFFF
+from ...isa.numbers import M16, M32
 
 
 def csum_add(csum: int, addend: int) -> int:

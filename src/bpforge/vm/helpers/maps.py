@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 
 from ...isa.contexts import TEST_RUN_KINDS
-from ..memory import VmFault
+from ...isa.numbers import M32
+from ..maps import BloomFilterMap, CgroupStorageMap, PerfEventArrayMap, QueueStackMap, RingBufMap, SkStorageMap
 from ..maps.perf import BPF_F_CTXLEN_MASK, BPF_F_INDEX_MASK
-from ..maps.redirect import BPF_F_BROADCAST
-from .registry import M32, TailCall, dummy_socket, err, helper, needs, packet
+from ..maps.redirect import BPF_F_BROADCAST, REDIRECT_MAPS
+from ..memory import VmFault
+from .registry import TailCall, dummy_socket, err, helper, needs, packet
 
 MAX_TAIL_CALLS = 33  # MAX_TAIL_CALL_CNT
 XDP_ABORTED, XDP_REDIRECT = 0, 4
@@ -79,7 +81,8 @@ def _tail_call(vm, ctx, map_ptr, index, *_):
 
 def _keyless(vm, map_ptr, helper_name: str):
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "push_elem"), f"{helper_name} needs a queue, stack or bloom filter, not {m.type_name}")
+    needs(vm, isinstance(m, QueueStackMap | BloomFilterMap),
+          f"{helper_name} needs a queue, stack or bloom filter, not {m.type_name}")
     return m
 
 
@@ -92,7 +95,7 @@ def _map_push(vm, map_ptr, value_ptr, flags, *_):
 @helper("map_pop_elem")
 def _map_pop(vm, map_ptr, value_ptr, *_):
     m = _keyless(vm, map_ptr, "bpf_map_pop_elem")
-    needs(vm, hasattr(m, "get_elem"), "bpf_map_pop_elem on a bloom filter")
+    needs(vm, isinstance(m, QueueStackMap), "bpf_map_pop_elem on a bloom filter")
     result, value = m.get_elem(True)
     vm.machine.memory.write(value_ptr, value)  # zeros when empty
     return result
@@ -101,7 +104,7 @@ def _map_pop(vm, map_ptr, value_ptr, *_):
 @helper("map_peek_elem")
 def _map_peek(vm, map_ptr, value_ptr, *_):
     m = _keyless(vm, map_ptr, "bpf_map_peek_elem")
-    if hasattr(m, "peek_elem"):  # a bloom filter reads the value to test
+    if isinstance(m, BloomFilterMap):  # a bloom filter reads the value to test
         return m.peek_elem(vm.machine.memory.read(value_ptr, m.value_size))
     result, value = m.get_elem(False)
     vm.machine.memory.write(value_ptr, value)
@@ -118,7 +121,7 @@ def _for_each_map_elem(vm, map_ptr, callback, callback_ctx, flags, _):
     needs(vm, m.type_name in _ITERABLE, f"bpf_for_each_map_elem is not for {m.type_name} maps")
     if flags:
         return err(errno.EINVAL)
-    key_buf = _iteration_key(m)
+    key_buf = m.iteration_key()
     key_ptr = vm.machine.memory.map(key_buf, f"key of map {m.name}", writable=False).base
     visited = 0
     for key, storage in m.prog_elements(vm.machine.cpu):
@@ -129,20 +132,13 @@ def _for_each_map_elem(vm, map_ptr, callback, callback_ctx, flags, _):
     return visited
 
 
-def _iteration_key(m) -> bytearray:
-    """One buffer per map for the key the callback sees (mapped once, so iterating makes no new memory)."""
-    buf = getattr(m, "_iteration_key", None)
-    if buf is None:
-        buf = m._iteration_key = bytearray(m.key_size)
-    return buf
-
-
 # ---- local storage -----------------------------------------------------------------------------------------
 
 @helper("get_local_storage")
 def _get_local_storage(vm, map_ptr, flags, *_):
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "local_storage"), f"bpf_get_local_storage needs a cgroup storage map, not {m.type_name}")
+    needs(vm, isinstance(m, CgroupStorageMap),
+          f"bpf_get_local_storage needs a cgroup storage map, not {m.type_name}")
     return vm.machine.value_pointer(m, m.local_storage(vm.machine.memory, vm.machine.cpu))
 
 
@@ -155,7 +151,7 @@ def _socket(vm, sk: int, helper_name: str) -> int:
 @helper("sk_storage_get")
 def _sk_storage_get(vm, map_ptr, sk, value_ptr, flags, _):
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "storage_get"), f"bpf_sk_storage_get needs an sk_storage map, not {m.type_name}")
+    needs(vm, isinstance(m, SkStorageMap), f"bpf_sk_storage_get needs an sk_storage map, not {m.type_name}")
     if not _socket(vm, sk, "bpf_sk_storage_get"):
         return 0
     value = vm.machine.memory.read(value_ptr, m.value_size) if value_ptr else None
@@ -165,7 +161,7 @@ def _sk_storage_get(vm, map_ptr, sk, value_ptr, flags, _):
 @helper("sk_storage_delete")
 def _sk_storage_delete(vm, map_ptr, sk, *_):
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "storage_delete"), f"bpf_sk_storage_delete needs an sk_storage map, not {m.type_name}")
+    needs(vm, isinstance(m, SkStorageMap), f"bpf_sk_storage_delete needs an sk_storage map, not {m.type_name}")
     if not _socket(vm, sk, "bpf_sk_storage_delete"):
         return err(errno.EINVAL)
     return m.storage_delete(vm.machine.memory, sk)
@@ -179,7 +175,7 @@ def _redirect_map(vm, map_ptr, key, flags, *_):
     in the low flag bits; devmaps also take BPF_F_BROADCAST (redirect to all, found or not) and
     BPF_F_EXCLUDE_INGRESS. test_run reports the action; the redirect itself is not carried out."""
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "redirect_target"),
+    needs(vm, isinstance(m, REDIRECT_MAPS),
           f"bpf_redirect_map needs a devmap, devmap_hash, cpumap or xskmap, not {m.type_name}")
     needs(vm, vm.input.prog_type == "xdp", "bpf_redirect_map is for XDP programs")
     if flags & ~(XDP_ACTION_MASK | m.redirect_flags):
@@ -197,7 +193,7 @@ def _perf_event_output(vm, ctx, map_ptr, flags, data_ptr, size):
     the first (flags >> 32) bytes of the packet to the sample (BPF_F_CTXLEN_MASK); the others only take
     the index bits."""
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "output"), f"bpf_perf_event_output needs a perf_event_array, not {m.type_name}")
+    needs(vm, isinstance(m, PerfEventArrayMap), f"bpf_perf_event_output needs a perf_event_array, not {m.type_name}")
     kind = TEST_RUN_KINDS.get(vm.input.prog_type)
     sample = vm.machine.memory.read(data_ptr, size) if size else b""
     if kind in ("xdp", "skb"):
@@ -217,7 +213,7 @@ def _perf_event_output(vm, ctx, map_ptr, flags, data_ptr, size):
 def _perf_counter(vm, map_ptr, flags) -> int:
     """get_map_perf_counter: 0 for an event of this CPU (a BPF output event counts nothing), or -errno."""
     m = _map(vm, map_ptr)
-    needs(vm, hasattr(m, "output"), f"bpf_perf_event_read needs a perf_event_array, not {m.type_name}")
+    needs(vm, isinstance(m, PerfEventArrayMap), f"bpf_perf_event_read needs a perf_event_array, not {m.type_name}")
     if flags & ~BPF_F_INDEX_MASK:
         return -errno.EINVAL
     index = vm.machine.cpu if flags == BPF_F_INDEX_MASK else flags
@@ -245,7 +241,7 @@ def _perf_event_read_value(vm, map_ptr, flags, buf_ptr, size, _):
 
 def _ringbuf(vm, map_ptr, helper_name: str):
     m = _map(vm, map_ptr)
-    needs(vm, getattr(m, "type_name", "") == "ringbuf", f"{helper_name} needs a ring buffer, not {m.type_name}")
+    needs(vm, isinstance(m, RingBufMap), f"{helper_name} needs a ring buffer, not {m.type_name}")
     return m
 
 
@@ -267,7 +263,7 @@ def _ringbuf_record(vm, ptr):
     if region is None or ptr != region.base:
         raise VmFault(f"{ptr:#x} is not a ring buffer record")
     for m in vm.machine.program.maps:
-        if getattr(m, "type_name", "") == "ringbuf" and m.owns(region.buf):
+        if isinstance(m, RingBufMap) and m.owns(region.buf):
             return m, region.buf
     raise VmFault("submit/discard of memory that no ring buffer reserved")
 

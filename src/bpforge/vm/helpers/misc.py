@@ -14,11 +14,12 @@ import os
 import re
 import threading
 
-from .registry import M32, err, helper
+from ...isa.numbers import M32, M64
+from .registry import err, helper
 
-BPF_MAX_LOOPS = 1 << 23
+BPF_MAX_LOOPS = 1 << 23  # the kernel's cap on bpf_loop (and on bpf_iter_num ranges: vm.kfuncs)
 HZ = 250  # CONFIG_HZ of the jiffies clock the VM derives from its clock
-INITIAL_JIFFIES = (-300 * HZ) & ((1 << 64) - 1)  # jiffies start 5 minutes before wrapping
+INITIAL_JIFFIES = (-300 * HZ) & M64  # jiffies start 5 minutes before wrapping
 TASK_COMM_LEN = 16
 BPF_STRTOX_BASE_MASK = 0x1F
 _STRTOX_MAX_CHARS = 63  # __bpf_strtoull parses a copy of at most 63 characters
@@ -37,7 +38,7 @@ def _ktime(vm, *_):
 
 @helper("jiffies64")
 def _jiffies64(vm, *_):
-    return (INITIAL_JIFFIES + vm.machine.clock_ns * HZ // 1_000_000_000) & ((1 << 64) - 1)
+    return (INITIAL_JIFFIES + vm.machine.clock_ns * HZ // 1_000_000_000) & M64
 
 
 # ---- randomness, the CPU ------------------------------------------------------------------------------------
@@ -124,9 +125,9 @@ def _strtoull(data: bytes, flags: int) -> tuple[int, int, bool]:
             break
         if digit >= base:
             break
-        if value >> 60 and value > ((1 << 64) - 1 - digit) // base:
+        if value >> 60 and value > (M64 - digit) // base:
             overflow = True
-        value = (value * base + digit) & ((1 << 64) - 1)
+        value = (value * base + digit) & M64
         digits += 1
         pos += 1
     if overflow:
@@ -149,7 +150,7 @@ def _strtol(vm, buf_ptr, buf_len, flags, res_ptr, _):
     if consumed < 0:
         return err(-consumed)
     if negative:
-        value = -value & ((1 << 64) - 1)
+        value = -value & M64
         if value and not value >> 63:  # (long long)-res > 0
             return err(errno.ERANGE)
     elif value >> 63:

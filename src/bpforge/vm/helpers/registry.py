@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 from ...isa import helper_id, helper_name
 from ...isa.contexts import SK_BUFF, TEST_RUN_KINDS
+from ...isa.numbers import M64
 from ..memory import VmFault
-
-M64 = (1 << 64) - 1
-M32 = 0xFFFFFFFF
 
 Helper = Callable[..., object]
 _HELPERS: dict[int, Helper] = {}
@@ -58,16 +56,6 @@ def err(code: int) -> int:
     return -code & M64
 
 
-def s32(value: int) -> int:
-    value &= M32
-    return value - (1 << 32) if value >> 31 else value
-
-
-def s64(value: int) -> int:
-    value &= M64
-    return value - (1 << 64) if value >> 63 else value
-
-
 def packet(vm):
     """The run's packet; a fault for a program type that has none."""
     pkt = vm.input.packet
@@ -106,5 +94,5 @@ def needs(vm, condition: bool, what: str) -> None:
         raise VmFault(what)
 
 
-__all__ = ["M32", "M64", "TailCall", "call_helper", "dummy_socket", "err", "helper", "implemented", "is_skb",
-           "needs", "packet", "s32", "s64", "set_skb_field", "skb_field"]
+__all__ = ["TailCall", "call_helper", "dummy_socket", "err", "helper", "implemented", "is_skb", "needs", "packet",
+           "set_skb_field", "skb_field"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import struct
 
+from ...isa.contexts import AF_INET
 from .registry import helper
 
 BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_NOT_FWDED = 0, 4
-AF_INET = 2
 
 
 @helper("fib_lookup")

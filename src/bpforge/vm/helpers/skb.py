@@ -23,20 +23,21 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ...isa.contexts import ETH_HLEN, NET_SKB_PAD, PAGE_SIZE, SKB_SHARED_INFO
+from ...errors import ENOTSUPP
+from ...isa.contexts import (
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, NET_SKB_PAD, PACKET_OTHERHOST,
+    PAGE_SIZE, SKB_SHARED_INFO,
+)
+from ...isa.numbers import M16, M32, s32
 from ..memory import VmFault
 from .checksum import (
-    M16, csum16_add, csum_from32to16, csum_partial, csum_replace2, csum_replace4, csum_replace_by_diff, csum_sub,
+    csum16_add, csum_from32to16, csum_partial, csum_replace2, csum_replace4, csum_replace_by_diff, csum_sub,
 )
-from .registry import M32, err, helper, is_skb, needs, packet, s32, set_skb_field, skb_field
+from .registry import err, helper, is_skb, needs, packet, set_skb_field, skb_field
 
-ENOTSUPP = 524
-ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
-IPV4_HLEN, IPV6_HLEN = 20, 40
 SKB_MAX_ALLOC = (PAGE_SIZE << 2) - SKB_SHARED_INFO  # BPF_SKB_MAX_LEN
 CHECKSUM_NONE, CHECKSUM_UNNECESSARY = 0, 1
 SKB_MAX_CSUM_LEVEL = 3
-PACKET_OTHERHOST = 3
 CSUM_MANGLED_0 = 0xFFFF
 # bpf_skb_store_bytes / l3 / l4 csum flags
 BPF_F_RECOMPUTE_CSUM, BPF_F_INVALIDATE_HASH = 1, 2

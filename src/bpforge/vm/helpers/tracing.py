@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import errno
 
+from ...isa.numbers import M32, PAGE_SIZE
 from ..memory import VmFault
-from .registry import M32, err, helper
+from .registry import err, helper
 
 TASK_SIZE_MAX = (1 << 47) - 4096
-PAGE_SIZE = 4096
 
 
 def _unmapped(addr: int, kernel: bool) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 
 from ...isa.contexts import ETH_HLEN, PAGE_SIZE, XDP_FRAME_SIZE
-from .registry import M32, err, helper, packet, s32
+from ...isa.numbers import M32, s32
+from .registry import err, helper, packet
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4
 TC_ACT_SHOT, TC_ACT_REDIRECT = 2, 7

@@ -1,6 +1,6 @@
 """The interpreter's maps: the kernel's map semantics, in Python.
 
-`create_map(mapdef, num_cpus=N)` makes one from an `elf.MapDef`. Every map has two faces:
+`create_map(spec, num_cpus=N)` makes one from an `isa.maptypes.MapSpec`. Every map has two faces:
 
 - the syscall face, the `isa.maptypes.BpfMap` protocol as bpf() behaves: `lookup`, `update`, `delete`,
   `keys`, `items`, plus `next_key` (BPF_MAP_GET_NEXT_KEY from any key) and `freeze`. Failures raise
@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from ...elf.model import MapDef
-from ...errors import BpforgeError
+from ...errors import ENOTSUPP, BpforgeError
+from ...isa.maptypes import MAP_IN_MAP_TYPES, MapSpec
 from .arena import ArenaMap
 from .array import ArrayMap, PercpuArrayMap
-from .base import ENOTSUPP, PerCpuValue, VmMap
+from .base import PerCpuValue, VmMap
 from .fdmaps import ArrayOfMapsMap, HashOfMapsMap, ProgArrayMap
 from .hash import HashMap, jhash
 from .lpm import LpmTrieMap
@@ -53,30 +53,32 @@ _CLASSES: dict[str, type] = {
 SUPPORTED = tuple(_CLASSES)
 
 
-def create_map(mapdef: MapDef, *, num_cpus: int = 1) -> VmMap:
-    """A new interpreter map for `mapdef` (an elf.MapDef, or anything with its name, type, type_name,
-    key_size, value_size, max_entries and flags, such as a K2 map), with `num_cpus` values per element if
-    it is a per-CPU map (and as many CPUs' LRU lists and free lists). Global data (`mapdef.initial`) fills
-    the single element; a map read-only to programs (.rodata) is then frozen, as libbpf does. MapError when
-    the kernel would refuse the definition; BpforgeError for a map type the interpreter does not model."""
+def create_map(mapdef: MapSpec, *, num_cpus: int = 1) -> VmMap:
+    """A new interpreter map for `mapdef` (of an object, a K2 file or made by hand), with `num_cpus` values
+    per element if it is a per-CPU map (and as many CPUs' LRU lists and free lists). Global data
+    (`mapdef.initial`) fills the single element; a map read-only to programs (.rodata) is then frozen, as
+    libbpf does. MapError when the kernel would refuse the definition; BpforgeError for a map type the
+    interpreter does not model."""
     if num_cpus < 1:
         raise BpforgeError(f"map '{mapdef.name}': num_cpus must be at least 1, not {num_cpus}")
     cls = _CLASSES.get(mapdef.type_name)
     if cls is None:
         raise BpforgeError(f"map '{mapdef.name}': the interpreter has no {mapdef.type_name} maps "
                            f"(it models {', '.join(SUPPORTED)})")
-    vm_map = cls(mapdef, num_cpus)
-    initial = getattr(mapdef, "initial", None)
-    if initial is not None:
-        vm_map.set_initial(bytes(initial))
+    if mapdef.type_name in MAP_IN_MAP_TYPES:  # their inner template may be any type: this factory makes it
+        vm_map = cls(mapdef, num_cpus, lambda inner: create_map(inner, num_cpus=num_cpus))
+    else:
+        vm_map = cls(mapdef, num_cpus)
+    if mapdef.initial is not None:
+        vm_map.set_initial(mapdef.initial)
         if vm_map.readonly_prog:
             vm_map.freeze()
     return vm_map
 
 
-def create_maps(mapdefs: Iterable[MapDef], *, num_cpus: int = 1,
+def create_maps(mapdefs: Iterable[MapSpec], *, num_cpus: int = 1,
                 programs: Mapping[str, object] | None = None) -> dict[str, VmMap]:
-    """Every map of an object, by name, with the slots its definitions fill (`MapDef.values`): inner maps
+    """Every map of an object, by name, with the slots its definitions fill (`MapSpec.values`): inner maps
     of a map-in-map by map name, programs of a prog_array from `programs` by name (without `programs`,
     prog_array slots stay empty for the caller to fill)."""
     defs = list(mapdefs)
@@ -94,12 +96,12 @@ def create_maps(mapdefs: Iterable[MapDef], *, num_cpus: int = 1,
     return maps
 
 
-def fill_slots(mapdef: MapDef, vm_map, find) -> None:
-    """Put what a map's definition names into its slots (`MapDef.values`: slot -> symbol), as libbpf does
+def fill_slots(mapdef: MapSpec, vm_map, find) -> None:
+    """Put what a map's definition names into its slots (`MapSpec.values`: slot -> symbol), as libbpf does
     after loading: `find("program", name)` gives a prog_array's programs, `find("map", name)` the inner maps
     of a map of maps."""
     kind = "program" if mapdef.type_name == "prog_array" else "map"
-    for slot, symbol in sorted(getattr(mapdef, "values", {}).items()):
+    for slot, symbol in sorted(mapdef.values.items()):
         try:
             target = find(kind, symbol)
         except BpforgeError as err:

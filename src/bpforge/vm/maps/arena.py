@@ -23,20 +23,17 @@ as the kernel's arena_vm_fault does; that is how a loader's copy of the __arena 
 from __future__ import annotations
 
 import errno
-import mmap
 
 from ...elf.maps import arena_data_offset
-from ...elf.model import MapDef
-from ...isa.maptypes import MapError
+from ...isa.maptypes import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_SEGV_ON_FAULT, MapError, MapSpec
+from ...isa.numbers import PAGE_SIZE
 from ..memory import VmFault
 from .base import VmMap, check_create
 
-PAGE_SIZE = mmap.PAGESIZE
 # Where the VM's "mmap" of an arena without map_extra asks to be (any page-aligned user address would do;
 # this one keeps the low 32 bits nonzero, as an address the kernel picks usually has them).
 MMAP_HINT = 0x7F00_0010_0000
 SPACE = 1 << 32  # the kernel-side range a program reaches (KERN_VM_SZ without its guard pages)
-BPF_F_MMAPABLE, BPF_F_SEGV_ON_FAULT, BPF_F_NO_USER_CONV = 0x400, 0x20000, 0x40000
 NUMA_NO_NODE = -1
 
 
@@ -78,9 +75,9 @@ class ArenaSpace:
 class ArenaMap(VmMap):
     """BPF_MAP_TYPE_ARENA: no keys or values for the syscall; pages for programs (and user space)."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int = 1) -> None:
+    def __init__(self, mapdef: MapSpec, num_cpus: int = 1) -> None:
         name, type_name, flags = mapdef.name, mapdef.type_name, mapdef.flags
-        extra = getattr(mapdef, "map_extra", 0) or 0
+        extra = mapdef.map_extra
         check_create(name, type_name, mapdef.key_size == 0 and mapdef.value_size == 0,
                      "key_size and value_size must be 0")
         check_create(name, type_name, mapdef.max_entries > 0, "max_entries (pages) must be positive")

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import errno
 
-from ...elf.model import MapDef
-from ...isa.maptypes import BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST
-from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, PerCpuValue, VmMap,
-    check_access_flags, check_create, round8,
+from ...isa.maptypes import (
+    BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE, BPF_F_NUMA_NODE,
+    BPF_F_PRESERVE_ELEMS, BPF_NOEXIST, MapSpec, round8,
 )
-from .limits import INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, check_memory
+from ...isa.numbers import PAGE_SIZE
+from .base import PerCpuValue, VmMap, check_access_flags, check_create
+from .limits import INT_MAX, PCPU_MIN_UNIT_SIZE, check_memory
 
 _FLAGS = BPF_F_NUMA_NODE | BPF_F_MMAPABLE | BPF_F_ACCESS_MASK | BPF_F_PRESERVE_ELEMS | BPF_F_INNER_MAP
 
 
-def check_array(mapdef: MapDef, key_size: int, value_size: int, allowed: int = _FLAGS,
+def check_array(mapdef: MapSpec, key_size: int, value_size: int, allowed: int = _FLAGS,
                 max_entries: int | None = None) -> None:
     """array_map_alloc_check, shared by every array-shaped map (`allowed`: the type's creation flags;
     `max_entries` when the map's differs from the definition's)."""
@@ -26,7 +26,7 @@ def check_array(mapdef: MapDef, key_size: int, value_size: int, allowed: int = _
     check_create(name, type_name, key_size == 4, f"key_size must be 4 (a u32 index), not {key_size}")
     check_create(name, type_name, value_size > 0, "value_size is 0")
     check_access_flags(name, type_name, flags, allowed)
-    numa = flags & BPF_F_NUMA_NODE or getattr(mapdef, "numa_node", None) is not None
+    numa = flags & BPF_F_NUMA_NODE or mapdef.numa_node is not None
     check_create(name, type_name, not (type_name == "percpu_array" and numa), "a per-CPU array has no NUMA node")
     check_create(name, type_name, type_name == "array" or not flags & (BPF_F_MMAPABLE | BPF_F_INNER_MAP),
                  "BPF_F_MMAPABLE and BPF_F_INNER_MAP are for plain arrays")
@@ -37,7 +37,7 @@ def check_array(mapdef: MapDef, key_size: int, value_size: int, allowed: int = _
                  f"per-CPU values are limited to {PCPU_MIN_UNIT_SIZE} bytes", errno.E2BIG)
 
 
-def kernel_bytes(mapdef: MapDef, value_size: int, num_cpus: int) -> int:
+def kernel_bytes(mapdef: MapSpec, value_size: int, num_cpus: int) -> int:
     """What array_map_alloc allocates: every value (per-CPU arrays: a pointer per index and each CPU's
     value), page-aligned when mmapable."""
     entries = mapdef.max_entries
@@ -65,7 +65,7 @@ class ArrayMap(VmMap):
     """BPF_MAP_TYPE_ARRAY. Lookup of an index past the end is ENOENT (None), update there E2BIG; delete is
     always EINVAL (elements cannot go away) and BPF_NOEXIST always EEXIST (they all exist)."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         check_array(mapdef, mapdef.key_size, mapdef.value_size)
         check_memory(mapdef.name, mapdef.type_name, kernel_bytes(mapdef, mapdef.value_size, num_cpus))
         super().__init__(mapdef.name, mapdef.type, mapdef.key_size, mapdef.value_size, mapdef.max_entries,

@@ -9,30 +9,16 @@ into `MapError(errno)`, the program face hands the number to the program as bpf_
 from __future__ import annotations
 
 import errno
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ...errors import BpforgeError
+from ...errors import ENOTSUPP, BpforgeError
 from ...isa.maptypes import (
-    BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY_PROG, MapError, check_value_size, map_type_name, round8, split_cpu_values,
+    BPF_ANY, BPF_F_LOCK, BPF_F_RDONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY, BPF_F_WRONLY_PROG, MapError,
+    check_value_size, map_errno_text, map_type_name, round8, split_cpu_values,
 )
-
-ENOTSUPP = 524  # kernel-internal errno (not in userspace errno.h) that some map types return through bpf()
-
-# Map creation flags (uapi BPF_F_*) that creation checks or behaviour depend on.
-BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU, BPF_F_NUMA_NODE = 0x1, 0x2, 0x4
-BPF_F_RDONLY, BPF_F_WRONLY = 0x8, 0x10  # the syscall side may only read / only write
-BPF_F_ZERO_SEED, BPF_F_WRONLY_PROG, BPF_F_MMAPABLE = 0x40, 0x100, 0x400
-BPF_F_PRESERVE_ELEMS, BPF_F_INNER_MAP = 0x800, 0x1000
-BPF_F_ACCESS_MASK = BPF_F_RDONLY | BPF_F_RDONLY_PROG | BPF_F_WRONLY | BPF_F_WRONLY_PROG
-
-
-
-
-def errname(err: int) -> str:
-    return errno.errorcode.get(err, "ENOTSUPP" if err == ENOTSUPP else str(err))
+from ...isa.numbers import M64
 
 
 class Unlisted:
@@ -58,6 +44,7 @@ class VmMap(ABC):
     lists and LRU lists are per CPU (the kernel differential tests run their syscalls on that CPU)."""
 
     percpu = False
+    map_extra = 0  # what the map was created with (bloom filters and arenas use it; others must have 0)
 
     def __init__(self, name: str, type_id: int, key_size: int, value_size: int, max_entries: int, flags: int,
                  num_cpus: int):
@@ -71,6 +58,7 @@ class VmMap(ABC):
         self.num_cpus = num_cpus
         self.syscall_cpu = 0
         self.frozen = False
+        self._iteration_key: bytearray | None = None
 
     # ---- the BpfMap protocol (what bpf(BPF_MAP_*_ELEM) does) ---------------------------------------------
 
@@ -137,6 +125,13 @@ class VmMap(ABC):
         if not self.percpu:
             return [value]
         return split_cpu_values(value, self.value_size, self.num_cpus)
+
+    def iteration_key(self) -> bytearray:
+        """The one buffer bpf_for_each_map_elem shows its callback each key in (mapped once per map, so that
+        iterating makes no new memory)."""
+        if self._iteration_key is None:
+            self._iteration_key = bytearray(self.key_size)
+        return self._iteration_key
 
     def __len__(self) -> int:
         """Elements present (an array's are all there)."""
@@ -245,7 +240,7 @@ class VmMap(ABC):
         check_value_size(self.name, value, self.value_size, self.num_cpus if self.percpu else None)
         if flags & BPF_F_LOCK:  # syscall.c refuses it for a map whose value holds no bpf_spin_lock
             raise self._error(errno.EINVAL, "update")
-        err = self._sys_update(key, value, flags & 0xFFFFFFFFFFFFFFFF)
+        err = self._sys_update(key, value, flags & M64)
         if err:
             raise self._error(-err, "update")
 
@@ -265,8 +260,7 @@ class VmMap(ABC):
             raise self._error(errno.EPERM, op)
 
     def _error(self, err: int, op: str) -> MapError:
-        text = "operation not supported by this map type" if err == ENOTSUPP else os.strerror(err)
-        return MapError(err, f"map '{self.name}' ({self.type_name}): {op}: {errname(err)}: {text}")
+        return MapError(err, f"map '{self.name}' ({self.type_name}): {op}: {map_errno_text(err)}")
 
     def _prog_refused(self, helper: str) -> MapError:
         return MapError(errno.EINVAL, f"map '{self.name}' ({self.type_name}): {helper} is not allowed on this map "

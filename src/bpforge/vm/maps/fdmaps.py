@@ -13,18 +13,21 @@ objects carry no type here, so that check is the caller's.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
-from ...elf.model import MapDef
-from ...isa.maptypes import BPF_ANY
-from .array import ArrayMap, check_array, index_of
-from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, VmMap, check_create,
+from ...isa.maptypes import (
+    BPF_ANY, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG,
+    MAP_IN_MAP_TYPES, MapSpec,
 )
+from .array import ArrayMap, check_array, index_of
+from .base import VmMap, check_create
 from .hash import HashMap
 from .limits import check_memory
 
 _ARRAY_TYPES = ("array", "percpu_array")  # inner maps whose max_entries must match (array_map_meta_equal)
-_MAP_IN_MAP = ("array_of_maps", "hash_of_maps")
+# How a map of maps makes its inner template: the package's factory, which knows every map type (passed in,
+# so that this module need not import the package that imports it).
+MakeMap = Callable[[MapSpec], VmMap]
 
 
 class Handles:
@@ -47,6 +50,10 @@ class Handles:
 
 
 def _name(obj: object) -> str:
+    """How a dump names what a slot holds: an inner map by its name; a program (opaque here: whatever the
+    interpreter tail-calls into, a VmProgram in practice) by its `name` if it has one."""
+    if isinstance(obj, VmMap):
+        return obj.name
     return str(getattr(obj, "name", None) or repr(obj))
 
 
@@ -56,7 +63,7 @@ class _FdArray(ArrayMap):
 
     extra_flags = 0  # creation flags this type allows beyond the common ones
 
-    def __init__(self, mapdef: MapDef, num_cpus: int, max_entries: int | None = None):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, max_entries: int | None = None):
         entries = mapdef.max_entries if max_entries is None else max_entries
         check_create(mapdef.name, mapdef.type_name, not mapdef.flags & (BPF_F_RDONLY_PROG | BPF_F_WRONLY_PROG),
                      "BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG are not for maps of objects")
@@ -143,25 +150,21 @@ def _meta_equal(template: VmMap, inner: object) -> bool:
     return same
 
 
-def _template(mapdef: MapDef, num_cpus: int) -> VmMap:
-    from . import (
-        create_map,  # the template is any map type: the package's factory makes it
-    )
-
-    inner = getattr(mapdef, "inner", None)
+def _template(mapdef: MapSpec, make_map: MakeMap) -> VmMap:
+    inner = mapdef.inner
     check_create(mapdef.name, mapdef.type_name, inner is not None, "a map of maps needs its inner map's definition")
-    check_create(mapdef.name, mapdef.type_name, inner.type_name not in _MAP_IN_MAP,
+    check_create(mapdef.name, mapdef.type_name, inner.type_name not in MAP_IN_MAP_TYPES,
                  "maps of maps of maps are not supported by the kernel")
-    return create_map(inner, num_cpus=num_cpus)
+    return make_map(inner)
 
 
 class ArrayOfMapsMap(_FdArray):
     """BPF_MAP_TYPE_ARRAY_OF_MAPS: `prog_lookup` gives the inner VmMap itself (the program gets a map
     pointer, not a value pointer), or None for an empty slot."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, make_map: MakeMap):
         super().__init__(mapdef, num_cpus)
-        self.template = _template(mapdef, num_cpus)
+        self.template = _template(mapdef, make_map)
 
     def _accepts(self, obj):
         return 0 if _meta_equal(self.template, obj) else errno.EINVAL
@@ -175,10 +178,10 @@ class HashOfMapsMap(HashMap):
     """BPF_MAP_TYPE_HASH_OF_MAPS: a hash map whose values are handles of inner maps; `prog_lookup` gives
     the inner VmMap."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, make_map: MakeMap):
         super().__init__(mapdef, num_cpus, value_size=4)
         self.handles = Handles()
-        self.template = _template(mapdef, num_cpus)
+        self.template = _template(mapdef, make_map)
 
     def register(self, obj: object) -> int:
         return self.handles.register(obj)

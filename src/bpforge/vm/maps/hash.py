@@ -23,32 +23,32 @@ from __future__ import annotations
 
 import errno
 
-from ...elf.model import MapDef
-from ...isa.maptypes import BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST
-from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED, ENOTSUPP,
-    PerCpuValue, VmMap, check_access_flags, check_create, round8,
+from ...errors import ENOTSUPP
+from ...isa.maptypes import (
+    BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
+    BPF_F_ZERO_SEED, BPF_NOEXIST, MapSpec, round8,
 )
+from ...isa.numbers import M32
+from .base import PerCpuValue, VmMap, check_access_flags, check_create
 from .limits import HTAB_BUCKET_SIZE, HTAB_ELEM_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, check_memory
 from .lru import Lru, Node
 
 _FLAGS = BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK | BPF_F_ZERO_SEED
-_M32 = 0xFFFFFFFF
 # htab_map_alloc: max_entries above 2^31 is E2BIG, and so is a bucket array whose size overflows a u32
 # (n_buckets > U32_MAX / sizeof(struct bucket)), i.e. more than 2^27 entries.
 _MAX_ENTRIES = 1 << 27
 
 
 def _rol(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _M32
+    return ((x << k) | (x >> (32 - k))) & M32
 
 
 def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
     """__jhash_mix: each step subtracts, xors a rotation, adds, on 32 bits."""
     for x, y, z, k in ((0, 2, 1, 4), (1, 0, 2, 6), (2, 1, 0, 8), (0, 2, 1, 16), (1, 0, 2, 19), (2, 1, 0, 4)):
         v = [a, b, c]
-        v[x] = ((v[x] - v[y]) & _M32) ^ _rol(v[y], k)
-        v[y] = (v[y] + v[z]) & _M32
+        v[x] = ((v[x] - v[y]) & M32) ^ _rol(v[y], k)
+        v[y] = (v[y] + v[z]) & M32
         a, b, c = v
     return a, b, c
 
@@ -57,7 +57,7 @@ def _final(a: int, b: int, c: int) -> int:
     """__jhash_final, returning c."""
     for x, y, k in ((2, 1, 14), (0, 2, 11), (1, 0, 25), (2, 1, 16), (0, 2, 4), (1, 0, 14), (2, 1, 24)):
         v = [a, b, c]
-        v[x] = ((v[x] ^ v[y]) - _rol(v[y], k)) & _M32
+        v[x] = ((v[x] ^ v[y]) - _rol(v[y], k)) & M32
         a, b, c = v
     return c
 
@@ -66,21 +66,21 @@ def jhash(key: bytes, seed: int = 0) -> int:
     """Bob Jenkins' lookup3 as include/linux/jhash.h has it (jhash2 over u32 words agrees with it on a
     little-endian host, which is what htab_map_hash picks for keys of a multiple of 4 bytes)."""
     length = len(key)
-    a = b = c = (0xDEADBEEF + length + seed) & _M32
+    a = b = c = (0xDEADBEEF + length + seed) & M32
     i = 0
     while length > 12:
-        a = (a + int.from_bytes(key[i:i + 4], "little")) & _M32
-        b = (b + int.from_bytes(key[i + 4:i + 8], "little")) & _M32
-        c = (c + int.from_bytes(key[i + 8:i + 12], "little")) & _M32
+        a = (a + int.from_bytes(key[i:i + 4], "little")) & M32
+        b = (b + int.from_bytes(key[i + 4:i + 8], "little")) & M32
+        c = (c + int.from_bytes(key[i + 8:i + 12], "little")) & M32
         a, b, c = _mix(a, b, c)
         length -= 12
         i += 12
     if length == 0:
         return c
     tail = key[i:].ljust(12, b"\0")  # the switch's fall-through adds the last 1..12 bytes little-endian
-    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
-    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
-    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    a = (a + int.from_bytes(tail[0:4], "little")) & M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & M32
     return _final(a, b, c)
 
 
@@ -101,7 +101,7 @@ def _roundup_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def check_hash(mapdef: MapDef, key_size: int, value_size: int) -> None:
+def check_hash(mapdef: MapSpec, key_size: int, value_size: int) -> None:
     """htab_map_alloc_check."""
     name, type_name, flags = mapdef.name, mapdef.type_name, mapdef.flags
     lru = type_name in ("lru_hash", "lru_percpu_hash")
@@ -142,7 +142,7 @@ def kernel_bytes(type_name: str, key_size: int, value_size: int, max_entries: in
 class HashMap(VmMap):
     """The four hash map types; `percpu` and `lru` select the kernel's code path."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int, value_size: int | None = None):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, value_size: int | None = None):
         value_size = mapdef.value_size if value_size is None else value_size
         check_hash(mapdef, mapdef.key_size, value_size)
         check_memory(mapdef.name, mapdef.type_name, kernel_bytes(mapdef.type_name, mapdef.key_size, value_size,

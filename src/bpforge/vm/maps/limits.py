@@ -16,7 +16,6 @@ import errno
 
 from .base import check_create
 
-PAGE_SIZE = 4096
 KMALLOC_MAX_SIZE = 1 << 22  # 1 << (MAX_PAGE_ORDER + PAGE_SHIFT): the biggest kmalloc, 4 MiB
 PCPU_MIN_UNIT_SIZE = 32768  # a per-CPU value (rounded up to 8) may not be bigger
 INT_MAX = (1 << 31) - 1

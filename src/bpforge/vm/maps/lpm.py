@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import errno
 
-from ...elf.model import MapDef
-from ...isa.maptypes import BPF_EXIST, BPF_NOEXIST
-from .base import BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, VmMap, check_access_flags, check_create
+from ...isa.maptypes import BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_NOEXIST, MapSpec
+from .base import VmMap, check_access_flags, check_create
 from .limits import KMALLOC_MAX_SIZE, LPM_DATA_SIZE_MAX, LPM_NODE_SIZE
 
 _FLAGS = BPF_F_NO_PREALLOC | BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK
@@ -38,7 +37,7 @@ class _Entry:
 
 
 class LpmTrieMap(VmMap):
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         name, type_name = mapdef.name, mapdef.type_name
         # The kernel refuses a preallocated trie; like KernelMap.create (and every libbpf program, which
         # declares it) we create it with BPF_F_NO_PREALLOC whatever the definition says.

@@ -18,8 +18,8 @@ import errno
 from collections import deque
 from dataclasses import dataclass, field
 
-from ...elf.model import MapDef
-from .base import BPF_F_PRESERVE_ELEMS, ENOTSUPP
+from ...errors import ENOTSUPP
+from ...isa.maptypes import BPF_F_PRESERVE_ELEMS, MapSpec
 from .fdmaps import _FdArray
 
 BPF_F_INDEX_MASK = 0xFFFFFFFF
@@ -70,7 +70,7 @@ class PerfEvent:
 class PerfEventArrayMap(_FdArray):
     extra_flags = BPF_F_PRESERVE_ELEMS
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         super().__init__(mapdef, num_cpus, mapdef.max_entries or num_cpus)
         self.attempts: deque = deque(maxlen=KEPT_RECORDS)  # (index, cpu, result, record)
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping
 
-from ...elf.model import MapDef
-from ...errors import BpforgeError
-from ...isa.maptypes import BPF_ANY, BPF_EXIST, BPF_NOEXIST
-from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED, ENOTSUPP, VmMap, check_access_flags, check_create,
+from ...errors import ENOTSUPP, BpforgeError
+from ...isa.maptypes import (
+    BPF_ANY, BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED, BPF_NOEXIST, MapSpec,
 )
+from ...isa.numbers import M32
+from .base import VmMap, check_access_flags, check_create
 from .hash import jhash
 from .limits import KMALLOC_MAX_SIZE, check_memory
 
-_M32 = 0xFFFFFFFF
 _PAGE_BITS = 15  # 4 KiB of bits per page of the bloom filter's bit array
 _PAGE_MASK = (1 << _PAGE_BITS) - 1
 
@@ -57,7 +56,7 @@ class _Keyless(VmMap):
 class QueueStackMap(_Keyless):
     """BPF_MAP_TYPE_QUEUE (pop gives the oldest element) and BPF_MAP_TYPE_STACK (the newest)."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         name, type_name = mapdef.name, mapdef.type_name
         check_create(name, type_name, mapdef.max_entries > 0, "max_entries is 0")
         check_create(name, type_name, mapdef.key_size == 0, f"key_size must be 0, not {mapdef.key_size}")
@@ -138,9 +137,9 @@ class BloomFilterMap(_Keyless):
 
     no_keys_errno = errno.EOPNOTSUPP
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         name, type_name = mapdef.name, mapdef.type_name
-        extra = getattr(mapdef, "map_extra", 0) or 0
+        extra = mapdef.map_extra
         check_create(name, type_name, mapdef.value_size <= KMALLOC_MAX_SIZE,
                      f"value_size {mapdef.value_size} is above {KMALLOC_MAX_SIZE}", errno.E2BIG)
         check_create(name, type_name, mapdef.key_size == 0, f"key_size must be 0, not {mapdef.key_size}")
@@ -148,12 +147,13 @@ class BloomFilterMap(_Keyless):
         check_create(name, type_name, mapdef.max_entries > 0, "max_entries is 0")
         check_access_flags(name, type_name, mapdef.flags, BPF_F_NUMA_NODE | BPF_F_ZERO_SEED | BPF_F_ACCESS_MASK)
         check_create(name, type_name, not extra & ~0xF, f"map_extra {extra:#x}: only the low 4 bits (hash count)")
+        self.map_extra = extra
         self.nr_hash_funcs = extra or 5
         # bloom_map_alloc: max_entries * hashes * 7 / 5 bits, rounded up to a power of 2 (at least 64);
         # 2^32 bits when that would not fit in 31 bits.
         nr_bits = mapdef.max_entries * self.nr_hash_funcs
-        if nr_bits > _M32 or (nr_bits // 5) * 7 > _M32 or (nr_bits // 5) * 7 > 1 << 31:
-            self.mask = _M32
+        if nr_bits > M32 or (nr_bits // 5) * 7 > M32 or (nr_bits // 5) * 7 > 1 << 31:
+            self.mask = M32
         else:
             nr_bits = (nr_bits // 5) * 7
             nr_bits = 64 if nr_bits <= 64 else 1 << (nr_bits - 1).bit_length()

@@ -20,13 +20,12 @@ import struct
 from collections.abc import Callable
 from functools import lru_cache
 
-from ...elf.model import MapDef
 from ...isa.contexts import NetDevice, host_device
-from ...isa.maptypes import BPF_EXIST, BPF_NOEXIST
-from .array import index_of, next_index
-from .base import (
-    BPF_F_NUMA_NODE, BPF_F_RDONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY, VmMap, check_access_flags, check_create,
+from ...isa.maptypes import (
+    BPF_EXIST, BPF_F_NUMA_NODE, BPF_F_RDONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY, BPF_NOEXIST, MapSpec,
 )
+from .array import index_of, next_index
+from .base import VmMap, check_access_flags, check_create
 from .limits import check_memory
 
 BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS = 1 << 3, 1 << 4
@@ -45,7 +44,7 @@ def config_nr_cpus(path: str = "/sys/devices/system/cpu/kernel_max") -> int:
         return 8192
 
 
-def _check_shape(mapdef: MapDef, value_sizes: tuple[int, ...], allowed: int) -> None:
+def _check_shape(mapdef: MapSpec, value_sizes: tuple[int, ...], allowed: int) -> None:
     name, type_name = mapdef.name, mapdef.type_name
     check_create(name, type_name, mapdef.max_entries > 0, "max_entries is 0")
     check_create(name, type_name, mapdef.key_size == 4, f"key_size must be 4, not {mapdef.key_size}")
@@ -58,7 +57,7 @@ class _IndexedMap(VmMap):
     """An array of `max_entries` optional entries (cpumap, devmap, xskmap): get_next_key walks every index
     whether filled or not, as array maps do."""
 
-    def __init__(self, mapdef: MapDef, num_cpus: int, flags: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, flags: int):
         check_memory(mapdef.name, mapdef.type_name, mapdef.max_entries * 8)  # a pointer per index
         super().__init__(mapdef.name, mapdef.type, 4, mapdef.value_size, mapdef.max_entries, flags, num_cpus)
         self._entries: dict[int, bytearray] = {}
@@ -112,7 +111,7 @@ class CpuMap(_IndexedMap):
 
     redirect_flags = 0
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         _check_shape(mapdef, (4, 8), BPF_F_NUMA_NODE)
         limit = config_nr_cpus()
         check_create(mapdef.name, mapdef.type_name, mapdef.max_entries <= limit,
@@ -145,7 +144,7 @@ class DevMap(_IndexedMap):
 
     redirect_flags = BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
 
-    def __init__(self, mapdef: MapDef, num_cpus: int,
+    def __init__(self, mapdef: MapSpec, num_cpus: int,
                  devices: Callable[[int], NetDevice | None] = host_device):
         _check_shape(mapdef, (4, 8), _DEV_FLAGS)
         self.devices = devices
@@ -190,7 +189,7 @@ class DevMapHash(VmMap):
 
     redirect_flags = BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
 
-    def __init__(self, mapdef: MapDef, num_cpus: int,
+    def __init__(self, mapdef: MapSpec, num_cpus: int,
                  devices: Callable[[int], NetDevice | None] = host_device):
         _check_shape(mapdef, (4, 8), _DEV_FLAGS)
         check_create(mapdef.name, mapdef.type_name, mapdef.max_entries <= 1 << 31,
@@ -251,7 +250,7 @@ class XskMap(_IndexedMap):
 
     redirect_flags = 0
 
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         _check_shape(mapdef, (4,), _DEV_FLAGS)
         super().__init__(mapdef, num_cpus, mapdef.flags)
 
@@ -272,4 +271,6 @@ class XskMap(_IndexedMap):
         return None  # a program would get the xdp_sock, or NULL for an empty slot
 
 
-__all__ = ["CpuMap", "DevMap", "DevMapHash", "XskMap", "config_nr_cpus"]
+REDIRECT_MAPS = (CpuMap, DevMap, DevMapHash, XskMap)  # what bpf_redirect_map takes
+
+__all__ = ["REDIRECT_MAPS", "CpuMap", "DevMap", "DevMapHash", "XskMap", "config_nr_cpus"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import errno
 import mmap
 
-from ...elf.model import MapDef
-from ...isa.maptypes import MapError
-from .base import BPF_F_NUMA_NODE, ENOTSUPP, Unlisted, VmMap, check_create, round8
+from ...errors import ENOTSUPP
+from ...isa.maptypes import BPF_F_NUMA_NODE, MapSpec, MapError, round8
+from .base import Unlisted, VmMap, check_create
 from .limits import check_memory
 
 HDR_SIZE = 8  # BPF_RINGBUF_HDR_SZ: u32 len (busy and discard bits on top), u32 page offset
@@ -37,7 +37,7 @@ class _Record:
 
 
 class RingBufMap(Unlisted, VmMap):
-    def __init__(self, mapdef: MapDef, num_cpus: int, page_size: int = mmap.PAGESIZE):
+    def __init__(self, mapdef: MapSpec, num_cpus: int, page_size: int = mmap.PAGESIZE):
         size, name, type_name = mapdef.max_entries, mapdef.name, mapdef.type_name
         check_create(name, type_name, not mapdef.flags & ~BPF_F_NUMA_NODE, f"flags {mapdef.flags:#x}")
         check_create(name, type_name, size > 0 and size & (size - 1) == 0 and size % page_size == 0,

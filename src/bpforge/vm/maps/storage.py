@@ -17,22 +17,19 @@ from __future__ import annotations
 import errno
 from weakref import WeakKeyDictionary
 
-from ...elf.model import MapDef
-from ...isa.maptypes import BPF_EXIST, BPF_F_LOCK
-from ..memory import Memory
-from .base import (
-    BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, PerCpuValue, Unlisted, VmMap,
-    check_access_flags, check_create,
+from ...isa.maptypes import (
+    BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_CLONE, BPF_F_LOCK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, MapSpec,
 )
+from ..memory import Memory
+from .base import PerCpuValue, Unlisted, VmMap, check_access_flags, check_create
 from .limits import LOCAL_STORAGE_MAX_VALUE, PCPU_MIN_UNIT_SIZE
 
-BPF_F_CLONE = 1 << 9
 BPF_SK_STORAGE_GET_F_CREATE = 1
 CGROUP_STORAGE_KEY_SIZES = (8, 16)  # __u64 cgroup inode id, or struct bpf_cgroup_storage_key
 
 
 class CgroupStorageMap(VmMap):
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         name, type_name = mapdef.name, mapdef.type_name
         self.percpu = type_name == "percpu_cgroup_storage"
         limit = min(LOCAL_STORAGE_MAX_VALUE, PCPU_MIN_UNIT_SIZE) if self.percpu else LOCAL_STORAGE_MAX_VALUE
@@ -74,7 +71,7 @@ class CgroupStorageMap(VmMap):
 
 
 class SkStorageMap(Unlisted, VmMap):
-    def __init__(self, mapdef: MapDef, num_cpus: int):
+    def __init__(self, mapdef: MapSpec, num_cpus: int):
         name, type_name, flags = mapdef.name, mapdef.type_name, mapdef.flags
         check_create(name, type_name, not flags & ~(BPF_F_NO_PREALLOC | BPF_F_CLONE),
                      f"flags {flags & ~(BPF_F_NO_PREALLOC | BPF_F_CLONE):#x} are not valid for this type")
