@@ -8,6 +8,7 @@ from functools import lru_cache
 from ..errors import DecodeError
 from . import opcodes as op
 from .forms import FIELDS, FORMS_BY_NAME, FORMS_BY_OPCODE, Form
+from .numbers import M32, M64, s32, s64
 
 LDDW_OPCODE = op.LD | op.IMM | op.SIZES[8]
 
@@ -42,8 +43,7 @@ class Insn:
     @property
     def imm64(self) -> int:
         """The 64-bit immediate of an lddw as a signed value (imm_hi:imm)."""
-        value = (self.imm_hi & 0xFFFFFFFF) << 32 | (self.imm & 0xFFFFFFFF)
-        return value - (1 << 64) if value >> 63 else value
+        return s64((self.imm_hi & M32) << 32 | (self.imm & M32))
 
     def field(self, name: str) -> int:
         return self.imm64 if name == "imm64" else getattr(self, name)
@@ -59,8 +59,8 @@ class Insn:
         form = FORMS_BY_NAME[form] if isinstance(form, str) else form
         fields = dict.fromkeys(FIELDS, 0) | form.fixed_fields
         if "imm64" in operands:
-            value = operands.pop("imm64") & (1 << 64) - 1
-            fields["imm"], fields["imm_hi"] = _s32(value & 0xFFFFFFFF), _s32(value >> 32)
+            value = operands.pop("imm64") & M64
+            fields["imm"], fields["imm_hi"] = s32(value & M32), s32(value >> 32)
         fields |= operands
         insn = cls(form.opcode, **fields)
         if insn.form is not form:  # form_of raised already if the fields encode nothing at all
@@ -72,10 +72,6 @@ class Insn:
         values = {"dst": self.dst, "src": self.src, "off": self.off, "imm": self.imm, "imm_hi": self.imm_hi,
                   "imm64": self.imm64}
         return self.form.templates[0].render(values)
-
-
-def _s32(value: int) -> int:
-    return value - (1 << 32) if value >> 31 else value
 
 
 @lru_cache(maxsize=1 << 16)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from . import opcodes
 from .forms import Form
 from .insn import Insn
-
-M64 = (1 << 64) - 1
+from .numbers import M64
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from .numbers import M64, signed
 from .ops import (
-    AddrSpaceCast, Alu, Atomic, Call, Exit, Imm, Jump, LegacyLoad, Load, LoadImm64, MayGoto, Op, Operand, Reg,
+    AddrSpaceCast, Alu, Atomic, Call, Exit, Jump, LegacyLoad, Load, LoadImm64, MayGoto, Op, Operand, Reg,
     Store, Unary,
 )
 
 V = TypeVar("V")
-M64 = (1 << 64) - 1
 
 
 class BitVector(Protocol[V]):
@@ -301,9 +301,7 @@ def handled_op_types() -> frozenset[type]:
 class IntOps(Generic[V]):
     """The bit-vector interface over Python ints: the interpreter's arithmetic."""
 
-    @staticmethod
-    def signed(a: int, w: int) -> int:
-        return a - (1 << w) if a >> (w - 1) else a
+    signed = staticmethod(signed)
 
     def const(self, value, width):
         return value & ((1 << width) - 1)

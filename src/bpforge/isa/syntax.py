@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .helpers import helper_id
-from .numbers import NumberError, parse_number
+from .numbers import NumberError, parse_number, s32, s64
 
 # Patterns are compiled with re.ASCII: only ASCII digits are digits and only ASCII letters make names
 # (Python's \d would take a full-width `０`, so `r０` would name a register).
@@ -44,7 +44,7 @@ def wrap_s32(value: int, what: str) -> int:
     """Accept [-2^31, 2^32) like llvm-mc and store it as the signed 32-bit field value."""
     if not -(1 << 31) <= value < (1 << 32):
         raise OperandError(f"{what} {value:#x} does not fit in 32 bits")
-    return value - (1 << 32) if value >= (1 << 31) else value
+    return s32(value)
 
 
 def check_range(value: int, bounds: tuple[int, int], what: str) -> int:
@@ -138,7 +138,7 @@ class Placeholder:
                 value = parse_int(text)
                 if not -(1 << 63) <= value < (1 << 64):
                     raise OperandError(f"immediate {value:#x} does not fit in 64 bits")
-                return value - (1 << 64) if value >= (1 << 63) else value
+                return s64(value)
             m = re.fullmatch(rf"({IDENT})(?:\s*([+-])\s*(\S+))?", text, re.ASCII)
             addend = parse_int(m.group(3)) * (-1 if m.group(2) == "-" else 1) if m.group(2) else 0
             return Symbol(m.group(1), addend)

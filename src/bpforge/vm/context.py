@@ -25,7 +25,6 @@ the last one left (`Input.before_run`/`after_run` redo what the kernel redoes pe
 
 from __future__ import annotations
 
-import errno
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
+from ..isa.numbers import s32
 from ..isa.ops import Op, decode_op
 from ..isa.semantics import INT_OPS, Condition, holds, step
 from .context import Input, prepare
@@ -136,7 +137,7 @@ class Machine:
     def map_handle(self, vm_map) -> int:
         handle = self._handle_of.get(id(vm_map))
         if handle is None:
-            name = f"map {getattr(vm_map, 'name', '?')}"
+            name = f"map {vm_map.name}"
             layout = self.program.map_layout  # the kernel's struct bpf_map, when the program reads it
             handle = (self.memory.map(layout.render(vm_map), f"struct bpf_map of {name}", writable=False)
                       if layout is not None else self.memory.reserve(name)).base
@@ -158,8 +159,8 @@ class Machine:
         return self.value_pointer(vm_map, storage)
 
     def value_pointer(self, vm_map, storage: bytearray) -> int:
-        readonly = getattr(vm_map, "readonly_prog", False)  # BPF_F_RDONLY_PROG (.rodata), not syscall freezing
-        return self.memory.map(storage, f"value of map {getattr(vm_map, 'name', '?')}", writable=not readonly).base
+        # BPF_F_RDONLY_PROG (.rodata) makes a value read-only to programs; freezing through the syscall does not
+        return self.memory.map(storage, f"value of map {vm_map.name}", writable=not vm_map.readonly_prog).base
 
     def code_pointer(self, program: VmProgram, slot: int) -> int:
         for addr, target in self._code_of.items():
@@ -374,7 +375,7 @@ class Interpreter:
         raise VmFault(KERNEL_OBJECT_REFUSAL)
 
     def legacy_load(self, size: int, offset: int) -> int:
-        value = legacy_load(self.input, size, INT_OPS.signed(offset, 32))
+        value = legacy_load(self.input, size, s32(offset))
         if value is None:
             raise _Abort()
         return value
