@@ -25,6 +25,7 @@ Kernel behaviour where RFC 9669 leaves room (and the RFC where it does not):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -284,6 +285,11 @@ _STEPS = {
     Atomic: _step_atomic, Jump: _step_jump, MayGoto: lambda m, op: m.may_goto(op.target), Call: _step_call,
     Exit: lambda m, op: m.exit(), LoadImm64: _step_imm64, LegacyLoad: _step_legacy,
 }
+
+
+def step_of(op: Op) -> Callable[[Machine[V], Op], None]:
+    """The function `step` runs for `op`: a driver that decodes once may look it up once, too."""
+    return _STEPS[op.__class__]
 
 
 def step(m: Machine[V], op: Op) -> None:

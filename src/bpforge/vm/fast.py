@@ -220,7 +220,7 @@ def _leaders(slots: list[int], code: list, entry: int, end: int) -> list[int]:
     """Block leader slots of the function [entry, end) whose instructions start at `slots`."""
     leaders = {entry}
     for slot in slots:
-        op, after = code[slot]
+        _, op, after = code[slot]
         if ends_block(op):
             leaders.add(after)
             if op.__class__ in (Jump, MayGoto) and entry <= op.target < end:
@@ -262,10 +262,10 @@ class _Emitter:
         code, slots, slot = self.prog.code, [], leader
         while slot < self.fn.end and code[slot] is not None:
             slots.append(slot)
-            op, slot = code[slot]
+            _, op, slot = code[slot]
             if ends_block(op) or slot in self.leaders:
                 break
-        last, after = code[slots[-1]]
+        _, last, after = code[slots[-1]]
         self_loop = last.__class__ in (Jump, MayGoto) and last.target == leader
         if self_loop:
             out.emit(depth, "while True:")
@@ -275,7 +275,7 @@ class _Emitter:
         machine = _SourceMachine(self, out)
         for s in slots:
             machine.begin(s, depth, self_loop and s == slots[-1])
-            step(machine, code[s][0])
+            step(machine, code[s][1])
         if falls_through(last):
             if self_loop:
                 out.emit(depth, "break")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import BpforgeError
 from ..isa.numbers import s32
 from ..isa.ops import Op, decode_op
-from ..isa.semantics import INT_OPS, Condition, holds, step
+from ..isa.semantics import INT_OPS, Condition, holds, step_of
 from .context import Input, prepare
 from .helpers import TailCall, call_helper, legacy_load
 from .kfuncs import call_kfunc
@@ -225,7 +225,7 @@ class Interpreter:
         self.clock = Clock(machine.budget, machine.program)
         self._calling_program = machine.program  # the program a helper was called from (for callbacks)
         self.program = machine.program
-        self.code: list[tuple[Op, int] | None] = []
+        self.code: list[tuple[Callable, Op, int] | None] = []
         self.lo = self.hi = 0
         self.may_goto_left = MAY_GOTO_BUDGET
         self.next_pc = 0
@@ -284,8 +284,8 @@ class Interpreter:
                 clock.executed += 1
                 if clock.executed > clock.budget:
                     clock.exhausted()
-                op, self.next_pc = self.code[pc]
-                step(self, op)
+                execute, op, self.next_pc = self.code[pc]
+                execute(self, op)
                 pc = self.next_pc
         except BpforgeError as err:
             raise err.at(insn=pc) from None
@@ -388,15 +388,16 @@ _RETURNED = -1  # next_pc once the loop's own frame has returned
 KERNEL_OBJECT_REFUSAL = "lddw_btf_id needs kernel BTF; the interpreter cannot resolve it"
 
 
-def decoded(program: VmProgram) -> list[tuple[Op, int] | None]:
-    """Slot-indexed (meaning, slot that follows) of a program, decoded once and kept with it; None in the
-    second slot of an lddw."""
+def decoded(program: VmProgram) -> list[tuple[Callable, Op, int] | None]:
+    """Slot-indexed (`step`'s function for the op, the op, the slot that follows) of a program, decoded once
+    and kept with it; None in the second slot of an lddw."""
     table = program.decoded
     if table is None:
         table = []
         for insn in program.insns:
             slot = len(table)
-            table.append((decode_op(insn, slot), slot + insn.slots))
+            op = decode_op(insn, slot)
+            table.append((step_of(op), op, slot + insn.slots))
             if insn.slots == 2:
                 table.append(None)
         program.decoded = table
