@@ -208,3 +208,31 @@ def prog_type_of_section(section: str | None) -> str | None:
 
 __all__ = ["ATTACH_TYPES", "ATTACH_TYPE_IDS", "DEFAULT_PROG_TYPE", "PROG_TYPES", "SECTION_DEFS", "SectionDef",
            "check_prog_type", "default_attach_type", "prog_type_of_section", "required_prog_flags", "section_def"]
+
+
+# ---- what r0 may hold when the program exits (check_return_code) ----------------------------------------
+
+# The types whose return value the verifier checks, with the range of the values it allows; the others may
+# return any scalar (and, with privileges, a pointer). Where the attach type decides, `_RANGE_BY_ATTACH`.
+_RETURN_RANGES = {
+    "cgroup_skb": (0, 1), "cgroup_sock": (0, 1), "cgroup_sock_addr": (0, 1), "cgroup_sysctl": (0, 1),
+    "cgroup_sockopt": (0, 1), "cgroup_device": (0, 1), "sock_ops": (0, 1), "sk_lookup": (0, 1),
+    "netfilter": (0, 1),
+}
+_RANGE_BY_ATTACH = {
+    ("cgroup_skb", "cgroup_inet_egress"): (0, 3),  # bit 1: congestion notification
+    **{("cgroup_sock_addr", name): (1, 1) for name in (
+        "cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_unix_recvmsg", "cgroup_inet4_getpeername",
+        "cgroup_inet6_getpeername", "cgroup_unix_getpeername", "cgroup_inet4_getsockname",
+        "cgroup_inet6_getsockname", "cgroup_unix_getsockname")},
+    ("cgroup_sock_addr", "cgroup_inet4_bind"): (0, 3), ("cgroup_sock_addr", "cgroup_inet6_bind"): (0, 3),
+}
+
+
+def return_range(prog_type: str, attach_type: int = 0) -> tuple[int, int] | None:
+    """The values (inclusive, as signed 32-bit numbers) a program of `prog_type` loaded with
+    `attach_type` (0: the type's default) may return, or None when the verifier does not check them.
+    A checked type must return a scalar known to lie in the range."""
+    attach = attach_type or default_attach_type(prog_type)
+    name = ATTACH_TYPES[attach] if 0 <= attach < len(ATTACH_TYPES) else None
+    return _RANGE_BY_ATTACH.get((prog_type, name), _RETURN_RANGES.get(prog_type))
