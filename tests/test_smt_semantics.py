@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bpforge.isa import FORMS, Insn
 from bpforge.isa.ops import OP_TYPES, decode_op
-from bpforge.isa.semantics import INT_OPS, Machine, handled_op_types, holds, step
+from bpforge.isa.semantics import INT_OPS, BitVectorArithmetic, Machine, handled_op_types, holds, step
 from bpforge.opt.smt import NotModelled, Z3Machine
 from bpforge.vm.fast import _SourceMachine
 from bpforge.vm.interp import Interpreter
@@ -41,7 +41,7 @@ S32 = st.one_of(st.integers(-(1 << 31), (1 << 31) - 1), st.sampled_from(IMM_EDGE
 S16 = st.integers(-(1 << 15), (1 << 15) - 1)
 
 
-class IntMachine:
+class IntMachine(BitVectorArithmetic):
     """The integer `Machine` of the interpreter, cut down to registers, a little byte memory at `BASE` and a
     record of the branch: enough for `step` on the forms tested here."""
 

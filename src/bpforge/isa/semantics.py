@@ -173,6 +173,8 @@ class Machine(Protocol[V]):
 
     def reg(self, n: int) -> V: ...
     def set_reg(self, n: int, value: V) -> None: ...
+    def alu(self, op: Alu, dst: V, src: V) -> V: ...  # the new dst (`BitVectorArithmetic`: the bit-vector one)
+    def unary(self, op: Unary, dst: V) -> V: ...
     def load(self, addr: V, size: int) -> V: ...  # `size` bytes, zero-extended to 64 bits
     def store(self, addr: V, size: int, value: V, when=None) -> None: ...  # low `size` bytes; `when`: only if
     def branch(self, cond: Condition[V] | None, target: int) -> None: ...  # to slot `target` (None: always)
@@ -199,12 +201,24 @@ def address(m: Machine[V], base: int, off: int) -> V:
     return m.bv.add(m.reg(base), m.bv.const(off & M64, 64), 64)
 
 
+class BitVectorArithmetic:
+    """The ALU of a machine whose values are bit-vectors (ints, source text, z3 terms): `alu` and `unary`
+    composed from the `BitVector` operations. An abstract machine (the verifier) computes ALU results with
+    its own transfer functions instead, which is why they are machine methods."""
+
+    def alu(self, op: Alu, dst, src):
+        return alu(self.bv, op, dst, src)
+
+    def unary(self, op: Unary, dst):
+        return unary(self.bv, op, dst)
+
+
 def _step_alu(m: Machine[V], op: Alu) -> None:
-    m.set_reg(op.dst, alu(m.bv, op, m.reg(op.dst), operand(m, op.src)))
+    m.set_reg(op.dst, m.alu(op, m.reg(op.dst), operand(m, op.src)))
 
 
 def _step_unary(m: Machine[V], op: Unary) -> None:
-    m.set_reg(op.dst, unary(m.bv, op, m.reg(op.dst)))
+    m.set_reg(op.dst, m.unary(op, m.reg(op.dst)))
 
 
 def _step_cast(m: Machine[V], op: AddrSpaceCast) -> None:

@@ -21,7 +21,7 @@ from functools import cached_property
 
 from ..errors import BpforgeError
 from ..isa.ops import Jump, MayGoto, ends_block, falls_through
-from ..isa.semantics import INT_OPS, SOURCE_OPS, Condition, holds, step
+from ..isa.semantics import INT_OPS, SOURCE_OPS, BitVectorArithmetic, Condition, holds, step
 from .helpers import call_helper, legacy_load
 from .kfuncs import call_kfunc
 from .maps.arena import addr_space_cast
@@ -283,7 +283,7 @@ class _Emitter:
             self.goto(out, after, depth)
 
 
-class _SourceMachine:
+class _SourceMachine(BitVectorArithmetic):
     """The `isa.semantics.Machine` whose values are Python expression text: `step` run on it writes the
     code of one instruction. Registers are the locals r0-r10; a value loaded from memory is bound to `_m`
     first (an operation may use it more than once), which the register write that follows absorbs."""

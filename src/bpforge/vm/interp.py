@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import BpforgeError
 from ..isa.numbers import s32
 from ..isa.ops import Op, decode_op
-from ..isa.semantics import INT_OPS, Condition, holds, step_of
+from ..isa.semantics import INT_OPS, BitVectorArithmetic, Condition, holds, step_of
 from .context import Input, prepare
 from .helpers import TailCall, call_helper, legacy_load
 from .kfuncs import call_kfunc
@@ -205,7 +205,7 @@ class Machine:
         return repeat_runs(self, inp, lambda: Interpreter(self, inp).execute(), repeat, stop)
 
 
-class Interpreter:
+class Interpreter(BitVectorArithmetic):
     """One run of the machine's program: the integer instantiation of `isa.semantics.step` (the `Machine`
     it needs), around which this is only the loop. Also the `vm` argument helpers receive (`machine`,
     `input`, `tail_calls`, `call_function`).

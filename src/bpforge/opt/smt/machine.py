@@ -31,7 +31,7 @@ import z3
 
 from ...errors import BpforgeError
 from ...isa.helpers import helper_id, helper_name
-from ...isa.semantics import Condition, holds
+from ...isa.semantics import BitVectorArithmetic, Condition, holds
 from .bitvec import Z3_OPS
 
 ADDR = z3.BitVecSort(64)
@@ -56,7 +56,7 @@ class Branch:
 
 
 @dataclass(eq=False)
-class Z3Machine:
+class Z3Machine(BitVectorArithmetic):
     """Registers and memory as z3 terms. `regs` (eleven 64-bit terms) and `memory` (a byte array) default to
     the named constants `r0`..`r10` and `mem`."""
 
