@@ -59,6 +59,9 @@ class IntMachine(BitVectorArithmetic):
     def set_reg(self, n, value):
         self.regs[n] = value
 
+    def clobber(self, n):
+        self.regs[n] = 0
+
     def _offset(self, addr, size):
         offset = addr - self.BASE
         assert 0 <= offset <= len(self.memory) - size, f"access at {addr:#x} outside the test memory"

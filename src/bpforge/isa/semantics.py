@@ -20,7 +20,7 @@ Kernel behaviour where RFC 9669 leaves room (and the RFC where it does not):
 - shift amounts are masked to the operation width (63 or 31);
 - 32-bit operations zero-extend their result into the 64-bit register;
 - a legacy packet load (LD_ABS/LD_IND) computes its offset in 32 bits and clobbers r1-r5, as the kernel's
-  load helper call does.
+  load helper call does (`Machine.clobber`: the VM zeroes them, the verifier marks them unreadable).
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def binary(bv: BitVector[V], op: str, a: V, b: V, w: int) -> V:
 
 
 def alu(bv: BitVector[V], op: Alu, dst: V, src: V) -> V:
-    """The new 64-bit value of dst for an `Alu` op: `dst` is the 64-bit register value, `src` the 64-bit
-    source operand (the source register, or the immediate)."""
+    """The new 64-bit value of dst for an `Alu` op: `dst` is the 64-bit register value (None for a move,
+    which does not read it), `src` the 64-bit source operand (the source register, or the immediate)."""
     w = op.width
     if op.op == "movsx":
         result = bv.sext(bv.trunc(src, op.ext), op.ext, w)
@@ -173,6 +173,7 @@ class Machine(Protocol[V]):
 
     def reg(self, n: int) -> V: ...
     def set_reg(self, n: int, value: V) -> None: ...
+    def clobber(self, n: int) -> None: ...  # register n holds nothing a program may rely on (after LD_ABS)
     def alu(self, op: Alu, dst: V, src: V) -> V: ...  # the new dst (`BitVectorArithmetic`: the bit-vector one)
     def unary(self, op: Unary, dst: V) -> V: ...
     def load(self, addr: V, size: int) -> V: ...  # `size` bytes, zero-extended to 64 bits
@@ -214,7 +215,8 @@ class BitVectorArithmetic:
 
 
 def _step_alu(m: Machine[V], op: Alu) -> None:
-    m.set_reg(op.dst, m.alu(op, m.reg(op.dst), operand(m, op.src)))
+    dst = None if op.op in ("mov", "movsx") else m.reg(op.dst)  # a move does not read its destination
+    m.set_reg(op.dst, m.alu(op, dst, operand(m, op.src)))
 
 
 def _step_unary(m: Machine[V], op: Unary) -> None:
@@ -289,9 +291,8 @@ def _step_legacy(m: Machine[V], op: LegacyLoad) -> None:
     if op.src is not None:
         offset = bv.trunc(bv.add(m.reg(op.src), bv.const(op.imm & M64, 64), 64), 32)
     m.set_reg(0, m.legacy_load(op.size, offset))
-    zero = bv.const(0, 64)
     for n in range(1, 6):
-        m.set_reg(n, zero)
+        m.clobber(n)
 
 
 _STEPS = {

@@ -318,6 +318,9 @@ class _SourceMachine(BitVectorArithmetic):
         else:
             self.emit(f"r{n} = {value}")
 
+    def clobber(self, n: int) -> None:
+        self.emit(f"r{n} = 0")
+
     def load(self, addr: str, size: int) -> str:
         self._may_fault()
         self.emit(f"_m = ld({addr}, {size})")

@@ -298,6 +298,9 @@ class Interpreter(BitVectorArithmetic):
     def set_reg(self, n: int, value: int) -> None:
         self.regs[n] = value
 
+    def clobber(self, n: int) -> None:
+        self.regs[n] = 0
+
     def load(self, addr: int, size: int) -> int:
         return self.memory.load(addr, size)
 

@@ -79,6 +79,9 @@ class Z3Machine(BitVectorArithmetic):
     def set_reg(self, n: int, value) -> None:
         self.regs[n] = value
 
+    def clobber(self, n: int) -> None:
+        self.regs[n] = z3.FreshConst(ADDR, f"clobbered_r{n}")
+
     def load(self, addr, size: int):
         data = [z3.Select(self.memory, addr + i if i else addr) for i in range(size)]
         value = data[0] if size == 1 else z3.Concat(*reversed(data))  # Concat takes the high byte first
