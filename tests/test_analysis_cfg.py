@@ -8,7 +8,7 @@ import pytest
 from bpforge.analysis import CfgError, build_cfg, effects_of
 from bpforge.analysis.effects import StackAccess, handled_op_types
 from bpforge.elf import read_object
-from bpforge.isa import Insn, assemble, helper_id
+from bpforge.isa import assemble, helper_id
 from bpforge.isa.ops import OP_TYPES, decode_op
 
 from conftest import EXAMPLE_OBJECTS
@@ -124,7 +124,7 @@ def test_tail_call_continues_and_ld_abs_ends_a_block():
     ("r0 = 0\nif r0 > 1 goto +5\nexit", 1, "jump out of range from insn 1 to 7"),
     ("r0 = 0\ngoto -3\nexit", 1, "jump out of range from insn 1 to -1"),
     ("r0 = 0\nmay_goto +9\nexit", 1, "jump out of range"),
-    ("r0 = 0\nif r0 > 1 goto +1\nr1 = 1 ll\nexit", 1, "into the middle of lddw at slot 2"),
+    ("r0 = 0\nif r0 > 1 goto +1\nr1 = 1 ll\nexit", 1, "into the middle of ldimm64 insn 2"),
     ("r0 = 0", 0, "last insn is not an exit or jmp"),
     ("r0 = 0\nexit\nr0 = 1 ll", 3, "last insn is not an exit or jmp"),
     ("r0 = 0\nif r0 > 1 goto -2", 1, "last insn is not an exit or jmp"),

@@ -18,7 +18,7 @@ from bpforge.analysis.liveness import ALL_STACK, LiveSet, slot_bit
 from bpforge.analysis.reaching import Def, entry_registers
 from bpforge.elf import read_object
 from bpforge.isa import assemble, helper_id
-from bpforge.isa.ops import Jump, decode_ops
+from bpforge.isa.ops import Jump
 
 from conftest import EXAMPLE_OBJECTS, EXAMPLES
 

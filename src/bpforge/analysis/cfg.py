@@ -159,7 +159,7 @@ def _check_structure(ops: Sequence[Op | None], entries: list[int]) -> None:
                 if not start <= op.target < end:
                     raise CfgError(f"jump out of range from insn {slot} to {op.target}", insn=slot)
                 if ops[op.target] is None:
-                    raise CfgError(f"jump into the middle of lddw at slot {op.target - 1}", insn=slot)
+                    raise CfgError(f"jump into the middle of ldimm64 insn {op.target - 1}", insn=slot)
         last = ops[end - 1]
         if not (last.__class__ is Exit or (last.__class__ is Jump and last.cmp is None)):
             raise CfgError("last insn is not an exit or jmp", insn=end - 1)

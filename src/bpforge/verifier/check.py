@@ -1,0 +1,946 @@
+"""The verifier's walk: every path of the program, instruction by instruction, as the kernel's do_check.
+
+`verify_program(insns, prog_type, maps)` explores the program from its first instruction with the state
+`state.entry_state` gives, through `isa.semantics.step` on `VerifierMachine` — the abstract instance of
+the one semantics: its values are `Reg`s, its ALU is the kernel's transfer functions (`scalar.alu` and
+pointer arithmetic as adjust_ptr_min_max_vals), its memory accesses are check_mem_access, its branches
+refine both sides (`branch.refine`, null checks, packet ranges) and push the side it does not follow.
+Paths meet at prune points, where a state already proven safe that covers the current one ends the path
+(the kernel's is_state_visited, with the registers dead there ignored); a state met again on its own path
+unchanged is an infinite loop.
+
+What the kernel checks and this walk does not model yet raises `Unsupported` (a verdict of "unknown",
+never an accept): kfuncs, BTF-typed pointers, dynptrs and iterators, spin locks, reference-tracked
+objects (sockets, ring buffer records), callbacks (bpf_loop, for_each_map_elem, timers), variable-offset
+stack accesses, and helpers without a signature in the helper table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..analysis import build_cfg, liveness
+from ..analysis.cfg import CfgError
+from ..elf.maprefs import resolve_map_relocations
+from ..errors import BpforgeError
+from ..isa import Insn
+from ..isa.ctx_access import ctx_access
+from ..isa.helper_sets import helper_allowed
+from ..isa.helpers import HELPER_SIGNATURES, helper_name
+from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
+from ..isa.numbers import s64
+from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_op
+from ..isa.progtypes import return_range
+from ..isa.semantics import NEGATED, Condition, step
+from .branch import branch_taken, refine
+from .regs import NOT_INIT, NULLABLE, PACKET_KINDS, Reg, known, scalar, unknown
+from .scalar import Scalar, alu as scalar_alu
+from .state import INVALID, MISC, SLOT, SPILL, STACK_SIZE, ZERO, Frame, State, entry_state
+
+COMPLEXITY_LIMIT = 1_000_000  # BPF_COMPLEXITY_LIMIT_INSNS
+JUMP_SEQUENCE_LIMIT = 8192  # BPF_COMPLEXITY_LIMIT_JMP_SEQ: paths waiting to be explored
+MAX_CALL_FRAMES = 8
+MAX_PACKET_OFF = 0xFFFF
+BPF_MAX_VAR_OFF = 1 << 29
+_ALU_SYMBOLS = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "mod": "%=", "sdiv": "s/=", "smod": "s%=",
+                "or": "|=", "and": "&=", "xor": "^=", "lsh": "<<=", "rsh": ">>=", "arsh": "s>>="}
+# may_access_direct_pkt_data: the types that may write into the packet they read directly.
+_PACKET_WRITERS = frozenset({"xdp", "sched_cls", "sched_act", "lwt_xmit", "sk_skb", "sk_msg", "lwt_seg6local"})
+_LEGACY_LOADERS = frozenset({"socket_filter", "sched_cls", "sched_act"})
+_UNKNOWN = object()  # a condition the abstract machine cannot decide
+_MEMORY_ARGUMENTS = frozenset({"fp", "pkt", "pkt_meta", "map_value"})
+_EXPECTED_MEMORY = "fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, trusted_ptr_"
+BPF_F_STRICT_ALIGNMENT = 1
+NET_IP_ALIGN = 2  # strict alignment checks packet offsets as the kernel lays packets out: 2 bytes in
+ARRAY_MAPS = ("array", "percpu_array")
+
+
+class Rejected(BpforgeError):
+    """The program is unsafe: `message` in the kernel's words, `where.insn` the slot."""
+
+
+class Unsupported(BpforgeError):
+    """The program uses something this verifier does not model yet: no verdict."""
+
+
+@dataclass
+class Verdict:
+    """Our verifier's answer: accepted or not, and for a rejection where and why, with the state there and
+    the branch decisions of the path that reached it."""
+
+    accepted: bool
+    message: str = ""
+    insn: int | None = None  # slot of the failing instruction
+    state: str = ""
+    path: list[tuple[int, int]] = field(default_factory=list)  # (branch slot, where control went)
+    processed: int = 0  # instructions processed (the kernel's "processed N insns")
+    states: int = 0  # states kept at prune points
+
+
+# ---- the abstract bit-vector: what step computes with, besides the machine's own ALU --------------------
+
+class VerifierOps:
+    """`BitVector` over `Reg`: addresses (base + constant), the arithmetic of atomics, sign-extension of
+    loads, legacy-load offsets. Comparisons are undecided (`_UNKNOWN`)."""
+
+    def const(self, value, width):
+        return known(value & ((1 << width) - 1))
+
+    def add(self, a, b, width):
+        if a.is_pointer and b.is_scalar and b.var.is_const():
+            return a.with_(off=a.off + s64(b.var.var_off.value))
+        return self._scalar("add", a, b, width)
+
+    def _scalar(self, op, a, b, width):
+        if not (a.is_scalar and b.is_scalar):
+            return unknown()
+        return scalar(scalar_alu(op, width, a.var, b.var))
+
+    def sub(self, a, b, w): return self._scalar("sub", a, b, w)  # noqa: E704
+    def mul(self, a, b, w): return self._scalar("mul", a, b, w)  # noqa: E704
+    def udiv(self, a, b, w): return self._scalar("div", a, b, w)  # noqa: E704
+    def urem(self, a, b, w): return self._scalar("mod", a, b, w)  # noqa: E704
+    def sdiv(self, a, b, w): return self._scalar("sdiv", a, b, w)  # noqa: E704
+    def srem(self, a, b, w): return self._scalar("smod", a, b, w)  # noqa: E704
+    def shl(self, a, b, w): return self._scalar("lsh", a, b, w)  # noqa: E704
+    def lshr(self, a, b, w): return self._scalar("rsh", a, b, w)  # noqa: E704
+    def ashr(self, a, b, w): return self._scalar("arsh", a, b, w)  # noqa: E704
+    def and_(self, a, b, w): return self._scalar("and", a, b, w)  # noqa: E704
+    def or_(self, a, b, w): return self._scalar("or", a, b, w)  # noqa: E704
+    def xor(self, a, b, w): return self._scalar("xor", a, b, w)  # noqa: E704
+
+    def neg(self, a, w):
+        return scalar(scalar_alu("neg", w, a.var)) if a.is_scalar else unknown()
+
+    def zext(self, a, from_width, to_width):
+        return a  # the 32-bit operations above already zero-extend, as the kernel's alu32 does
+
+    def trunc(self, a, to_width):
+        return a  # the operations read the low half themselves (the kernel's 32-bit bounds)
+
+    def sext(self, a, from_width, to_width):
+        return scalar(scalar_alu("movsx", 64, a.var, a.var, ext=from_width)) if a.is_scalar else unknown()
+
+    def ite(self, cond, a, b):
+        return a if cond is True else b if cond is False else unknown()
+
+    def cmp(self, op, a, b, width):
+        return _UNKNOWN
+
+    def not_(self, cond):
+        return _UNKNOWN
+
+
+VERIFIER_OPS = VerifierOps()
+
+
+# ---- the walk --------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Checkpoint:
+    """A state kept at a prune point; `branches` counts the paths from it still being explored (0: every
+    path through it ended safely, so it may prune)."""
+
+    state: State
+    parent: "_Checkpoint | None"
+    branches: int = 1
+
+
+@dataclass
+class _Path:
+    slot: int
+    state: State
+    checkpoint: _Checkpoint | None
+    decisions: tuple  # linked list of (from, to) branch decisions: ((from, to), rest) or ()
+
+
+class VerifierMachine:
+    """The `isa.semantics.Machine` whose values are `Reg`s: one instruction of one path at a time."""
+
+    bv = VERIFIER_OPS
+
+    def __init__(self, walk: "_Walk") -> None:
+        self.walk = walk
+        self.state: State = entry_state()
+        self.op = None
+        self.slot = 0
+        self.next = 0
+        self.ended = False
+        self.forks: list[tuple[int, State]] = []  # (slot, state) of the sides not followed
+
+    # ---- registers -------------------------------------------------------------------------------------
+
+    def reg(self, n: int) -> Reg:
+        value = self.state.regs[n]
+        if value.kind == "not_init":
+            raise Rejected(f"R{n} !read_ok")
+        return value
+
+    def set_reg(self, n: int, value: Reg) -> None:
+        if n == 10:
+            raise Rejected("frame pointer is read only")
+        self.state.regs[n] = value
+
+    def clobber(self, n: int) -> None:
+        self.state.regs[n] = NOT_INIT
+
+    # ---- the ALU: the kernel's transfer functions -------------------------------------------------------
+
+    def alu(self, op, dst, src):
+        d = op.dst
+        if op.op == "mov":
+            return self._move(op, src)
+        if op.op == "movsx":
+            return scalar(scalar_alu("movsx", op.width, src.var, src.var, ext=op.ext)) if src.is_scalar else unknown()
+        if op.op in ("div", "mod", "sdiv", "smod") and isinstance(op.src, Imm) and \
+                op.src.value & ((1 << op.width) - 1) == 0:
+            raise Rejected("div by zero")
+        if dst.is_pointer or src.is_pointer:
+            return self._pointer_arithmetic(op, d, dst, src)
+        return scalar(scalar_alu(op.op, op.width, dst.var, src.var))
+
+    def unary(self, op, dst):
+        if dst.is_pointer:  # a privileged loader may turn a pointer into a number this way
+            return unknown()
+        return scalar(scalar_alu(op.op, op.width, dst.var))
+
+    def _move(self, op, src: Reg) -> Reg:
+        if op.width == 32:
+            return scalar(scalar_alu("mov", 32, src.var, src.var)) if src.is_scalar else \
+                scalar(Scalar.u32_value())
+        if src.is_scalar and isinstance(op.src, RegOperand) and not src.var.is_const():
+            # A copy stays linked to its original: a check on either refines both (find_equal_scalars).
+            if not src.id:
+                src = src.with_(id=self.walk.new_id())
+                self.state.regs[op.src.n] = src
+            return src
+        return src
+
+    def _pointer_arithmetic(self, op, d: int, dst: Reg, src: Reg) -> Reg:
+        """adjust_reg_min_max_vals and adjust_ptr_min_max_vals, in their order, for a privileged loader
+        (which may turn pointers into numbers: a difference of pointers is a scalar)."""
+        symbol = _ALU_SYMBOLS.get(op.op, op.op)
+        if dst.is_pointer and src.is_pointer:
+            if op.op == "sub":
+                return unknown()
+            raise Rejected(f"R{d} pointer {symbol} pointer prohibited")
+        ptr, value = (dst, src.var) if dst.is_pointer else (src, dst.var)
+        if op.width == 32:  # 32-bit operations on pointers make meaningless scalars
+            if op.op == "sub":
+                return unknown()
+            raise Rejected(f"R{d} 32-bit pointer arithmetic prohibited")
+        if ptr.kind in NULLABLE:
+            raise Rejected(f"R{d} pointer arithmetic on {ptr.kind} prohibited, null-check it first")
+        constant = value.is_const()
+        if ptr.kind in ("pkt_end", "func") or ptr.kind.startswith("sock") or (
+                ptr.kind == "map_ptr" and not (constant and value.var_off.value == 0 and op.op == "add")) or (
+                ptr.kind == "flow_keys" and not constant):
+            raise Rejected(f"R{d} pointer arithmetic on {ptr.kind} prohibited")
+        if op.op == "sub" and src.is_pointer:
+            raise Rejected(f"R{d} tried to subtract pointer from scalar")
+        if op.op == "sub" and ptr.kind == "fp":  # JITs may not support it, the kernel says
+            raise Rejected(f"R{d} subtraction from stack pointer prohibited")
+        if op.op in ("and", "or", "xor"):
+            raise Rejected(f"R{d} bitwise operator {symbol} on pointer prohibited")
+        if op.op not in ("add", "sub"):
+            raise Rejected(f"R{d} pointer arithmetic with {symbol} operator prohibited")
+        if constant:
+            delta = s64(value.var_off.value)
+            if not -BPF_MAX_VAR_OFF < delta < BPF_MAX_VAR_OFF:
+                raise Rejected(f"math between {ptr.kind} pointer and {delta} is not allowed")
+            return ptr.with_(off=ptr.off + (delta if op.op == "add" else -delta))
+        if value.smin == -(1 << 63):
+            raise Rejected(f"math between {ptr.kind} pointer and register with unbounded min value is not allowed")
+        if not -BPF_MAX_VAR_OFF < value.smin < BPF_MAX_VAR_OFF:
+            raise Rejected(f"value {value.smin} makes {ptr.kind} pointer be out of bounds")
+        var = scalar_alu(op.op, 64, ptr.var, value)
+        if ptr.kind in PACKET_KINDS:  # a new variable offset: a new packet pointer, nothing proven for it yet
+            return ptr.with_(var=var, id=self.walk.new_id(), range=0)
+        return ptr.with_(var=var)
+
+    # ---- memory ----------------------------------------------------------------------------------------
+
+    def _base(self) -> int:
+        op = self.op
+        return op.base
+
+    def load(self, addr: Reg, size: int) -> Reg:
+        return self._access(addr, size, None)
+
+    def store(self, addr: Reg, size: int, value: Reg, when=None) -> None:
+        self._access(addr, size, value)
+
+    def _access(self, addr: Reg, size: int, value: Reg | None) -> Reg | None:
+        """check_mem_access. `value` is what a store writes (None: a load)."""
+        op, b = self.op, self._base()
+        write = value is not None
+        if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value"):
+            raise Rejected(f"BPF_ATOMIC stores into R{b} {addr.kind} is not allowed")
+        kind = addr.kind
+        if kind == "fp":
+            return self._stack(addr, size, value, b)
+        if kind == "ctx":
+            return self._ctx(addr, size, value, b)
+        if kind in PACKET_KINDS:
+            return self._packet(addr, size, write, b)
+        if kind == "map_value":
+            return self._map_value(addr, size, write, b)
+        if kind == "flow_keys":
+            if addr.off < 0 or addr.off + size > 56 or not addr.var.is_const():
+                raise Rejected(f"invalid access to flow keys off={addr.off} size={size}")
+            return unknown() if not write else None
+        raise Rejected(f"R{b} invalid mem access '{kind}'")
+
+    def _stack(self, addr: Reg, size: int, value: Reg | None, b: int) -> Reg | None:
+        if not addr.var.is_const():
+            raise Unsupported("variable-offset stack access is not modelled yet")
+        off = addr.off + s64(addr.var.var_off.value)
+        write = value is not None
+        if off < -STACK_SIZE or off + size > 0:
+            raise Rejected(f"invalid {'write to' if write else 'read from'} stack R{b} off={off} size={size}")
+        if off % size:
+            raise Rejected(f"misaligned stack access off (0x0; 0x0)+{addr.off}+0 size {size}")
+        frame = self.walk_frame(addr)
+        start = STACK_SIZE + off
+        self.walk.touch_stack(frame, -off)
+        slot = start // SLOT
+        if write:
+            self._stack_write(frame, start, size, value, slot)
+            return None
+        kinds = frame.types[start:start + size]  # uninitialised bytes read as anything (allow_uninit_stack)
+        if all(k == SPILL for k in kinds) and slot in frame.spilled:
+            spilled = frame.spilled[slot]
+            if size == SLOT:
+                return spilled
+            if spilled.is_pointer:
+                raise Rejected("invalid size of register fill")
+            return self._loaded_scalar(size)
+        if all(k == ZERO for k in kinds):
+            return known(0)
+        return self._loaded_scalar(size)
+
+    def walk_frame(self, addr: Reg) -> Frame:
+        return self.state.frames[addr.frame]
+
+    def _stack_write(self, frame: Frame, start: int, size: int, value: Reg, slot: int) -> None:
+        first, last = start // SLOT, (start + size - 1) // SLOT
+        for s in range(first, last + 1):
+            if s in frame.spilled:  # a partial overwrite: what is left of the spilled register is just bytes
+                del frame.spilled[s]
+                frame.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k
+                                                              for k in frame.types[s * SLOT:(s + 1) * SLOT])
+        if size == SLOT and start % SLOT == 0 and not isinstance(self.op, Atomic) and \
+                isinstance(getattr(self.op, "value", None), RegOperand):
+            frame.types[start:start + SLOT] = bytes([SPILL]) * SLOT
+            frame.spilled[slot] = value
+            return
+        if value.is_pointer:
+            raise Rejected("invalid size of register spill")
+        zero = value.is_scalar and value.var.is_const() and value.var.var_off.value & ((1 << 8 * size) - 1) == 0
+        frame.types[start:start + size] = bytes([ZERO if zero else MISC]) * size
+
+    def _loaded_scalar(self, size: int) -> Reg:
+        """mark_reg_unknown + coerce_reg_to_size: any value of `size` bytes, zero-extended."""
+        if size == 8:
+            return unknown()
+        return scalar(Scalar.from_bounds(umax=(1 << 8 * size) - 1))
+
+    def _ctx(self, addr: Reg, size: int, value: Reg | None, b: int) -> Reg | None:
+        write = value is not None
+        if write and isinstance(self.op, Store) and isinstance(self.op.value, Imm):
+            raise Rejected(f"BPF_ST stores into R{b} ctx is not allowed")
+        if not (addr.var.is_const() and addr.var.var_off.value == 0):
+            raise Rejected(f"variable ctx access var_off={_tnum(addr.var)} off={addr.off} size={size}")
+        access = ctx_access(self.walk.prog_type, addr.off, size, write, attach=self.walk.attach)
+        if access is None:
+            raise Rejected(f"invalid bpf_context access off={addr.off} size={size}")
+        if write:
+            return None
+        if access.yields == "scalar":
+            return self._loaded_scalar(size)
+        if access.yields in ("sock_common_or_null", "sock_or_null"):
+            return Reg(access.yields, id=self.walk.new_id())
+        return Reg(access.yields)
+
+    def _packet(self, addr: Reg, size: int, write: bool, b: int) -> Reg | None:
+        if write and self.walk.prog_type not in _PACKET_WRITERS:
+            raise Rejected("cannot write into packet")
+        off = addr.off
+        if self.walk.prog_flags & BPF_F_STRICT_ALIGNMENT:
+            total = NET_IP_ALIGN + addr.off + addr.var.var_off.value
+            if total % size or not addr.var.var_off.is_aligned(size):
+                insn_off = getattr(self.op, "off", 0)
+                var = addr.var.var_off.value if addr.var.is_const() else _tnum(addr.var)
+                raise Rejected(f"misaligned packet access off {NET_IP_ALIGN}+{var}+{addr.off - insn_off}+{insn_off} "
+                               f"size {size}")
+        if addr.var.smin < 0:
+            raise Rejected(f"R{b} min value is negative, either use unsigned index or do a if (index >=0) check.")
+        if off < 0 or off + size > addr.range or addr.var.umax + off + size > MAX_PACKET_OFF:
+            raise Rejected(f"invalid access to packet, off={off} size={size}, R{b}(id={addr.id},off={addr.off},"
+                           f"r={addr.range})")
+        return None if write else self._loaded_scalar(size)
+
+    def _map_value(self, addr: Reg, size: int, write: bool, b: int) -> Reg | None:
+        spec = addr.map
+        if write and spec.flags & BPF_F_RDONLY_PROG:
+            raise Rejected("write into map forbidden")
+        var = addr.var
+        if var.smin + addr.off < 0:
+            raise Rejected(f"R{b} min value is negative, either use unsigned index or do a if (index >=0) check.")
+        if var.umax >= BPF_MAX_VAR_OFF:
+            raise Rejected(f"R{b} unbounded memory access, make sure to bounds check any such access")
+        if addr.off + var.smin < 0 or addr.off + var.umax + size > spec.value_size:
+            raise Rejected(f"invalid access to map value, value_size={spec.value_size} off={addr.off + var.umin} "
+                           f"size={size}")
+        if write:
+            return None
+        if spec.flags & BPF_F_RDONLY_PROG and spec.initial is not None and var.is_const():
+            start = addr.off + var.var_off.value  # a frozen read-only map: the verifier reads the value
+            return known(int.from_bytes(spec.initial[start:start + size], "little"))
+        return self._loaded_scalar(size)
+
+    # ---- control ---------------------------------------------------------------------------------------
+
+    def branch(self, cond: Condition | None, target: int) -> None:
+        if cond is None:
+            self.next = target
+            return
+        op: Jump = self.op
+        taken, fallthrough = self._sides(op, cond)
+        if taken is not None and fallthrough is not None:
+            self.forks.append((target, taken))
+            self.state = fallthrough
+        elif taken is not None:
+            self.state, self.next = taken, target
+        elif fallthrough is not None:
+            self.state = fallthrough
+        else:  # neither side possible: the path cannot reach here
+            self.ended = True
+
+    def _sides(self, op: Jump, cond: Condition) -> tuple[State | None, State | None]:
+        """The states of the taken and the fall-through side (None: that side cannot happen)."""
+        a, b = cond.lhs, cond.rhs
+        src_reg = op.src.n if isinstance(op.src, RegOperand) else None
+        if a.is_scalar and b.is_scalar:
+            decided = branch_taken(cond.cmp, cond.width, a.var, b.var)
+            if decided is True:
+                return self._refined(op, cond.cmp, a, b, src_reg), None
+            if decided is False:
+                return None, self._refined(op, NEGATED[cond.cmp], a, b, src_reg)
+            return (self._refined(op, cond.cmp, a, b, src_reg),
+                    self._refined(op, NEGATED[cond.cmp], a, b, src_reg))
+        if cond.width == 64 and (a.is_pointer != b.is_pointer) and cond.cmp in ("eq", "ne"):
+            ptr, other, n = (a, b, op.dst) if a.is_pointer else (b, a, src_reg)
+            if other.var.is_const() and other.var.var_off.value == 0:
+                return self._null_check(cond.cmp, ptr, n)
+        if a.is_pointer and b.is_pointer and cond.width == 64:
+            return self._packet_compare(cond.cmp, a, b)
+        return self.state.copy(), self.state.copy()
+
+    def _refined(self, op: Jump, cmp: str, a: Reg, b: Reg, src_reg: int | None) -> State | None:
+        same = src_reg == op.dst
+        refined = refine(cmp, op.width, a.var, b.var, same=same)
+        if refined is None:
+            return None
+        state = self.state.copy()
+        for value, new, n in ((a, refined[0], op.dst), (b, refined[1], src_reg)):
+            if n is None:
+                continue
+            updated = value.with_(var=new)
+            state.regs[n] = updated
+            if value.id:  # every copy of it learns the same
+                state.replace_all(lambda r, i=value.id: r.is_scalar and r.id == i, lambda r, u=updated: u)
+        return state
+
+    def _null_check(self, cmp: str, ptr: Reg, n: int) -> tuple[State | None, State | None]:
+        """`ptr == 0` / `ptr != 0` for a pointer: decided for one that cannot be NULL, else both sides, with
+        the NULL side making every register of its id the scalar 0 (mark_ptr_or_null_regs)."""
+        if ptr.kind not in NULLABLE:
+            never_null = self.state.copy()
+            return (None, never_null) if cmp == "eq" else (never_null, None)
+        null, valid = self.state.copy(), self.state.copy()
+        if ptr.id:
+            null.replace_all(lambda r: r.kind == ptr.kind and r.id == ptr.id, lambda r: known(0))
+            valid.replace_all(lambda r: r.kind == ptr.kind and r.id == ptr.id,
+                              lambda r: r.with_(kind=NULLABLE[r.kind], id=0))
+        return (null, valid) if cmp == "eq" else (valid, null)
+
+    def _packet_compare(self, cmp: str, a: Reg, b: Reg) -> tuple[State, State]:
+        """try_match_pkt_pointers: a comparison of a packet pointer with the packet's end proves a range on
+        one side, for every pointer of the same id."""
+        taken, fallthrough = self.state.copy(), self.state.copy()
+        end_of = {"pkt": "pkt_end", "pkt_meta": "pkt"}
+        # (dst is the data pointer?, which side learns, right-open)
+        table = {"ugt": ((fallthrough, False), (taken, True)), "ult": ((taken, True), (fallthrough, False)),
+                 "uge": ((fallthrough, True), (taken, False)), "ule": ((taken, False), (fallthrough, True))}
+        if cmp not in table:
+            return taken, fallthrough
+        if a.kind in end_of and b.kind == end_of[a.kind]:
+            side, open_ = table[cmp][0]
+            _good_packet_pointers(side, a, open_)
+        elif b.kind in end_of and a.kind == end_of[b.kind]:
+            side, open_ = table[cmp][1]
+            _good_packet_pointers(side, b, open_)
+        return taken, fallthrough
+
+    def may_goto(self, target: int) -> None:
+        self.forks.append((target, self.state.copy()))
+
+    def exit(self) -> None:
+        state = self.state
+        if len(state.frames) > 1:
+            r0 = self.reg(0)  # a static function may return a pointer, but not one into any stack
+            if r0.kind == "fp":
+                raise Rejected("cannot return stack pointer to the caller")
+            frame = state.frames.pop()
+            caller = state.frame
+            caller.regs[0] = r0
+            for n in range(1, 6):
+                caller.regs[n] = NOT_INIT
+            self.next = frame.callsite + 1
+            return
+        r0 = self.state.regs[0]
+        if r0.kind == "not_init":
+            raise Rejected("R0 !read_ok")
+        allowed = return_range(self.walk.prog_type, self.walk.attach)
+        if allowed is not None:
+            if not r0.is_scalar:
+                raise Rejected(f"At program exit the register R0 is not a known value ({r0.kind})")
+            lo, hi = allowed
+            v = r0.var
+            if v.s32_min < lo or v.s32_max > hi:  # the kernel checks the 32-bit value
+                raise Rejected(f"At program exit the register R0 has {r0} should have been in [{lo}, {hi}]")
+        self.ended = True
+
+    # ---- calls -----------------------------------------------------------------------------------------
+
+    def call_local(self, target: int) -> None:
+        state = self.state
+        if len(state.frames) >= MAX_CALL_FRAMES:
+            raise Rejected(f"the call stack of {len(state.frames) + 1} frames is too deep !")
+        regs = [NOT_INIT] * 11
+        for n in range(1, 6):
+            regs[n] = state.regs[n]
+        regs[10] = Reg("fp", frame=len(state.frames))
+        state.frames.append(Frame(regs, callsite=self.slot, function=target))
+        self.next = target
+
+    def call_indirect(self, addr) -> None:
+        raise Rejected("unknown opcode 8d")
+
+    def call_kfunc(self, btf_id: int, module: int) -> None:
+        raise Unsupported("kfunc calls are not modelled yet")
+
+    def call_helper(self, helper: int) -> None:
+        self.walk.helpers.call(self, helper)
+
+    # ---- what the loader resolves ----------------------------------------------------------------------
+
+    def map_handle(self, ref: int) -> Reg:
+        return Reg("map_ptr", map=self.walk.map_at(ref))
+
+    def map_value(self, ref: int) -> Reg:
+        spec = self.walk.map_at(ref)
+        return Reg("map_value", map=spec)
+
+    def function_address(self, slot: int) -> Reg:
+        return Reg("func", target=slot)
+
+    def kernel_object(self, btf_id: int, module: int) -> Reg:
+        raise Unsupported("BTF-typed kernel objects (lddw of a BTF id) are not modelled yet")
+
+    def legacy_load(self, size: int, offset: Reg) -> Reg:
+        if self.walk.prog_type not in _LEGACY_LOADERS:
+            raise Rejected("BPF_LD_[ABS|IND] instructions not allowed for this program type")
+        if self.state.regs[6].kind != "ctx":
+            raise Rejected("at the time of BPF_LD_ABS|IND R6 != pointer to skb")
+        return self._loaded_scalar(size)
+
+    def addr_space_cast(self, value, dst_as: int, src_as: int):
+        raise Unsupported("arena pointers are not modelled yet")
+
+
+def _good_packet_pointers(state: State, reg: Reg, right_open: bool) -> None:
+    """find_good_pkt_pointers: every packet pointer of `reg`'s kind and id may read `reg.off` bytes past
+    its own offset (one more for a right-open comparison)."""
+    if reg.off < 0 or (reg.off == 0 and right_open):
+        return
+    if reg.var.umax > MAX_PACKET_OFF or reg.var.umax + reg.off > MAX_PACKET_OFF:
+        return
+    new_range = reg.off + (1 if right_open else 0)
+    state.replace_all(lambda r: r.kind == reg.kind and r.id == reg.id,
+                      lambda r: r.with_(range=max(r.range, new_range)))
+
+
+def _tnum(value: Scalar) -> str:
+    t = value.var_off
+    return f"({t.value:#x}; {t.mask:#x})"
+
+
+# ---- helper calls ------------------------------------------------------------------------------------------
+
+class _Helpers:
+    """check_helper_call for the helpers the helper table types."""
+
+    def __init__(self, walk: "_Walk") -> None:
+        self.walk = walk
+
+    def call(self, m: VerifierMachine, helper: int) -> None:
+        name = helper_name(helper)
+        if name is None:
+            raise Rejected(f"invalid func unknown#{helper}")
+        if not helper_allowed(self.walk.prog_type, helper):
+            raise Rejected(f"program of this type cannot use helper {name}#{helper}")
+        sig = HELPER_SIGNATURES.get(helper)
+        if sig is None:
+            raise Unsupported(f"{name} has no signature in the helper table yet")
+        regs = m.state.regs
+        current_map: MapSpec | None = None
+        pending_mem: tuple[int, Reg, bool] | None = None  # (arg register, pointer, writes) awaiting its size
+        for i, kind in enumerate(sig.args, start=1):
+            reg = m.reg(i)
+            if kind == "ptr_to_ctx":
+                if reg.kind != "ctx" or reg.off:
+                    raise Rejected(f"R{i} type={reg.kind} expected=ctx")
+            elif kind == "const_map_ptr":
+                if reg.kind != "map_ptr":
+                    raise Rejected(f"R{i} type={reg.kind} expected=map_ptr")
+                current_map = reg.map
+            elif kind in ("ptr_to_map_key", "ptr_to_map_value", "ptr_to_uninit_map_value"):
+                if current_map is None:
+                    raise Rejected("invalid map_ptr to access map->key")
+                size = current_map.key_size if kind == "ptr_to_map_key" else current_map.value_size
+                self._memory(m, i, reg, size, write=kind == "ptr_to_uninit_map_value")
+            elif kind in ("ptr_to_mem_readonly", "ptr_to_mem", "ptr_to_uninit_mem",
+                          "ptr_to_mem_readonly_or_null"):
+                if kind.endswith("_or_null") and reg.is_scalar and reg.var.is_const() and reg.var.var_off.value == 0:
+                    pending_mem = (i, reg, False)  # NULL: allowed with a size of 0 only
+                    continue
+                if reg.kind not in _MEMORY_ARGUMENTS:
+                    raise Rejected(f"R{i} type={reg.kind} expected={_EXPECTED_MEMORY}")
+                pending_mem = (i, reg, kind == "ptr_to_uninit_mem")
+            elif kind in ("const_size", "const_size_or_zero"):
+                if not reg.is_scalar:
+                    raise Rejected(f"R{i} type={reg.kind} expected=scalar")
+                if reg.var.smin < 0:
+                    raise Rejected(f"R{i} min value is negative, either use unsigned or 'var &= const'")
+                if reg.var.umax >= BPF_MAX_VAR_OFF:
+                    raise Rejected(f"R{i} unbounded memory access, use 'var &= const' or 'if (var < const)'")
+                if kind == "const_size" and reg.var.umax == 0:
+                    raise Rejected(f"R{i} invalid zero-sized read")
+                if pending_mem is not None:
+                    n, ptr, writes = pending_mem
+                    if reg.var.umax:
+                        self._memory(m, n, ptr, reg.var.umax, write=writes)
+                    pending_mem = None
+            elif kind == "anything":
+                pass
+            else:
+                raise Unsupported(f"{name}: argument {i} of kind {kind} is not modelled yet")
+        result = self._result(sig.ret, current_map, name)
+        if result.kind == "map_value_or_null" and current_map.type_name in ARRAY_MAPS and \
+                self._constant_key(m, regs[2], current_map) is not None:
+            key = self._constant_key(m, regs[2], current_map)
+            if key < current_map.max_entries:  # an array element that exists: no NULL to check for
+                result = Reg("map_value", map=current_map)
+        for n in range(1, 6):
+            regs[n] = NOT_INIT
+        regs[0] = result
+
+    @staticmethod
+    def _constant_key(m: VerifierMachine, ptr: Reg, spec: MapSpec) -> int | None:
+        """The key a stack pointer argument holds, when the verifier knows it (get_constant_map_key): bytes
+        all zero, or a spilled register with a known value."""
+        if ptr.kind != "fp" or not ptr.var.is_const():
+            return None
+        start = STACK_SIZE + ptr.off + s64(ptr.var.var_off.value)
+        frame = m.state.frames[ptr.frame]
+        kinds = frame.types[start:start + spec.key_size]
+        if len(kinds) == spec.key_size and all(k == ZERO for k in kinds):
+            return 0
+        spilled = frame.spilled.get(start // SLOT)
+        if start % SLOT == 0 and spilled is not None and spilled.is_scalar and spilled.var.is_const() and \
+                all(k == SPILL for k in kinds):
+            return spilled.var.var_off.value & ((1 << 8 * spec.key_size) - 1)
+        return None
+
+    def _result(self, ret: str, spec: MapSpec | None, name: str) -> Reg:
+        if ret == "integer":
+            return unknown()
+        if ret == "void":
+            return NOT_INIT
+        if ret == "ptr_to_map_value_or_null":
+            return Reg("map_value_or_null", map=spec, id=self.walk.new_id())
+        if ret == "ptr_to_map_value":
+            return Reg("map_value", map=spec)
+        raise Unsupported(f"{name} returns {ret}, which is not modelled yet")
+
+    def _memory(self, m: VerifierMachine, n: int, ptr: Reg, size: int, *, write: bool) -> None:
+        """check_helper_mem_access: `size` bytes at `ptr`, read (initialised) or written by the helper."""
+        if ptr.kind == "fp":
+            if not ptr.var.is_const():
+                raise Unsupported("variable-offset stack arguments are not modelled yet")
+            off = ptr.off + s64(ptr.var.var_off.value)
+            if off < -STACK_SIZE or off + size > 0:
+                raise Rejected(f"invalid indirect access to stack R{n} off={off} size={size}")
+            frame = m.state.frames[ptr.frame]
+            start = STACK_SIZE + off
+            self.walk.touch_stack(frame, -off)
+            if write:
+                for s in range(start // SLOT, (start + size - 1) // SLOT + 1):
+                    frame.spilled.pop(s, None)
+                frame.types[start:start + size] = bytes([MISC]) * size
+                for s in range(start // SLOT, (start + size - 1) // SLOT + 1):
+                    chunk = frame.types[s * SLOT:(s + 1) * SLOT]
+                    frame.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k for k in chunk)
+                return
+            return  # a privileged loader's helpers may read uninitialised stack (allow_uninit_stack)
+        if ptr.kind in PACKET_KINDS:
+            m._packet(ptr, size, write, n)
+            return
+        if ptr.kind == "map_value":
+            m._map_value(ptr, size, write, n)
+            return
+        raise Rejected(f"R{n} type={ptr.kind} expected={_EXPECTED_MEMORY}")
+
+
+# ---- exploring every path ------------------------------------------------------------------------------
+
+class _Walk:
+    def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec], attach: int,
+                 prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1) -> None:
+        self.insns = list(insns)
+        self.budget = budget
+        self.prog_flags = prog_flags
+        self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
+        self.prog_type = prog_type
+        self.maps = list(maps)
+        self.attach = attach
+        self.helpers = _Helpers(self)
+        self._ids = 0
+        self.code: dict[int, tuple] = {}
+        slot = 0
+        for insn in self.insns:
+            op = decode_op(insn, slot)
+            self.code[slot] = (op, slot + insn.slots)
+            slot += insn.slots
+        self.cfg = build_cfg(self.insns)
+        self.live: dict[int, int] = {}  # slot -> mask of registers live before it (its function's view)
+        for fn in self.cfg.functions:
+            lv = liveness(self.cfg, fn.index)
+            for block in fn.blocks:
+                for s, _ in self.cfg.blocks[block].ops:
+                    self.live[s] = lv.before_mask(s)
+        self.prune_points = self._prune_points()
+
+    def touch_stack(self, frame: Frame, depth: int) -> None:
+        if depth > self.depths.get(frame.function, 0):
+            self.depths[frame.function] = depth
+
+    def combined_stack(self) -> str | None:
+        """check_max_stack_depth: the frames of the deepest call chain may use 512 bytes together, each
+        rounded up to 16 bytes (as for a JITed program)."""
+        graph = self.cfg.call_graph
+        entries = {f.index: f.entry for f in self.cfg.functions}
+
+        def worst(index: int, seen: tuple) -> tuple[int, int]:  # (bytes, frames) of the deepest chain
+            own = -(-self.depths.get(entries[index], 0) // 16) * 16
+            deeper = [worst(c, seen + (index,)) for c in graph.get(index, ()) if c not in seen]
+            best = max(deeper, default=(0, 0))
+            return own + best[0], 1 + best[1]
+
+        total, frames = worst(0, ())
+        if total > STACK_SIZE:
+            return f"combined stack size of {frames} calls is {total}. Too large"
+        return None
+
+    def new_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def map_at(self, ref: int) -> MapSpec:
+        if not 0 <= ref < len(self.maps):
+            raise Rejected(f"fd {ref} is not pointing to valid bpf_map")
+        return self.maps[ref]
+
+    def _prune_points(self) -> frozenset[int]:
+        """Where paths may meet: jump targets, the instruction after a conditional jump, call returns."""
+        points = set()
+        for slot, (op, after) in self.code.items():
+            if isinstance(op, Jump):
+                points.add(op.target)
+                if op.cmp is not None:
+                    points.add(after)
+            elif isinstance(op, MayGoto):
+                points.update((op.target, after))
+            elif isinstance(op, Call):
+                points.add(after)
+        return frozenset(points)
+
+    # ---- state comparison (states_equal) ---------------------------------------------------------------
+
+    def covers(self, old: State, cur: State, slot: int) -> bool:
+        """Whether `old` (proven safe from `slot` on) includes `cur`: every register live at `slot` and every
+        stack byte of `cur` is at least as constrained as in `old`."""
+        if len(old.frames) != len(cur.frames):
+            return False
+        ids: dict[int, int] = {}
+        for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
+            if fo.callsite != fc.callsite:
+                return False
+            top = depth == len(old.frames) - 1
+            live = self.live.get(slot, (1 << 11) - 1) if top else 0b1111000000  # callers: r6-r9 survive
+            for n in range(10):
+                if live >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids):
+                    return False
+            for i in range(STACK_SIZE):
+                ko, kc = fo.types[i], fc.types[i]
+                if ko == INVALID or ko == kc and ko != SPILL:
+                    continue
+                if ko == MISC and kc == ZERO:
+                    continue
+                if ko == SPILL and kc == SPILL:
+                    s = i // SLOT
+                    if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids):
+                        return False
+                    continue
+                return False
+        return True
+
+    # ---- the walk ----------------------------------------------------------------------------------------
+
+    def run(self) -> Verdict:
+        machine = VerifierMachine(self)
+        explored: dict[int, list[_Checkpoint]] = {}
+        stack = [_Path(0, entry_state(), None, ())]
+        processed = kept = 0
+        while stack:
+            path = stack.pop()
+            slot, state, checkpoint, decisions = path.slot, path.state, path.checkpoint, path.decisions
+            while True:
+                if slot in self.prune_points:
+                    seen = explored.setdefault(slot, [])
+                    if any(cp.branches == 0 and self.covers(cp.state, state, slot) for cp in seen):
+                        _finish(checkpoint)
+                        break
+                    if any(cp.branches and _same(cp.state, state) for cp in seen):
+                        return self._reject(f"infinite loop detected at insn {slot}", slot, state, decisions,
+                                            processed, kept)
+                    checkpoint = _Checkpoint(state.copy(), checkpoint)
+                    seen.append(checkpoint)
+                    kept += 1
+                processed += 1
+                if processed > self.budget:
+                    raise Unsupported(f"gave up after {self.budget} instructions (the budget asked for)")
+                if processed > COMPLEXITY_LIMIT:
+                    return self._reject(f"BPF program is too large. Processed {processed} insn", slot, state,
+                                        decisions, processed, kept)
+                entry = self.code.get(slot)
+                if entry is None:
+                    return self._reject(f"invalid insn idx {slot}", slot, state, decisions, processed, kept)
+                op, after = entry
+                machine.state, machine.op, machine.slot, machine.next = state, op, slot, after
+                machine.ended, machine.forks = False, []
+                try:
+                    step(machine, op)
+                except Rejected as err:
+                    return self._reject(err.message, slot, machine.state, decisions, processed, kept)
+                for target, forked in machine.forks:
+                    if checkpoint is not None:
+                        checkpoint.branches += 1
+                    stack.append(_Path(target, forked, checkpoint, ((slot, target), decisions)))
+                    if len(stack) > JUMP_SEQUENCE_LIMIT:
+                        return self._reject(f"The sequence of {len(stack)} jumps is too complex.", slot, state,
+                                            decisions, processed, kept)
+                if machine.ended:
+                    _finish(checkpoint)
+                    break
+                if isinstance(op, (Jump, MayGoto)) and (op.__class__ is MayGoto or op.cmp is not None):
+                    decisions = ((slot, machine.next), decisions)
+                state, slot = machine.state, machine.next
+        too_deep = self.combined_stack()
+        if too_deep is not None:
+            return Verdict(False, too_deep, None, processed=processed, states=kept)
+        return Verdict(True, processed=processed, states=kept)
+
+    def _reject(self, message: str, slot: int, state: State, decisions, processed: int, kept: int) -> Verdict:
+        path = []
+        while decisions:
+            path.append(decisions[0])
+            decisions = decisions[1]
+        return Verdict(False, message, slot, state.text(), list(reversed(path)), processed, kept)
+
+
+def _finish(checkpoint: _Checkpoint | None) -> None:
+    """A path ended safely: the checkpoints it went through lose a pending branch (update_branch_counts)."""
+    while checkpoint is not None:
+        checkpoint.branches -= 1
+        if checkpoint.branches:
+            return
+        checkpoint = checkpoint.parent
+
+
+def _reg_covers(old: Reg, cur: Reg, ids: dict[int, int]) -> bool:
+    """regsafe: `cur` is within `old`."""
+    if old.kind == "not_init":
+        return True
+    if old.kind != cur.kind:
+        return False
+    if old.kind == "scalar":
+        return _within(old.var, cur.var)
+    if old.map is not cur.map or old.off != cur.off or old.frame != cur.frame or old.target != cur.target:
+        return False
+    if old.kind in PACKET_KINDS and old.range > cur.range:
+        return False
+    if old.id or cur.id:
+        if ids.setdefault(old.id, cur.id) != cur.id:
+            return False
+    return _within(old.var, cur.var)
+
+
+def _within(old: Scalar, cur: Scalar) -> bool:
+    return (old.umin <= cur.umin and cur.umax <= old.umax and old.smin <= cur.smin and cur.smax <= old.smax
+            and old.u32_min <= cur.u32_min and cur.u32_max <= old.u32_max and old.s32_min <= cur.s32_min
+            and cur.s32_max <= old.s32_max and old.var_off.includes(cur.var_off))
+
+
+def _same(a: State, b: State) -> bool:
+    if len(a.frames) != len(b.frames):
+        return False
+    return all(fa.regs == fb.regs and fa.types == fb.types and fa.spilled == fb.spilled
+               for fa, fb in zip(a.frames, b.frames))
+
+
+def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] = (), *,
+                   attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1) -> Verdict:
+    """Our verifier's verdict on a linked program whose map lddws name `maps` by index (the loader's
+    convention for raw instructions). Raises Unsupported where it cannot decide yet, and when it has processed
+    `budget` instructions (below the kernel's limit, a caller's bound on the work: no verdict)."""
+    try:
+        walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget)
+    except CfgError as err:
+        return Verdict(False, err.message, err.where.insn)
+    return walk.run()
+
+
+
+
+def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0,
+                          budget: int = COMPLEXITY_LIMIT + 1) -> Verdict:
+    """Our verdict on a linked program of an object (`elf.BpfObject.linked`): its map references become
+    indexes into the object's maps first, as the loader resolves them."""
+    specs: list[MapSpec] = []
+
+    def handle(name: str, spec: MapSpec | None) -> int | None:
+        if spec is None:
+            return None
+        if spec not in specs:
+            specs.append(spec)
+        return specs.index(spec)
+
+    insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
+    return verify_program(insns, prog_type, specs, attach=attach, budget=budget)
+
+
+__all__ = ["Rejected", "Unsupported", "Verdict", "VerifierMachine", "verify_linked_program", "verify_program"]
