@@ -6,7 +6,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from ..errors import DecodeError, EncodeError
-from .insn import LDDW_OPCODE, Insn, form_of
+from .insn import LDDW_OPCODE, Insn
 
 _SLOT = struct.Struct("<BBhi")
 
@@ -30,11 +30,12 @@ def decode(data: bytes) -> list[Insn]:
                 raise DecodeError(
                     f"second slot of lddw must have opcode, registers and offset 0 "
                     f"(has opcode {op2:#04x}, regs {regs2:#04x}, off {off2})", insn=slot + 1)
+        insn = Insn(opcode, dst, src, off, imm, imm_hi)
         try:
-            form_of(opcode, dst, src, off, imm, imm_hi)
+            insn.form  # validates the fields, and keeps the form for every later use
         except DecodeError as err:
             raise err.at(insn=slot) from None
-        insns.append(Insn(opcode, dst, src, off, imm, imm_hi))
+        insns.append(insn)
         slot += 2 if opcode == LDDW_OPCODE else 1
     return insns
 

@@ -261,6 +261,11 @@ def decode_ops(insns: Sequence[Insn]) -> list[Op | None]:
     return table
 
 
+def following(ops: Sequence[Op | None], slot: int) -> int:
+    """The slot after the instruction at `slot` of a `decode_ops` table (an lddw takes two)."""
+    return slot + 2 if slot + 1 < len(ops) and ops[slot + 1] is None else slot + 1
+
+
 def jump_target(op: Op) -> int | None:
     """The slot a jump, may_goto, local call or function-address load refers to, else None."""
     if isinstance(op, (Jump, MayGoto)):
@@ -286,5 +291,5 @@ def falls_through(op: Op) -> bool:
 __all__ = [
     "Alu", "AddrSpaceCast", "Atomic", "CONDITIONS", "Call", "Exit", "Imm", "Jump", "LegacyLoad", "Load",
     "LoadImm64", "MayGoto", "OP_TYPES", "Op", "Operand", "Reg", "Store", "Unary", "decode_op", "decode_ops",
-    "ends_block", "falls_through", "jump_target",
+    "ends_block", "falls_through", "following", "jump_target",
 ]

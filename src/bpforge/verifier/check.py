@@ -20,17 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..analysis import build_cfg, liveness
-from ..analysis.cfg import CfgError
+from ..analysis import liveness
+from ..analysis.cfg import CfgError, cfg_of_ops
 from ..elf.maprefs import resolve_map_relocations
 from ..errors import BpforgeError
-from ..isa import Insn
+from ..isa import FORMS, Insn
 from ..isa.ctx_access import ctx_access
 from ..isa.helper_sets import helper_allowed
 from ..isa.helpers import HELPER_SIGNATURES, helper_name
 from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
 from ..isa.numbers import s64
-from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_op
+from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_ops, following
 from ..isa.progtypes import return_range
 from ..isa.semantics import NEGATED, Condition, step
 from .branch import branch_taken, refine
@@ -43,8 +43,8 @@ JUMP_SEQUENCE_LIMIT = 8192  # BPF_COMPLEXITY_LIMIT_JMP_SEQ: paths waiting to be 
 MAX_CALL_FRAMES = 8
 MAX_PACKET_OFF = 0xFFFF
 BPF_MAX_VAR_OFF = 1 << 29
-_ALU_SYMBOLS = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "mod": "%=", "sdiv": "s/=", "smod": "s%=",
-                "or": "|=", "and": "&=", "xor": "^=", "lsh": "<<=", "rsh": ">>=", "arsh": "s>>="}
+# The operators as the verifier log spells them: the assembler's spelling in the form table ("{rd} += {rs}").
+_ALU_SYMBOLS = {f.op: f.syntax.split()[1] for f in FORMS if f.kind == "alu" and f.width == 64 and f.source == "reg"}
 # may_access_direct_pkt_data: the types that may write into the packet they read directly.
 _PACKET_WRITERS = frozenset({"xdp", "sched_cls", "sched_act", "lwt_xmit", "sk_skb", "sk_msg", "lwt_seg6local"})
 _LEGACY_LOADERS = frozenset({"socket_filter", "sched_cls", "sched_act"})
@@ -209,12 +209,10 @@ class VerifierMachine:
         if op.width == 32:
             return scalar(scalar_alu("mov", 32, src.var, src.var)) if src.is_scalar else \
                 scalar(Scalar.u32_value())
-        if src.is_scalar and isinstance(op.src, RegOperand) and not src.var.is_const():
+        if src.is_scalar and isinstance(op.src, RegOperand) and not src.var.is_const() and not src.id:
             # A copy stays linked to its original: a check on either refines both (find_equal_scalars).
-            if not src.id:
-                src = src.with_(id=self.walk.new_id())
-                self.state.regs[op.src.n] = src
-            return src
+            src = src.with_(id=self.walk.new_id())
+            self.state.regs[op.src.n] = src
         return src
 
     def _pointer_arithmetic(self, op, d: int, dst: Reg, src: Reg) -> Reg:
@@ -261,10 +259,6 @@ class VerifierMachine:
 
     # ---- memory ----------------------------------------------------------------------------------------
 
-    def _base(self) -> int:
-        op = self.op
-        return op.base
-
     def load(self, addr: Reg, size: int) -> Reg:
         return self._access(addr, size, None)
 
@@ -273,7 +267,8 @@ class VerifierMachine:
 
     def _access(self, addr: Reg, size: int, value: Reg | None) -> Reg | None:
         """check_mem_access. `value` is what a store writes (None: a load)."""
-        op, b = self.op, self._base()
+        op = self.op
+        b = op.base
         write = value is not None
         if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value"):
             raise Rejected(f"BPF_ATOMIC stores into R{b} {addr.kind} is not allowed")
@@ -301,7 +296,7 @@ class VerifierMachine:
             raise Rejected(f"invalid {'write to' if write else 'read from'} stack R{b} off={off} size={size}")
         if off % size:
             raise Rejected(f"misaligned stack access off (0x0; 0x0)+{addr.off}+0 size {size}")
-        frame = self.walk_frame(addr)
+        frame = self.state.frames[addr.frame]
         start = STACK_SIZE + off
         self.walk.touch_stack(frame, -off)
         slot = start // SLOT
@@ -320,16 +315,8 @@ class VerifierMachine:
             return known(0)
         return self._loaded_scalar(size)
 
-    def walk_frame(self, addr: Reg) -> Frame:
-        return self.state.frames[addr.frame]
-
     def _stack_write(self, frame: Frame, start: int, size: int, value: Reg, slot: int) -> None:
-        first, last = start // SLOT, (start + size - 1) // SLOT
-        for s in range(first, last + 1):
-            if s in frame.spilled:  # a partial overwrite: what is left of the spilled register is just bytes
-                del frame.spilled[s]
-                frame.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k
-                                                              for k in frame.types[s * SLOT:(s + 1) * SLOT])
+        frame.forget_spills(start, size)
         if size == SLOT and start % SLOT == 0 and not isinstance(self.op, Atomic) and \
                 isinstance(getattr(self.op, "value", None), RegOperand):
             frame.types[start:start + SLOT] = bytes([SPILL]) * SLOT
@@ -390,7 +377,7 @@ class VerifierMachine:
             raise Rejected(f"R{b} min value is negative, either use unsigned index or do a if (index >=0) check.")
         if var.umax >= BPF_MAX_VAR_OFF:
             raise Rejected(f"R{b} unbounded memory access, make sure to bounds check any such access")
-        if addr.off + var.smin < 0 or addr.off + var.umax + size > spec.value_size:
+        if addr.off + var.umax + size > spec.value_size:
             raise Rejected(f"invalid access to map value, value_size={spec.value_size} off={addr.off + var.umin} "
                            f"size={size}")
         if write:
@@ -688,14 +675,9 @@ class _Helpers:
             start = STACK_SIZE + off
             self.walk.touch_stack(frame, -off)
             if write:
-                for s in range(start // SLOT, (start + size - 1) // SLOT + 1):
-                    frame.spilled.pop(s, None)
+                frame.forget_spills(start, size)
                 frame.types[start:start + size] = bytes([MISC]) * size
-                for s in range(start // SLOT, (start + size - 1) // SLOT + 1):
-                    chunk = frame.types[s * SLOT:(s + 1) * SLOT]
-                    frame.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k for k in chunk)
-                return
-            return  # a privileged loader's helpers may read uninitialised stack (allow_uninit_stack)
+            return  # (a privileged loader's helpers may read uninitialised stack: allow_uninit_stack)
         if ptr.kind in PACKET_KINDS:
             m._packet(ptr, size, write, n)
             return
@@ -719,13 +701,9 @@ class _Walk:
         self.attach = attach
         self.helpers = _Helpers(self)
         self._ids = 0
-        self.code: dict[int, tuple] = {}
-        slot = 0
-        for insn in self.insns:
-            op = decode_op(insn, slot)
-            self.code[slot] = (op, slot + insn.slots)
-            slot += insn.slots
-        self.cfg = build_cfg(self.insns)
+        ops = decode_ops(self.insns)
+        self.code = {slot: (op, following(ops, slot)) for slot, op in enumerate(ops) if op is not None}
+        self.cfg = cfg_of_ops(ops)
         self.live: dict[int, int] = {}  # slot -> mask of registers live before it (its function's view)
         for fn in self.cfg.functions:
             lv = liveness(self.cfg, fn.index)

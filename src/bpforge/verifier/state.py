@@ -25,6 +25,14 @@ class Frame:
     callsite: int = -1  # the slot of the call that made this frame (-1: the program's)
     function: int = 0  # the slot where this frame's function starts
 
+    def forget_spills(self, start: int, size: int) -> None:
+        """A write of `size` bytes at byte `start` overlaps the 8-byte slots it touches: a register spilled
+        there is gone, and what is left of it is plain bytes."""
+        for s in range(start // SLOT, (start + size - 1) // SLOT + 1):
+            if self.spilled.pop(s, None) is not None:
+                chunk = self.types[s * SLOT:(s + 1) * SLOT]
+                self.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k for k in chunk)
+
     def copy(self) -> "Frame":
         return Frame(list(self.regs), bytearray(self.types), dict(self.spilled), self.callsite, self.function)
 

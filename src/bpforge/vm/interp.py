@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
 from ..isa.numbers import s32
-from ..isa.ops import Op, decode_op
+from ..isa.ops import Op, decode_ops, following
 from ..isa.semantics import INT_OPS, BitVectorArithmetic, Condition, holds, step_of
 from .context import Input, prepare
 from .helpers import TailCall, call_helper, legacy_load
@@ -396,14 +396,9 @@ def decoded(program: VmProgram) -> list[tuple[Callable, Op, int] | None]:
     and kept with it; None in the second slot of an lddw."""
     table = program.decoded
     if table is None:
-        table = []
-        for insn in program.insns:
-            slot = len(table)
-            op = decode_op(insn, slot)
-            table.append((step_of(op), op, slot + insn.slots))
-            if insn.slots == 2:
-                table.append(None)
-        program.decoded = table
+        ops = decode_ops(program.insns)
+        table = program.decoded = [None if op is None else (step_of(op), op, following(ops, slot))
+                                   for slot, op in enumerate(ops)]
     return table
 
 
