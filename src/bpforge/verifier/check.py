@@ -17,7 +17,8 @@ stack accesses, and helpers without a signature in the helper table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..analysis import liveness
@@ -74,8 +75,27 @@ class Verdict:
     insn: int | None = None  # slot of the failing instruction
     state: str = ""
     path: list[tuple[int, int]] = field(default_factory=list)  # (branch slot, where control went)
+    trace: list[int] = field(default_factory=list)  # the slots the failing path went through, the failing one last
+    final: State | None = None  # the state at the failing instruction
     processed: int = 0  # instructions processed (the kernel's "processed N insns")
     states: int = 0  # states kept at prune points
+    collected: dict[int, list[State]] = field(default_factory=dict)  # slot -> the states that reached it
+
+
+@dataclass
+class Limits:
+    """What a caller bounds besides the instruction budget: wall time (a `time.monotonic()` deadline),
+    a progress callback told the instructions processed so far, the states kept per collected slot."""
+
+    deadline: float | None = None
+    progress: "Callable[[int], None] | None" = None
+    collect_per_slot: int = 4096
+
+    def tick(self, processed: int) -> None:
+        if self.progress is not None:
+            self.progress(processed)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Unsupported(f"gave up after {processed} instructions (the time budget ran out)")
 
 
 # ---- the abstract bit-vector: what step computes with, besides the machine's own ALU --------------------
@@ -153,6 +173,7 @@ class _Path:
     state: State
     checkpoint: _Checkpoint | None
     decisions: tuple  # linked list of (from, to) branch decisions: ((from, to), rest) or ()
+    trace: tuple = ()  # linked list of the slots processed on the way here: (slot, rest) or ()
 
 
 class VerifierMachine:
@@ -691,9 +712,13 @@ class _Helpers:
 
 class _Walk:
     def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec], attach: int,
-                 prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1) -> None:
+                 prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1, limits: "Limits | None" = None,
+                 collect: frozenset[int] = frozenset()) -> None:
         self.insns = list(insns)
         self.budget = budget
+        self.limits = limits or Limits()
+        self.collect = collect
+        self.collected: dict[int, list[State]] = {slot: [] for slot in collect}
         self.prog_flags = prog_flags
         self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
         self.prog_type = prog_type
@@ -756,35 +781,8 @@ class _Walk:
                 points.add(after)
         return frozenset(points)
 
-    # ---- state comparison (states_equal) ---------------------------------------------------------------
-
     def covers(self, old: State, cur: State, slot: int) -> bool:
-        """Whether `old` (proven safe from `slot` on) includes `cur`: every register live at `slot` and every
-        stack byte of `cur` is at least as constrained as in `old`."""
-        if len(old.frames) != len(cur.frames):
-            return False
-        ids: dict[int, int] = {}
-        for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
-            if fo.callsite != fc.callsite:
-                return False
-            top = depth == len(old.frames) - 1
-            live = self.live.get(slot, (1 << 11) - 1) if top else 0b1111000000  # callers: r6-r9 survive
-            for n in range(10):
-                if live >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids):
-                    return False
-            for i in range(STACK_SIZE):
-                ko, kc = fo.types[i], fc.types[i]
-                if ko == INVALID or ko == kc and ko != SPILL:
-                    continue
-                if ko == MISC and kc == ZERO:
-                    continue
-                if ko == SPILL and kc == SPILL:
-                    s = i // SLOT
-                    if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids):
-                        return False
-                    continue
-                return False
-        return True
+        return covers(old, cur, self.live.get(slot, ALL_REGISTERS))
 
     # ---- the walk ----------------------------------------------------------------------------------------
 
@@ -795,7 +793,8 @@ class _Walk:
         processed = kept = 0
         while stack:
             path = stack.pop()
-            slot, state, checkpoint, decisions = path.slot, path.state, path.checkpoint, path.decisions
+            slot, state, checkpoint, decisions, trace = path.slot, path.state, path.checkpoint, path.decisions, \
+                path.trace
             while True:
                 if slot in self.prune_points:
                     seen = explored.setdefault(slot, [])
@@ -804,33 +803,38 @@ class _Walk:
                         break
                     if any(cp.branches and _same(cp.state, state) for cp in seen):
                         return self._reject(f"infinite loop detected at insn {slot}", slot, state, decisions,
-                                            processed, kept)
+                                            (slot, trace), processed, kept)
                     checkpoint = _Checkpoint(state.copy(), checkpoint)
                     seen.append(checkpoint)
                     kept += 1
+                if slot in self.collect:
+                    self._keep(slot, state)
                 processed += 1
+                trace = (slot, trace)
                 if processed > self.budget:
                     raise Unsupported(f"gave up after {self.budget} instructions (the budget asked for)")
+                if not processed & 0xFFF:
+                    self.limits.tick(processed)
                 if processed > COMPLEXITY_LIMIT:
                     return self._reject(f"BPF program is too large. Processed {processed} insn", slot, state,
-                                        decisions, processed, kept)
+                                        decisions, trace, processed, kept)
                 entry = self.code.get(slot)
                 if entry is None:
-                    return self._reject(f"invalid insn idx {slot}", slot, state, decisions, processed, kept)
+                    return self._reject(f"invalid insn idx {slot}", slot, state, decisions, trace, processed, kept)
                 op, after = entry
                 machine.state, machine.op, machine.slot, machine.next = state, op, slot, after
                 machine.ended, machine.forks = False, []
                 try:
                     step(machine, op)
                 except Rejected as err:
-                    return self._reject(err.message, slot, machine.state, decisions, processed, kept)
+                    return self._reject(err.message, slot, machine.state, decisions, trace, processed, kept)
                 for target, forked in machine.forks:
                     if checkpoint is not None:
                         checkpoint.branches += 1
-                    stack.append(_Path(target, forked, checkpoint, ((slot, target), decisions)))
+                    stack.append(_Path(target, forked, checkpoint, ((slot, target), decisions), trace))
                     if len(stack) > JUMP_SEQUENCE_LIMIT:
                         return self._reject(f"The sequence of {len(stack)} jumps is too complex.", slot, state,
-                                            decisions, processed, kept)
+                                            decisions, trace, processed, kept)
                 if machine.ended:
                     _finish(checkpoint)
                     break
@@ -840,14 +844,30 @@ class _Walk:
         too_deep = self.combined_stack()
         if too_deep is not None:
             return Verdict(False, too_deep, None, processed=processed, states=kept)
-        return Verdict(True, processed=processed, states=kept)
+        return Verdict(True, processed=processed, states=kept, collected=self.collected)
 
-    def _reject(self, message: str, slot: int, state: State, decisions, processed: int, kept: int) -> Verdict:
-        path = []
-        while decisions:
-            path.append(decisions[0])
-            decisions = decisions[1]
-        return Verdict(False, message, slot, state.text(), list(reversed(path)), processed, kept)
+    def _keep(self, slot: int, state: State) -> None:
+        """An arriving state at a slot the caller asked about, before pruning may end its path (a pruned
+        state is covered by a kept one only in the registers live here, and a rewrite may read others)."""
+        kept = self.collected[slot]
+        if len(kept) >= self.limits.collect_per_slot:
+            raise Unsupported(f"more than {self.limits.collect_per_slot} states reach insn {slot}")
+        if not any(_same(k, state) for k in kept):
+            kept.append(state.copy())
+
+    def _reject(self, message: str, slot: int, state: State, decisions, trace, processed: int,
+                kept: int) -> Verdict:
+        return Verdict(False, message, slot, state.text(), _unlink(decisions), _unlink(trace), state, processed, kept)
+
+
+def _unlink(chain: tuple) -> list:
+    """The items of a linked list `(last, (earlier, (...)))`, first first."""
+    items = []
+    while chain:
+        items.append(chain[0])
+        chain = chain[1]
+    items.reverse()
+    return items
 
 
 def _finish(checkpoint: _Checkpoint | None) -> None:
@@ -857,6 +877,39 @@ def _finish(checkpoint: _Checkpoint | None) -> None:
         if checkpoint.branches:
             return
         checkpoint = checkpoint.parent
+
+
+ALL_REGISTERS = (1 << 11) - 1
+CALLER_SAVED_SURVIVORS = 0b1111000000  # r6-r9: what a caller's frame still holds when its callee returns
+
+
+def covers(old: State, cur: State, live: int = ALL_REGISTERS) -> bool:
+    """states_equal: whether `old` includes `cur` — every register in the `live` mask (of the innermost
+    frame; callers keep r6-r9) and every stack byte of `cur` at least as constrained as in `old`. A state
+    proven safe from an instruction on then proves `cur` safe too."""
+    if len(old.frames) != len(cur.frames):
+        return False
+    ids: dict[int, int] = {}
+    for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
+        if fo.callsite != fc.callsite:
+            return False
+        mask = live if depth == len(old.frames) - 1 else CALLER_SAVED_SURVIVORS
+        for n in range(10):
+            if mask >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids):
+                return False
+        for i in range(STACK_SIZE):
+            ko, kc = fo.types[i], fc.types[i]
+            if ko == INVALID or ko == kc and ko != SPILL:
+                continue
+            if ko == MISC and kc == ZERO:
+                continue
+            if ko == SPILL and kc == SPILL:
+                s = i // SLOT
+                if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids):
+                    return False
+                continue
+            return False
+    return True
 
 
 def _reg_covers(old: Reg, cur: Reg, ids: dict[int, int]) -> bool:
@@ -891,12 +944,15 @@ def _same(a: State, b: State) -> bool:
 
 
 def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] = (), *,
-                   attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1) -> Verdict:
+                   attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
+                   limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
     """Our verifier's verdict on a linked program whose map lddws name `maps` by index (the loader's
     convention for raw instructions). Raises Unsupported where it cannot decide yet, and when it has processed
-    `budget` instructions (below the kernel's limit, a caller's bound on the work: no verdict)."""
+    `budget` instructions (below the kernel's limit, a caller's bound on the work: no verdict) or `limits`
+    stop it. An accepting verdict holds in `collected` every distinct state that reached each slot of
+    `collect` (what a window there may start from)."""
     try:
-        walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget)
+        walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget, limits, frozenset(collect))
     except CfgError as err:
         return Verdict(False, err.message, err.where.insn)
     return walk.run()
@@ -904,8 +960,8 @@ def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec
 
 
 
-def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0,
-                          budget: int = COMPLEXITY_LIMIT + 1) -> Verdict:
+def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
+                          limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
     """Our verdict on a linked program of an object (`elf.BpfObject.linked`): its map references become
     indexes into the object's maps first, as the loader resolves them."""
     specs: list[MapSpec] = []
@@ -918,7 +974,8 @@ def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0,
         return specs.index(spec)
 
     insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
-    return verify_program(insns, prog_type, specs, attach=attach, budget=budget)
+    return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect)
 
 
-__all__ = ["Rejected", "Unsupported", "Verdict", "VerifierMachine", "verify_linked_program", "verify_program"]
+__all__ = ["ALL_REGISTERS", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",
+           "verify_linked_program", "verify_program"]
