@@ -18,7 +18,7 @@ stack accesses, and helpers without a signature in the helper table.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..analysis import liveness
@@ -181,7 +181,7 @@ class VerifierMachine:
 
     bv = VERIFIER_OPS
 
-    def __init__(self, walk: "_Walk") -> None:
+    def __init__(self, walk: "Context") -> None:
         self.walk = walk
         self.state: State = entry_state()
         self.op = None
@@ -591,7 +591,7 @@ def _tnum(value: Scalar) -> str:
 class _Helpers:
     """check_helper_call for the helpers the helper table types."""
 
-    def __init__(self, walk: "_Walk") -> None:
+    def __init__(self, walk: "Context") -> None:
         self.walk = walk
 
     def call(self, m: VerifierMachine, helper: int) -> None:
@@ -710,22 +710,46 @@ class _Helpers:
 
 # ---- exploring every path ------------------------------------------------------------------------------
 
-class _Walk:
-    def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec], attach: int,
-                 prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1, limits: "Limits | None" = None,
+class Context:
+    """What the abstract machine consults besides the state: the program's type and attach type, its
+    load flags and maps (by the reference a map lddw holds), fresh ids, and how deep each function's
+    frames reach into the stack. A walk of a whole program is one; the window API makes its own."""
+
+    def __init__(self, prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec] = (), attach: int = 0,
+                 prog_flags: int = 0, first_id: int = 0) -> None:
+        self.prog_type = prog_type
+        self.attach = attach
+        self.prog_flags = prog_flags
+        self.maps = dict(maps) if isinstance(maps, Mapping) else dict(enumerate(maps))
+        self.helpers = _Helpers(self)
+        self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
+        self._ids = first_id
+
+    def touch_stack(self, frame: Frame, depth: int) -> None:
+        if depth > self.depths.get(frame.function, 0):
+            self.depths[frame.function] = depth
+
+    def new_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def map_at(self, ref: int) -> MapSpec:
+        spec = self.maps.get(ref)
+        if spec is None:
+            raise Rejected(f"fd {ref} is not pointing to valid bpf_map")
+        return spec
+
+
+class _Walk(Context):
+    def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec],
+                 attach: int, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1, limits: "Limits | None" = None,
                  collect: frozenset[int] = frozenset()) -> None:
+        super().__init__(prog_type, maps, attach, prog_flags)
         self.insns = list(insns)
         self.budget = budget
         self.limits = limits or Limits()
         self.collect = collect
         self.collected: dict[int, list[State]] = {slot: [] for slot in collect}
-        self.prog_flags = prog_flags
-        self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
-        self.prog_type = prog_type
-        self.maps = list(maps)
-        self.attach = attach
-        self.helpers = _Helpers(self)
-        self._ids = 0
         ops = decode_ops(self.insns)
         self.code = {slot: (op, following(ops, slot)) for slot, op in enumerate(ops) if op is not None}
         self.cfg = cfg_of_ops(ops)
@@ -736,10 +760,6 @@ class _Walk:
                 for s, _ in self.cfg.blocks[block].ops:
                     self.live[s] = lv.before_mask(s)
         self.prune_points = self._prune_points()
-
-    def touch_stack(self, frame: Frame, depth: int) -> None:
-        if depth > self.depths.get(frame.function, 0):
-            self.depths[frame.function] = depth
 
     def combined_stack(self) -> str | None:
         """check_max_stack_depth: the frames of the deepest call chain may use 512 bytes together, each
@@ -757,15 +777,6 @@ class _Walk:
         if total > STACK_SIZE:
             return f"combined stack size of {frames} calls is {total}. Too large"
         return None
-
-    def new_id(self) -> int:
-        self._ids += 1
-        return self._ids
-
-    def map_at(self, ref: int) -> MapSpec:
-        if not 0 <= ref < len(self.maps):
-            raise Rejected(f"fd {ref} is not pointing to valid bpf_map")
-        return self.maps[ref]
 
     def _prune_points(self) -> frozenset[int]:
         """Where paths may meet: jump targets, the instruction after a conditional jump, call returns."""
@@ -943,7 +954,7 @@ def _same(a: State, b: State) -> bool:
                for fa, fb in zip(a.frames, b.frames))
 
 
-def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] = (), *,
+def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec] = (), *,
                    attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
                    limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
     """Our verifier's verdict on a linked program whose map lddws name `maps` by index (the loader's
@@ -958,6 +969,37 @@ def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec
     return walk.run()
 
 
+
+
+def trace_states(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec],
+                 trace: Sequence[int], *, attach: int = 0, prog_flags: int = 0) -> list[tuple[int, State]]:
+    """The state before each instruction of `trace` (a verdict's failing path), walking that one path
+    again: at each branch, the side the trace goes on. What `--log` prints, and what a failure slice reads."""
+    walk = _Walk(insns, prog_type, maps, attach, prog_flags)
+    machine = VerifierMachine(walk)
+    state = entry_state()
+    states: list[tuple[int, State]] = []
+    for i, slot in enumerate(trace):
+        states.append((slot, state.copy()))
+        entry = walk.code.get(slot)
+        if entry is None or i + 1 == len(trace):
+            break
+        op, after = entry
+        machine.state, machine.op, machine.slot, machine.next = state, op, slot, after
+        machine.ended, machine.forks = False, []
+        try:
+            step(machine, op)
+        except Rejected:
+            break
+        following_slot = trace[i + 1]
+        sides = [forked for target, forked in machine.forks if target == following_slot]
+        if not machine.ended and machine.next == following_slot:
+            state = machine.state
+        elif sides:
+            state = sides[0]
+        else:
+            raise ValueError(f"the trace leaves insn {slot} for {following_slot}, where no path goes")
+    return states
 
 
 def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
@@ -977,5 +1019,5 @@ def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budge
     return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect)
 
 
-__all__ = ["ALL_REGISTERS", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",
-           "verify_linked_program", "verify_program"]
+__all__ = ["ALL_REGISTERS", "Context", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",
+           "trace_states", "verify_linked_program", "verify_program"]
