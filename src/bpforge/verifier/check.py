@@ -35,6 +35,8 @@ from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store
 from ..isa.progtypes import return_range
 from ..isa.semantics import NEGATED, Condition, step
 from .branch import branch_taken, refine
+from .functions import GlobalFunction, global_functions
+from .precision import Wanted, backtrack, precise_parts
 from .regs import NOT_INIT, NULLABLE, PACKET_KINDS, Reg, known, scalar, unknown
 from .scalar import Scalar, alu as scalar_alu
 from .state import INVALID, MISC, SLOT, SPILL, STACK_SIZE, ZERO, Frame, State, entry_state
@@ -50,7 +52,7 @@ _ALU_SYMBOLS = {f.op: f.syntax.split()[1] for f in FORMS if f.kind == "alu" and 
 _PACKET_WRITERS = frozenset({"xdp", "sched_cls", "sched_act", "lwt_xmit", "sk_skb", "sk_msg", "lwt_seg6local"})
 _LEGACY_LOADERS = frozenset({"socket_filter", "sched_cls", "sched_act"})
 _UNKNOWN = object()  # a condition the abstract machine cannot decide
-_MEMORY_ARGUMENTS = frozenset({"fp", "pkt", "pkt_meta", "map_value"})
+_MEMORY_ARGUMENTS = frozenset({"fp", "pkt", "pkt_meta", "map_value", "mem"})
 _EXPECTED_MEMORY = "fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, trusted_ptr_"
 BPF_F_STRICT_ALIGNMENT = 1
 NET_IP_ALIGN = 2  # strict alignment checks packet offsets as the kernel lays packets out: 2 bytes in
@@ -76,10 +78,10 @@ class Verdict:
     state: str = ""
     path: list[tuple[int, int]] = field(default_factory=list)  # (branch slot, where control went)
     trace: list[int] = field(default_factory=list)  # the slots the failing path went through, the failing one last
-    final: State | None = None  # the state at the failing instruction
+    final: State | None = field(default=None, repr=False)  # the state at the failing instruction
     processed: int = 0  # instructions processed (the kernel's "processed N insns")
     states: int = 0  # states kept at prune points
-    collected: dict[int, list[State]] = field(default_factory=dict)  # slot -> the states that reached it
+    collected: dict[int, list[State]] = field(default_factory=dict, repr=False)  # slot -> the states reaching it
 
 
 @dataclass
@@ -165,6 +167,7 @@ class _Checkpoint:
     state: State
     parent: "_Checkpoint | None"
     branches: int = 1
+    trace: tuple = ()  # the trace node of the instruction it was kept before (precision.backtrack's landmark)
 
 
 @dataclass
@@ -173,7 +176,7 @@ class _Path:
     state: State
     checkpoint: _Checkpoint | None
     decisions: tuple  # linked list of (from, to) branch decisions: ((from, to), rest) or ()
-    trace: tuple = ()  # linked list of the slots processed on the way here: (slot, rest) or ()
+    trace: tuple = ()  # the instructions processed on the way here, newest first: (slot, rest, frame, note) or ()
 
 
 class VerifierMachine:
@@ -189,6 +192,17 @@ class VerifierMachine:
         self.next = 0
         self.ended = False
         self.forks: list[tuple[int, State]] = []  # (slot, state) of the sides not followed
+        # The path so far, for precision tracking: its trace before this instruction, its newest kept state
+        # (`fresh`: kept right before this instruction), and what this instruction's trace node will note.
+        self.chain: tuple = ()
+        self.checkpoint = None
+        self.fresh = False
+        self.note = None
+
+    def precise(self, *regs: int | None, slot: tuple[int, int] | None = None) -> None:
+        """The exact values of these registers of the current frame (and of a spilled stack slot, as
+        (frame, slot)) decide something here: the path's kept states must match them exactly."""
+        self.walk.mark_precise(self, [n for n in regs if n is not None], slot)
 
     # ---- registers -------------------------------------------------------------------------------------
 
@@ -245,6 +259,10 @@ class VerifierMachine:
                 return unknown()
             raise Rejected(f"R{d} pointer {symbol} pointer prohibited")
         ptr, value = (dst, src.var) if dst.is_pointer else (src, dst.var)
+        if src.is_scalar:
+            self.precise(op.src.n if isinstance(op.src, RegOperand) else None)
+        elif dst.is_scalar:
+            self.precise(d)
         if op.width == 32:  # 32-bit operations on pointers make meaningless scalars
             if op.op == "sub":
                 return unknown()
@@ -291,7 +309,7 @@ class VerifierMachine:
         op = self.op
         b = op.base
         write = value is not None
-        if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value"):
+        if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value", "mem"):
             raise Rejected(f"BPF_ATOMIC stores into R{b} {addr.kind} is not allowed")
         kind = addr.kind
         if kind == "fp":
@@ -302,6 +320,8 @@ class VerifierMachine:
             return self._packet(addr, size, write, b)
         if kind == "map_value":
             return self._map_value(addr, size, write, b)
+        if kind == "mem":
+            return self._mem(addr, size, write, b)
         if kind == "flow_keys":
             if addr.off < 0 or addr.off + size > 56 or not addr.var.is_const():
                 raise Rejected(f"invalid access to flow keys off={addr.off} size={size}")
@@ -321,6 +341,7 @@ class VerifierMachine:
         start = STACK_SIZE + off
         self.walk.touch_stack(frame, -off)
         slot = start // SLOT
+        self.note = (addr.frame, slot)
         if write:
             self._stack_write(frame, start, size, value, slot)
             return None
@@ -408,6 +429,17 @@ class VerifierMachine:
             return known(int.from_bytes(spec.initial[start:start + size], "little"))
         return self._loaded_scalar(size)
 
+    def _mem(self, addr: Reg, size: int, write: bool, b: int) -> Reg | None:
+        """check_mem_region_access for memory of a known size (a global function's pointer argument)."""
+        var = addr.var
+        if var.smin + addr.off < 0:
+            raise Rejected(f"R{b} min value is negative, either use unsigned index or do a if (index >=0) check.")
+        if var.umax >= BPF_MAX_VAR_OFF:
+            raise Rejected(f"R{b} unbounded memory access, make sure to bounds check any such access")
+        if addr.off + var.umin < 0 or addr.off + var.umax + size > addr.size:
+            raise Rejected(f"invalid access to memory, mem_size={addr.size} off={addr.off + var.umin} size={size}")
+        return None if write else self._loaded_scalar(size)
+
     # ---- control ---------------------------------------------------------------------------------------
 
     def branch(self, cond: Condition | None, target: int) -> None:
@@ -415,6 +447,7 @@ class VerifierMachine:
             self.next = target
             return
         op: Jump = self.op
+        self._note_linked(cond)
         taken, fallthrough = self._sides(op, cond)
         if taken is not None and fallthrough is not None:
             self.forks.append((target, taken))
@@ -426,12 +459,27 @@ class VerifierMachine:
         else:  # neither side possible: the path cannot reach here
             self.ended = True
 
+    def _note_linked(self, cond: Condition) -> None:
+        """The registers and spilled slots linked to a compared scalar learn from the comparison together,
+        so precision wanted for one of them is wanted for all (the kernel's linked registers)."""
+        ids = {v.id for v in (cond.lhs, cond.rhs) if v.is_scalar and v.id}
+        if not ids:
+            return
+        linked = []
+        for depth, frame in enumerate(self.state.frames):
+            linked += [("r", depth, n) for n, r in enumerate(frame.regs) if r.is_scalar and r.id in ids]
+            linked += [("s", depth, slot) for slot, r in frame.spilled.items() if r.is_scalar and r.id in ids]
+        if len(linked) > 1:
+            self.note = ("linked", tuple(linked))
+
     def _sides(self, op: Jump, cond: Condition) -> tuple[State | None, State | None]:
         """The states of the taken and the fall-through side (None: that side cannot happen)."""
         a, b = cond.lhs, cond.rhs
         src_reg = op.src.n if isinstance(op.src, RegOperand) else None
         if a.is_scalar and b.is_scalar:
             decided = branch_taken(cond.cmp, cond.width, a.var, b.var)
+            if decided is not None:  # the values decided the branch: a path that meets this one must agree
+                self.precise(op.dst, src_reg)
             if decided is True:
                 return self._refined(op, cond.cmp, a, b, src_reg), None
             if decided is False:
@@ -511,10 +559,16 @@ class VerifierMachine:
         r0 = self.state.regs[0]
         if r0.kind == "not_init":
             raise Rejected("R0 !read_ok")
+        if state.frames[0].function != 0:  # a global function checked on its own returns a number
+            if not r0.is_scalar:
+                raise Rejected(f"At subprogram exit the register R0 is not a scalar value ({r0.kind})")
+            self.ended = True
+            return
         allowed = return_range(self.walk.prog_type, self.walk.attach)
         if allowed is not None:
             if not r0.is_scalar:
                 raise Rejected(f"At program exit the register R0 is not a known value ({r0.kind})")
+            self.precise(0)
             lo, hi = allowed
             v = r0.var
             if v.s32_min < lo or v.s32_max > hi:  # the kernel checks the 32-bit value
@@ -525,6 +579,11 @@ class VerifierMachine:
 
     def call_local(self, target: int) -> None:
         state = self.state
+        signature = self.walk.globals.get(target)
+        if signature is not None:
+            self.walk.call_global(self, target, signature)
+            return
+        self.note = "frame"
         if len(state.frames) >= MAX_CALL_FRAMES:
             raise Rejected(f"the call stack of {len(state.frames) + 1} frames is too deep !")
         regs = [NOT_INIT] * 11
@@ -619,7 +678,7 @@ class _Helpers:
                 if current_map is None:
                     raise Rejected("invalid map_ptr to access map->key")
                 size = current_map.key_size if kind == "ptr_to_map_key" else current_map.value_size
-                self._memory(m, i, reg, size, write=kind == "ptr_to_uninit_map_value")
+                self.memory(m, i, reg, size, write=kind == "ptr_to_uninit_map_value")
             elif kind in ("ptr_to_mem_readonly", "ptr_to_mem", "ptr_to_uninit_mem",
                           "ptr_to_mem_readonly_or_null"):
                 if kind.endswith("_or_null") and reg.is_scalar and reg.var.is_const() and reg.var.var_off.value == 0:
@@ -635,12 +694,13 @@ class _Helpers:
                     raise Rejected(f"R{i} min value is negative, either use unsigned or 'var &= const'")
                 if reg.var.umax >= BPF_MAX_VAR_OFF:
                     raise Rejected(f"R{i} unbounded memory access, use 'var &= const' or 'if (var < const)'")
-                if kind == "const_size" and reg.var.umax == 0:
-                    raise Rejected(f"R{i} invalid zero-sized read")
+                if kind == "const_size" and reg.var.umin == 0:
+                    raise Rejected(f"R{i} invalid zero-sized read: u64=[{reg.var.umin},{reg.var.umax}]")
+                m.precise(i)
                 if pending_mem is not None:
                     n, ptr, writes = pending_mem
                     if reg.var.umax:
-                        self._memory(m, n, ptr, reg.var.umax, write=writes)
+                        self.memory(m, n, ptr, reg.var.umax, write=writes)
                     pending_mem = None
             elif kind == "anything":
                 pass
@@ -684,14 +744,16 @@ class _Helpers:
             return Reg("map_value", map=spec)
         raise Unsupported(f"{name} returns {ret}, which is not modelled yet")
 
-    def _memory(self, m: VerifierMachine, n: int, ptr: Reg, size: int, *, write: bool) -> None:
-        """check_helper_mem_access: `size` bytes at `ptr`, read (initialised) or written by the helper."""
+    def memory(self, m: VerifierMachine, n: int, ptr: Reg, size: int, *, write: bool,
+               wording: str = "indirect access to") -> None:
+        """check_helper_mem_access: `size` bytes at `ptr`, read (initialised) or written by the helper (or
+        handed to a global function: the kernel words a stack overrun as a direct read then)."""
         if ptr.kind == "fp":
             if not ptr.var.is_const():
                 raise Unsupported("variable-offset stack arguments are not modelled yet")
             off = ptr.off + s64(ptr.var.var_off.value)
             if off < -STACK_SIZE or off + size > 0:
-                raise Rejected(f"invalid indirect access to stack R{n} off={off} size={size}")
+                raise Rejected(f"invalid {wording} stack R{n} off={off} size={size}")
             frame = m.state.frames[ptr.frame]
             start = STACK_SIZE + off
             self.walk.touch_stack(frame, -off)
@@ -704,6 +766,9 @@ class _Helpers:
             return
         if ptr.kind == "map_value":
             m._map_value(ptr, size, write, n)
+            return
+        if ptr.kind == "mem":
+            m._mem(ptr, size, write, n)
             return
         raise Rejected(f"R{n} type={ptr.kind} expected={_EXPECTED_MEMORY}")
 
@@ -723,7 +788,14 @@ class Context:
         self.maps = dict(maps) if isinstance(maps, Mapping) else dict(enumerate(maps))
         self.helpers = _Helpers(self)
         self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
+        self.globals: Mapping[int, GlobalFunction] = {}
         self._ids = first_id
+
+    def mark_precise(self, machine: "VerifierMachine", regs: list[int], slot: tuple[int, int] | None) -> None:
+        """Exact values matter here; only a walk that keeps states for pruning has anything to mark."""
+
+    def call_global(self, machine: "VerifierMachine", target: int, signature: "GlobalFunction") -> None:
+        raise Unsupported("calls of global functions are checked by a whole-program walk only")
 
     def touch_stack(self, frame: Frame, depth: int) -> None:
         if depth > self.depths.get(frame.function, 0):
@@ -743,8 +815,11 @@ class Context:
 class _Walk(Context):
     def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec],
                  attach: int, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1, limits: "Limits | None" = None,
-                 collect: frozenset[int] = frozenset()) -> None:
+                 collect: frozenset[int] = frozenset(), globals_: Mapping[int, GlobalFunction] | None = None) -> None:
         super().__init__(prog_type, maps, attach, prog_flags)
+        self.globals = dict(globals_ or {})
+        self.called: set[int] = set()  # global functions called on some path: each is checked on its own
+        self.processed = self.kept = 0
         self.insns = list(insns)
         self.budget = budget
         self.limits = limits or Limits()
@@ -753,6 +828,9 @@ class _Walk(Context):
         ops = decode_ops(self.insns)
         self.code = {slot: (op, following(ops, slot)) for slot, op in enumerate(ops) if op is not None}
         self.cfg = cfg_of_ops(ops)
+        if self.cfg.unreachable:  # check_cfg: every instruction must be reachable from the first
+            first = min(self.cfg.blocks[b].start for b in self.cfg.unreachable)
+            raise CfgError(f"unreachable insn {first}", insn=first)
         self.live: dict[int, int] = {}  # slot -> mask of registers live before it (its function's view)
         for fn in self.cfg.functions:
             lv = liveness(self.cfg, fn.index)
@@ -793,69 +871,143 @@ class _Walk(Context):
         return frozenset(points)
 
     def covers(self, old: State, cur: State, slot: int) -> bool:
-        return covers(old, cur, self.live.get(slot, ALL_REGISTERS))
+        return covers(old, cur, self.live.get(slot, ALL_REGISTERS), pruning=True)
+
+    # ---- precision and global functions ------------------------------------------------------------------
+
+    def mark_precise(self, machine: VerifierMachine, regs: list[int], slot: tuple[int, int] | None) -> None:
+        wanted = Wanted()
+        frame = len(machine.state.frames) - 1
+        for n in regs:
+            wanted.add_reg(frame, n)
+        if slot is not None:
+            wanted.add_slot(*slot)
+        backtrack(self.code, wanted, machine.chain, machine.checkpoint, machine.fresh)
+
+    def call_global(self, m: VerifierMachine, target: int, signature: GlobalFunction) -> None:
+        """A call of a global function: its arguments checked against its prototype (btf_check_subprog_call),
+        then r0 any number; the function is checked once on its own, after the program's own function."""
+        if signature.unsupported:
+            raise Unsupported(f"global function {signature.unsupported}, which is not modelled yet")
+        regs = m.state.regs
+        problem = None
+        for i, arg in enumerate(signature.args, start=1):
+            reg = regs[i]
+            if arg.kind == "scalar" and not reg.is_scalar:
+                problem = f"R{i} is not a scalar"
+            elif arg.kind == "ctx" and (reg.kind != "ctx" or reg.off):
+                problem = f"arg#{i - 1} expects pointer to ctx"
+            elif arg.kind == "mem" and not (reg.is_scalar and reg.var.is_const() and reg.var.var_off.value == 0):
+                if reg.is_scalar or reg.kind == "not_init":
+                    problem = f"R{i} type={reg.kind} expected=fp, pkt, pkt_meta, map_value, mem"
+                else:  # memory of the argument's size, checked as if not NULL (check_mem_reg)
+                    ptr = reg.with_(kind=NULLABLE.get(reg.kind, reg.kind))
+                    self.helpers.memory(m, i, ptr, arg.size, write=False, wording="read from")
+            if problem:
+                raise Rejected(f"{problem}; caller passes invalid args into func ('{signature.name}')")
+        for n in range(1, 6):
+            regs[n] = NOT_INIT
+        regs[0] = unknown()
+        self.called.add(target)
+
+    def _global_entry(self, entry: int) -> State:
+        """btf_prepare_func_args: the state a global function starts from."""
+        regs = [NOT_INIT] * 11
+        regs[10] = Reg("fp")
+        for i, arg in enumerate(self.globals[entry].args, start=1):
+            if arg.kind == "ctx":
+                regs[i] = Reg("ctx")
+            elif arg.kind == "scalar":
+                regs[i] = unknown()
+            else:
+                regs[i] = Reg("mem_or_null", size=arg.size, id=self.new_id())
+        return State([Frame(regs, function=entry)])
 
     # ---- the walk ----------------------------------------------------------------------------------------
 
     def run(self) -> Verdict:
+        """The program's own function, then each global function it (or one checked before) calls."""
+        verdict = self._explore(0, entry_state())
+        checked: set[int] = set()
+        while verdict is None and self.called - checked:
+            entry = min(self.called - checked)
+            checked.add(entry)
+            verdict = self._explore(entry, self._global_entry(entry))
+        if verdict is not None:
+            return verdict
+        too_deep = self.combined_stack()
+        if too_deep is not None:
+            return Verdict(False, too_deep, None, processed=self.processed, states=self.kept)
+        return Verdict(True, processed=self.processed, states=self.kept, collected=self.collected)
+
+    def _explore(self, start: int, entry: State) -> Verdict | None:
+        """Every path from `start` in state `entry`: None when all end safely, else the rejection."""
         machine = VerifierMachine(self)
         explored: dict[int, list[_Checkpoint]] = {}
-        stack = [_Path(0, entry_state(), None, ())]
-        processed = kept = 0
+        stack = [_Path(start, entry, None, ())]
         while stack:
             path = stack.pop()
             slot, state, checkpoint, decisions, trace = path.slot, path.state, path.checkpoint, path.decisions, \
                 path.trace
             while True:
+                fresh = False
                 if slot in self.prune_points:
                     seen = explored.setdefault(slot, [])
-                    if any(cp.branches == 0 and self.covers(cp.state, state, slot) for cp in seen):
+                    old = next((cp for cp in seen if cp.branches == 0 and self.covers(cp.state, state, slot)), None)
+                    if old is not None:  # what the old state had precise, this path relied on too
+                        backtrack(self.code, precise_parts(old.state, self.live.get(slot, ALL_REGISTERS)), trace,
+                                  checkpoint, False)
                         _finish(checkpoint)
                         break
                     if any(cp.branches and _same(cp.state, state) for cp in seen):
                         return self._reject(f"infinite loop detected at insn {slot}", slot, state, decisions,
-                                            (slot, trace), processed, kept)
+                                            (slot, trace), self.processed, self.kept)
                     checkpoint = _Checkpoint(state.copy(), checkpoint)
                     seen.append(checkpoint)
-                    kept += 1
+                    self.kept += 1
+                    fresh = True
                 if slot in self.collect:
                     self._keep(slot, state)
-                processed += 1
-                trace = (slot, trace)
+                self.processed += 1
+                processed = self.processed
                 if processed > self.budget:
                     raise Unsupported(f"gave up after {self.budget} instructions (the budget asked for)")
                 if not processed & 0xFFF:
                     self.limits.tick(processed)
                 if processed > COMPLEXITY_LIMIT:
                     return self._reject(f"BPF program is too large. Processed {processed} insn", slot, state,
-                                        decisions, trace, processed, kept)
-                entry = self.code.get(slot)
-                if entry is None:
-                    return self._reject(f"invalid insn idx {slot}", slot, state, decisions, trace, processed, kept)
-                op, after = entry
+                                        decisions, (slot, trace), processed, self.kept)
+                entry_op = self.code.get(slot)
+                if entry_op is None:
+                    return self._reject(f"invalid insn idx {slot}", slot, state, decisions, (slot, trace),
+                                        processed, self.kept)
+                op, after = entry_op
+                frame = len(state.frames) - 1
                 machine.state, machine.op, machine.slot, machine.next = state, op, slot, after
-                machine.ended, machine.forks = False, []
+                machine.ended, machine.forks, machine.note = False, [], None
+                machine.chain, machine.checkpoint, machine.fresh = trace, checkpoint, fresh
                 try:
                     step(machine, op)
                 except Rejected as err:
-                    return self._reject(err.message, slot, machine.state, decisions, trace, processed, kept)
+                    return self._reject(err.message, slot, machine.state, decisions, (slot, trace), processed,
+                                        self.kept)
+                trace = (slot, trace, frame, machine.note)
+                if fresh:
+                    checkpoint.trace = trace
                 for target, forked in machine.forks:
                     if checkpoint is not None:
                         checkpoint.branches += 1
                     stack.append(_Path(target, forked, checkpoint, ((slot, target), decisions), trace))
                     if len(stack) > JUMP_SEQUENCE_LIMIT:
                         return self._reject(f"The sequence of {len(stack)} jumps is too complex.", slot, state,
-                                            decisions, trace, processed, kept)
+                                            decisions, trace, processed, self.kept)
                 if machine.ended:
                     _finish(checkpoint)
                     break
                 if isinstance(op, (Jump, MayGoto)) and (op.__class__ is MayGoto or op.cmp is not None):
                     decisions = ((slot, machine.next), decisions)
                 state, slot = machine.state, machine.next
-        too_deep = self.combined_stack()
-        if too_deep is not None:
-            return Verdict(False, too_deep, None, processed=processed, states=kept)
-        return Verdict(True, processed=processed, states=kept, collected=self.collected)
+        return None
 
     def _keep(self, slot: int, state: State) -> None:
         """An arriving state at a slot the caller asked about, before pruning may end its path (a pruned
@@ -894,51 +1046,81 @@ ALL_REGISTERS = (1 << 11) - 1
 CALLER_SAVED_SURVIVORS = 0b1111000000  # r6-r9: what a caller's frame still holds when its callee returns
 
 
-def covers(old: State, cur: State, live: int = ALL_REGISTERS) -> bool:
+def covers(old: State, cur: State, live: int = ALL_REGISTERS, *, pruning: bool = False) -> bool:
     """states_equal: whether `old` includes `cur` — every register in the `live` mask (of the innermost
     frame; callers keep r6-r9) and every stack byte of `cur` at least as constrained as in `old`. A state
-    proven safe from an instruction on then proves `cur` safe too."""
+    proven safe from an instruction on then proves `cur` safe too.
+
+    `pruning` compares as the kernel does when a path meets a kept state: a scalar of `old` that is not
+    `precise` matches any scalar, and misc stack bytes match anything (a privileged program may read
+    uninitialised stack). Without it, every value must be within `old`'s."""
     if len(old.frames) != len(cur.frames):
         return False
-    ids: dict[int, int] = {}
+    ids = _IdMap()
     for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
         if fo.callsite != fc.callsite:
             return False
         mask = live if depth == len(old.frames) - 1 else CALLER_SAVED_SURVIVORS
         for n in range(10):
-            if mask >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids):
+            if mask >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids, pruning):
                 return False
+        if fo.types == fc.types and not fo.spilled and not fc.spilled:
+            continue
         for i in range(STACK_SIZE):
             ko, kc = fo.types[i], fc.types[i]
             if ko == INVALID or ko == kc and ko != SPILL:
                 continue
-            if ko == MISC and kc == ZERO:
+            if ko == MISC and (kc == ZERO or pruning):
                 continue
             if ko == SPILL and kc == SPILL:
                 s = i // SLOT
-                if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids):
+                if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids,
+                                                     pruning):
                     return False
                 continue
             return False
     return True
 
 
-def _reg_covers(old: Reg, cur: Reg, ids: dict[int, int]) -> bool:
+class _IdMap:
+    """check_ids: the ids of `old` and `cur` must correspond one to one (a register linked to another in
+    `old` must be linked to the same one in `cur`); an id of 0 is a fresh one each time."""
+
+    def __init__(self) -> None:
+        self.forward: dict[int, int] = {}
+        self.backward: dict[int, int] = {}
+        self.fresh = 0
+
+    def match(self, old: int, cur: int) -> bool:
+        if not old and not cur:
+            return True
+        if not old:
+            self.fresh -= 1
+            old = self.fresh
+        if not cur:
+            self.fresh -= 1
+            cur = self.fresh
+        if self.forward.setdefault(old, cur) != cur:
+            return False
+        return self.backward.setdefault(cur, old) == old
+
+
+def _reg_covers(old: Reg, cur: Reg, ids: _IdMap, pruning: bool) -> bool:
     """regsafe: `cur` is within `old`."""
     if old.kind == "not_init":
         return True
     if old.kind != cur.kind:
         return False
     if old.kind == "scalar":
-        return _within(old.var, cur.var)
-    if old.map is not cur.map or old.off != cur.off or old.frame != cur.frame or old.target != cur.target:
+        if pruning and not old.precise:
+            return True
+        return _within(old.var, cur.var) and ids.match(old.id, cur.id)
+    if old.map is not cur.map or old.off != cur.off or old.frame != cur.frame or old.target != cur.target or \
+            old.size != cur.size:
         return False
     if old.kind in PACKET_KINDS and old.range > cur.range:
         return False
-    if old.id or cur.id:
-        if ids.setdefault(old.id, cur.id) != cur.id:
-            return False
-    return _within(old.var, cur.var)
+    return ids.match(old.id, cur.id) and _within(old.var, cur.var)
 
 
 def _within(old: Scalar, cur: Scalar) -> bool:
@@ -956,19 +1138,20 @@ def _same(a: State, b: State) -> bool:
 
 def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec] = (), *,
                    attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
-                   limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
+                   limits: Limits | None = None, collect: Sequence[int] = (),
+                   global_functions: Mapping[int, GlobalFunction] | None = None) -> Verdict:
     """Our verifier's verdict on a linked program whose map lddws name `maps` by index (the loader's
     convention for raw instructions). Raises Unsupported where it cannot decide yet, and when it has processed
     `budget` instructions (below the kernel's limit, a caller's bound on the work: no verdict) or `limits`
     stop it. An accepting verdict holds in `collected` every distinct state that reached each slot of
-    `collect` (what a window there may start from)."""
+    `collect` (what a window there may start from). `global_functions` (by the slot they start at) are
+    checked on their own, as the kernel checks the global functions BTF names."""
     try:
-        walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget, limits, frozenset(collect))
+        walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget, limits, frozenset(collect),
+                     global_functions)
     except CfgError as err:
         return Verdict(False, err.message, err.where.insn)
     return walk.run()
-
-
 
 
 def trace_states(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec],
@@ -1016,7 +1199,8 @@ def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budge
         return specs.index(spec)
 
     insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
-    return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect)
+    return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect,
+                          global_functions=global_functions(obj, linked, prog_type))
 
 
 __all__ = ["ALL_REGISTERS", "Context", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",

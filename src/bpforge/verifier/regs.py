@@ -1,16 +1,17 @@
 """What the verifier knows about one register: `struct bpf_reg_state`, as immutable values.
 
 `kind` names the type in the verifier log's words (`scalar`, `ctx`, `fp`, `pkt`, `pkt_end`, `pkt_meta`,
-`map_ptr`, `map_value`, `map_value_or_null`, `flow_keys`, `sock_common_or_null`, `sock_or_null`, `func`),
-or `not_init`. A pointer's address is its region plus `off` (a fixed offset) plus `var` (a `Scalar`: the
+`map_ptr`, `map_value`, `map_value_or_null`, `flow_keys`, `sock_common_or_null`, `sock_or_null`, `func`,
+`mem` and `mem_or_null` (`size` bytes: a global function's pointer argument)), or `not_init`. A pointer's address is its region plus `off` (a fixed offset) plus `var` (a `Scalar`: the
 variable part, known zero for most pointers); a scalar's value is `var`. `id` links registers that hold
 the same packet pointer or the same possibly-null map value (a check on one refines all); `range` is a
-packet pointer's proven-readable length past its offset.
+packet pointer's proven-readable length past its offset. `precise` marks a scalar of a kept state whose exact
+value a path relied on (the kernel's precision tracking); it takes no part in equality.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..isa.maptypes import MapSpec
 from .format import format_scalar
@@ -18,9 +19,10 @@ from .scalar import Scalar
 
 ZERO = Scalar.known(0)
 POINTER_KINDS = frozenset({"ctx", "fp", "pkt", "pkt_end", "pkt_meta", "map_ptr", "map_value", "map_value_or_null",
-                           "flow_keys", "sock_common_or_null", "sock_or_null", "func"})
+                           "flow_keys", "sock_common_or_null", "sock_or_null", "func", "mem", "mem_or_null"})
 PACKET_KINDS = frozenset({"pkt", "pkt_meta"})
-NULLABLE = {"map_value_or_null": "map_value", "sock_common_or_null": "sock_common", "sock_or_null": "sock"}
+NULLABLE = {"map_value_or_null": "map_value", "sock_common_or_null": "sock_common", "sock_or_null": "sock",
+            "mem_or_null": "mem"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class Reg:
     map: MapSpec | None = None
     frame: int = 0  # fp: the frame whose stack it points into
     target: int = 0  # func: the callee's slot
+    size: int = 0  # mem: how many bytes it may access
+    precise: bool = field(default=False, compare=False)
 
     @property
     def is_pointer(self) -> bool:
@@ -81,6 +85,8 @@ def describe(reg: Reg) -> str:
             parts.append(f"ks={reg.map.key_size},vs={reg.map.value_size}")
     if reg.off:
         parts.append(f"off={reg.off}")
+    if reg.kind in ("mem", "mem_or_null"):
+        parts.append(f"sz={reg.size}")
     if reg.kind in PACKET_KINDS:
         parts.append(f"r={reg.range}")
     if not (reg.var.is_const() and reg.var.var_off.value == 0):

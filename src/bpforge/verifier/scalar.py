@@ -679,6 +679,15 @@ def _coerce_reg_to_size_sx(r: _Reg, size: int) -> None:
         r.s32_min = r.s32_max = _s32(v)
         r.u32_min = r.u32_max = _u32(v)
         return
+    if _SMIN[size] <= r.s32_min and r.s32_max <= _SMAX[size]:
+        # The low 32 bits, read signed, already fit in `size` bytes: sign-extending them gives that value
+        # whatever the upper half holds (how this kernel reads the 32-bit bounds for a movsx).
+        lo, hi = r.s32_min, r.s32_max
+        r.smin, r.smax = lo, hi
+        r.umin, r.umax = 0, U64_MAX  # (the 32-bit bounds stay: those bits do not change)
+        r.var_off = UNKNOWN
+        _reg_bounds_sync(r)
+        return
     if (_u64(r.smax) >> bits) == (_u64(r.smin) >> bits):
         a, b = signed(r.smax, bits), signed(r.smin, bits)
         hi, lo = max(a, b), min(a, b)

@@ -1,0 +1,85 @@
+"""Global functions (BTF linkage global) are checked once on their own, from their prototype: the caller's
+arguments against it, the function from a state it gives. Verdicts against the kernel's, on small C programs
+compiled here with clang-19."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bpforge.elf import read_object
+from bpforge.kernel.program import verify_linked
+from bpforge.verifier.check import verify_linked_program
+from bpforge.verifier.functions import Argument, global_functions
+
+from conftest import tool
+
+SOURCE = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct pair { int a; int b; };
+__noinline int takes_ctx(struct xdp_md *ctx) { return ctx ? 1 : 0; }
+__noinline int takes_scalar(int x) { return x + 1; }
+__noinline int takes_mem(struct pair *p) { if (!p) return 0; return p->a + p->b; }
+__noinline int takes_mem_unchecked(struct pair *p) { return p->a; }
+SEC("xdp") int prog(struct xdp_md *ctx) {
+  struct pair p = {1, 2};
+  char small[4] = {};
+  int r = 0;
+#if CASE == 0
+  r = takes_ctx(ctx) + takes_scalar(3) + takes_mem(&p) + takes_mem(0);
+#elif CASE == 1
+  r = takes_ctx((void *)&p);
+#elif CASE == 2
+  asm volatile("r1 = r10; r1 += -8; call takes_scalar; %[r] = r0" : [r]"=r"(r) :: "r1","r2","r3","r4","r5","r0");
+#elif CASE == 3
+  r = takes_mem((void *)small);
+#elif CASE == 4
+  r = takes_mem_unchecked(&p);
+#elif CASE == 5
+  r = takes_mem((void *)(long)ctx->data);
+#endif
+  return r & 1;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+CASES = {0: "all arguments as the prototypes say", 1: "a stack pointer for the context",
+         2: "a pointer for an int", 3: "4 bytes of stack for an 8-byte struct",
+         4: "the function dereferences its pointer without a NULL check",
+         5: "a packet pointer with nothing checked against data_end"}
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    clang = tool("clang-19")
+    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip() or \
+        "x86_64-linux-gnu"
+    out = tmp_path_factory.mktemp("globals")
+    (out / "g.c").write_text(SOURCE)
+    built = {}
+    for case in CASES:
+        obj = out / f"g{case}.o"
+        subprocess.run([clang, "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-I/usr/include/{arch}", f"-DCASE={case}",
+                        "-c", str(out / "g.c"), "-o", str(obj)], check=True, capture_output=True)
+        built[case] = read_object(obj)
+    return built
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES.values()))
+def test_global_function_verdicts_are_the_kernels(kernel, objects, case):
+    obj = objects[case]
+    linked = obj.linked("prog")
+    theirs = verify_linked(linked, obj, prog_type="xdp")
+    ours = verify_linked_program(obj, linked, "xdp")
+    assert ours.accepted == theirs.accepted, (ours.message, theirs.message)
+    if not theirs.accepted:
+        assert ours.insn == theirs.slot, (ours.message, theirs.message)
+
+
+def test_prototypes_become_argument_kinds(objects):
+    obj = objects[0]
+    found = {sig.name: sig.args for sig in global_functions(obj, obj.linked("prog"), "xdp").values()}
+    assert found["takes_ctx"] == (Argument("ctx"),)
+    assert found["takes_scalar"] == (Argument("scalar"),)
+    assert found["takes_mem"] == (Argument("mem", 8),)
