@@ -23,6 +23,7 @@ __noinline int takes_ctx(struct xdp_md *ctx) { return ctx ? 1 : 0; }
 __noinline int takes_scalar(int x) { return x + 1; }
 __noinline int takes_mem(struct pair *p) { if (!p) return 0; return p->a + p->b; }
 __noinline int takes_mem_unchecked(struct pair *p) { return p->a; }
+__noinline int moves_packet(struct xdp_md *ctx) { return bpf_xdp_adjust_head(ctx, 0); }
 SEC("xdp") int prog(struct xdp_md *ctx) {
   struct pair p = {1, 2};
   char small[4] = {};
@@ -39,6 +40,12 @@ SEC("xdp") int prog(struct xdp_md *ctx) {
   r = takes_mem_unchecked(&p);
 #elif CASE == 5
   r = takes_mem((void *)(long)ctx->data);
+#elif CASE == 6
+  unsigned char *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+  if (data + 1 > end) return 0;
+  r = moves_packet(ctx);
+  asm volatile("" ::: "memory");
+  r += *(volatile unsigned char *)data;
 #endif
   return r & 1;
 }
@@ -47,7 +54,8 @@ char LICENSE[] SEC("license") = "GPL";
 CASES = {0: "all arguments as the prototypes say", 1: "a stack pointer for the context",
          2: "a pointer for an int", 3: "4 bytes of stack for an 8-byte struct",
          4: "the function dereferences its pointer without a NULL check",
-         5: "a packet pointer with nothing checked against data_end"}
+         5: "a packet pointer with nothing checked against data_end",
+         6: "a packet pointer kept across a global function that moves the packet"}
 
 
 @pytest.fixture(scope="module")

@@ -182,3 +182,12 @@ _SIGNATURES = {
 HELPER_SIGNATURES: dict[int, HelperSignature] = {
     HELPER_IDS["bpf_" + name]: HelperSignature(args, ret) for name, (args, ret) in _SIGNATURES.items()
 }
+
+# bpf_helper_changes_pkt_data (net/core/filter.c): helpers after which every packet pointer a program holds
+# is stale, because the packet may have moved or changed length. The verifier forgets them all.
+CHANGES_PACKET_DATA: frozenset[int] = frozenset(HELPER_IDS["bpf_" + name] for name in (
+    "clone_redirect", "l3_csum_replace", "l4_csum_replace", "lwt_push_encap", "lwt_seg6_action",
+    "lwt_seg6_adjust_srh", "lwt_seg6_store_bytes", "msg_pop_data", "msg_pull_data", "msg_push_data",
+    "skb_adjust_room", "skb_change_head", "skb_change_proto", "skb_change_tail", "skb_pull_data",
+    "skb_store_bytes", "skb_vlan_pop", "skb_vlan_push", "store_hdr_opt", "xdp_adjust_head", "xdp_adjust_meta",
+    "xdp_adjust_tail"))

@@ -28,7 +28,7 @@ from ..errors import BpforgeError
 from ..isa import FORMS, Insn
 from ..isa.ctx_access import ctx_access
 from ..isa.helper_sets import helper_allowed
-from ..isa.helpers import HELPER_SIGNATURES, helper_name
+from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_SIGNATURES, helper_name
 from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
 from ..isa.numbers import s64
 from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_ops, following
@@ -628,6 +628,12 @@ class VerifierMachine:
         raise Unsupported("arena pointers are not modelled yet")
 
 
+def forget_packet_pointers(state: State) -> None:
+    """clear_all_pkt_pointers: after the packet may have moved, every packet pointer in every frame and
+    stack slot becomes a number (a privileged program may keep the value; it may not dereference it)."""
+    state.replace_all(lambda r: r.kind in PACKET_KINDS or r.kind == "pkt_end", lambda r: unknown())
+
+
 def _good_packet_pointers(state: State, reg: Reg, right_open: bool) -> None:
     """find_good_pkt_pointers: every packet pointer of `reg`'s kind and id may read `reg.off` bytes past
     its own offset (one more for a right-open comparison)."""
@@ -715,6 +721,8 @@ class _Helpers:
         for n in range(1, 6):
             regs[n] = NOT_INIT
         regs[0] = result
+        if helper in CHANGES_PACKET_DATA:
+            forget_packet_pointers(m.state)
 
     @staticmethod
     def _constant_key(m: VerifierMachine, ptr: Reg, spec: MapSpec) -> int | None:
@@ -908,7 +916,20 @@ class _Walk(Context):
         for n in range(1, 6):
             regs[n] = NOT_INIT
         regs[0] = unknown()
+        if self._changes_packet(self.cfg.function_entered_at(target).index):
+            forget_packet_pointers(m.state)
         self.called.add(target)
+
+    def _changes_packet(self, function: int, seen: frozenset = frozenset()) -> bool:
+        """Whether a function, or one it calls, calls a helper that may move the packet (the kernel's
+        changes_pkt_data of a subprogram: a global function's callers lose their packet pointers)."""
+        fn = self.cfg.functions[function]
+        for b in fn.blocks:
+            for _, op in self.cfg.blocks[b].ops:
+                if isinstance(op, Call) and op.kind == "helper" and op.target in CHANGES_PACKET_DATA:
+                    return True
+        return any(self._changes_packet(c, seen | {function}) for c in self.cfg.call_graph.get(function, ())
+                   if c not in seen and c != function)
 
     def _global_entry(self, entry: int) -> State:
         """btf_prepare_func_args: the state a global function starts from."""
