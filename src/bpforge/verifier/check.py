@@ -9,10 +9,14 @@ Paths meet at prune points, where a state already proven safe that covers the cu
 (the kernel's is_state_visited, with the registers dead there ignored); a state met again on its own path
 unchanged is an infinite loop.
 
+Scalars a path relied on become precise in the states it kept (precision.py); global functions are
+checked once, from their BTF prototype (functions.py); references (ring buffer records, sockets) must be
+given back on every path before the program exits.
+
 What the kernel checks and this walk does not model yet raises `Unsupported` (a verdict of "unknown",
-never an accept): kfuncs, BTF-typed pointers, dynptrs and iterators, spin locks, reference-tracked
-objects (sockets, ring buffer records), callbacks (bpf_loop, for_each_map_elem, timers), variable-offset
-stack accesses, and helpers without a signature in the helper table.
+never an accept): kfuncs, BTF-typed pointers, dynptrs and iterators, spin locks, socket field reads,
+callbacks (bpf_loop, for_each_map_elem, timers), variable-offset stack accesses, arena pointers, and helpers
+without a signature in the helper table.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..isa.semantics import NEGATED, Condition, step
 from .branch import branch_taken, refine
 from .functions import GlobalFunction, global_functions
 from .precision import Wanted, backtrack, precise_parts
-from .regs import NOT_INIT, NULLABLE, PACKET_KINDS, Reg, known, scalar, unknown
+from .regs import MEMORY_KINDS, NOT_INIT, NULLABLE, PACKET_KINDS, SOCKET_KINDS, Reg, known, scalar, unknown
 from .scalar import Scalar, alu as scalar_alu
 from .state import INVALID, MISC, SLOT, SPILL, STACK_SIZE, ZERO, Frame, State, entry_state
 
@@ -52,7 +56,17 @@ _ALU_SYMBOLS = {f.op: f.syntax.split()[1] for f in FORMS if f.kind == "alu" and 
 _PACKET_WRITERS = frozenset({"xdp", "sched_cls", "sched_act", "lwt_xmit", "sk_skb", "sk_msg", "lwt_seg6local"})
 _LEGACY_LOADERS = frozenset({"socket_filter", "sched_cls", "sched_act"})
 _UNKNOWN = object()  # a condition the abstract machine cannot decide
-_MEMORY_ARGUMENTS = frozenset({"fp", "pkt", "pkt_meta", "map_value", "mem"})
+_MEMORY_ARGUMENTS = frozenset({"fp", "pkt", "pkt_meta", "map_value", "mem", "ringbuf_mem"})
+# Helpers that hand the program a reference it must give back (is_acquire_function), those that take it back
+# (OBJ_RELEASE arguments), and those whose pointer result is a view of their argument and shares its
+# reference (is_ptr_cast_function).
+_ACQUIRE = frozenset({"bpf_sk_lookup_tcp", "bpf_sk_lookup_udp", "bpf_skc_lookup_tcp", "bpf_ringbuf_reserve"})
+_RELEASE = frozenset({"bpf_sk_release", "bpf_ringbuf_submit", "bpf_ringbuf_discard"})
+_CASTS = frozenset({"bpf_sk_fullsock", "bpf_tcp_sock"})
+_RINGBUF_FUNCS = frozenset({"bpf_ringbuf_reserve", "bpf_ringbuf_output", "bpf_ringbuf_query"})
+BPF_MAP_TYPE_RINGBUF = 27
+_SOCKET_RESULTS = {"ptr_to_socket_or_null": "sock_or_null", "ptr_to_sock_common_or_null": "sock_common_or_null",
+                   "ptr_to_tcp_sock_or_null": "tcp_sock_or_null"}
 _EXPECTED_MEMORY = "fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, trusted_ptr_"
 BPF_F_STRICT_ALIGNMENT = 1
 NET_IP_ALIGN = 2  # strict alignment checks packet offsets as the kernel lays packets out: 2 bytes in
@@ -270,7 +284,7 @@ class VerifierMachine:
         if ptr.kind in NULLABLE:
             raise Rejected(f"R{d} pointer arithmetic on {ptr.kind} prohibited, null-check it first")
         constant = value.is_const()
-        if ptr.kind in ("pkt_end", "func") or ptr.kind.startswith("sock") or (
+        if ptr.kind in ("pkt_end", "func") or ptr.kind in SOCKET_KINDS or (
                 ptr.kind == "map_ptr" and not (constant and value.var_off.value == 0 and op.op == "add")) or (
                 ptr.kind == "flow_keys" and not constant):
             raise Rejected(f"R{d} pointer arithmetic on {ptr.kind} prohibited")
@@ -309,7 +323,7 @@ class VerifierMachine:
         op = self.op
         b = op.base
         write = value is not None
-        if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value", "mem"):
+        if isinstance(op, Atomic) and addr.kind not in ("fp", "map_value") and addr.kind not in MEMORY_KINDS:
             raise Rejected(f"BPF_ATOMIC stores into R{b} {addr.kind} is not allowed")
         kind = addr.kind
         if kind == "fp":
@@ -320,8 +334,10 @@ class VerifierMachine:
             return self._packet(addr, size, write, b)
         if kind == "map_value":
             return self._map_value(addr, size, write, b)
-        if kind == "mem":
+        if kind in MEMORY_KINDS:
             return self._mem(addr, size, write, b)
+        if kind in SOCKET_KINDS:
+            raise Unsupported(f"reading fields of a {kind} pointer is not modelled yet")
         if kind == "flow_keys":
             if addr.off < 0 or addr.off + size > 56 or not addr.var.is_const():
                 raise Rejected(f"invalid access to flow keys off={addr.off} size={size}")
@@ -516,6 +532,8 @@ class VerifierMachine:
             never_null = self.state.copy()
             return (None, never_null) if cmp == "eq" else (never_null, None)
         null, valid = self.state.copy(), self.state.copy()
+        if ptr.ref and ptr.ref == ptr.id:  # NULL: nothing was acquired (release_reference_state)
+            null.refs = [r for r in null.refs if r[0] != ptr.ref]
         if ptr.id:
             null.replace_all(lambda r: r.kind == ptr.kind and r.id == ptr.id, lambda r: known(0))
             valid.replace_all(lambda r: r.kind == ptr.kind and r.id == ptr.id,
@@ -559,6 +577,9 @@ class VerifierMachine:
         r0 = self.state.regs[0]
         if r0.kind == "not_init":
             raise Rejected("R0 !read_ok")
+        if state.refs:  # check_reference_leak
+            ref, slot = state.refs[0]
+            raise Rejected(f"Unreleased reference id={ref} alloc_insn={slot}")
         if state.frames[0].function != 0:  # a global function checked on its own returns a number
             if not r0.is_scalar:
                 raise Rejected(f"At subprogram exit the register R0 is not a scalar value ({r0.kind})")
@@ -620,6 +641,8 @@ class VerifierMachine:
     def legacy_load(self, size: int, offset: Reg) -> Reg:
         if self.walk.prog_type not in _LEGACY_LOADERS:
             raise Rejected("BPF_LD_[ABS|IND] instructions not allowed for this program type")
+        if self.state.refs:
+            raise Rejected("BPF_LD_[ABS|IND] cannot be mixed with socket references")
         if self.state.regs[6].kind != "ctx":
             raise Rejected("at the time of BPF_LD_ABS|IND R6 != pointer to skb")
         return self._loaded_scalar(size)
@@ -671,15 +694,39 @@ class _Helpers:
         regs = m.state.regs
         current_map: MapSpec | None = None
         pending_mem: tuple[int, Reg, bool] | None = None  # (arg register, pointer, writes) awaiting its size
+        released = inherited = 0  # the reference an argument gives back / a cast result shares
+        alloc_size = 0
+        if name == "bpf_tail_call" and m.state.refs:
+            raise Rejected("tail_call would lead to reference leak")
         for i, kind in enumerate(sig.args, start=1):
             reg = m.reg(i)
-            if kind == "ptr_to_ctx":
+            if kind in ("ptr_to_ringbuf_mem", "ptr_to_sock_common", "ptr_to_btf_id_sock_common"):
+                allowed = ("ringbuf_mem",) if kind == "ptr_to_ringbuf_mem" else SOCKET_KINDS
+                if reg.kind not in allowed:
+                    expected = "ringbuf_mem" if kind == "ptr_to_ringbuf_mem" else "sock_common, sock, tcp_sock"
+                    raise Rejected(f"R{i} type={reg.kind} expected={expected}")
+                if name in _RELEASE:
+                    if reg.off or not (reg.var.is_const() and reg.var.var_off.value == 0):
+                        raise Rejected(f"R{i} must have zero offset when passed to release func or trusted arg to "
+                                       "kfunc")
+                    if not reg.ref:
+                        raise Rejected(f"R{i} must be referenced when passed to release function")
+                    released = reg.ref
+                inherited = reg.ref
+            elif kind == "const_alloc_size_or_zero":
+                if not (reg.is_scalar and reg.var.is_const()):
+                    raise Rejected(f"R{i} is not a known constant'")
+                m.precise(i)
+                alloc_size = reg.var.var_off.value
+            elif kind == "ptr_to_ctx":
                 if reg.kind != "ctx" or reg.off:
                     raise Rejected(f"R{i} type={reg.kind} expected=ctx")
             elif kind == "const_map_ptr":
                 if reg.kind != "map_ptr":
                     raise Rejected(f"R{i} type={reg.kind} expected=map_ptr")
                 current_map = reg.map
+                if (name in _RINGBUF_FUNCS) != (current_map.type == BPF_MAP_TYPE_RINGBUF):
+                    raise Rejected(f"cannot pass map_type {current_map.type} into func {name}#{helper}")
             elif kind in ("ptr_to_map_key", "ptr_to_map_value", "ptr_to_uninit_map_value"):
                 if current_map is None:
                     raise Rejected("invalid map_ptr to access map->key")
@@ -712,7 +759,16 @@ class _Helpers:
                 pass
             else:
                 raise Unsupported(f"{name}: argument {i} of kind {kind} is not modelled yet")
-        result = self._result(sig.ret, current_map, name)
+        if released:  # release_reference: every copy of the released pointer becomes a number
+            m.state.refs = [r for r in m.state.refs if r[0] != released]
+            m.state.replace_all(lambda r: r.ref == released, lambda r: unknown())
+        result = self._result(sig.ret, current_map, name, alloc_size)
+        if result.is_pointer and name in _ACQUIRE:
+            ref = self.walk.new_id()
+            m.state.refs.append((ref, m.slot))
+            result = result.with_(id=ref, ref=ref)
+        elif result.is_pointer and name in _CASTS:
+            result = result.with_(ref=inherited)
         if result.kind == "map_value_or_null" and current_map.type_name in ARRAY_MAPS and \
                 self._constant_key(m, regs[2], current_map) is not None:
             key = self._constant_key(m, regs[2], current_map)
@@ -741,11 +797,15 @@ class _Helpers:
             return spilled.var.var_off.value & ((1 << 8 * spec.key_size) - 1)
         return None
 
-    def _result(self, ret: str, spec: MapSpec | None, name: str) -> Reg:
+    def _result(self, ret: str, spec: MapSpec | None, name: str, alloc_size: int = 0) -> Reg:
         if ret == "integer":
             return unknown()
         if ret == "void":
             return NOT_INIT
+        if ret == "ptr_to_ringbuf_mem_or_null":
+            return Reg("ringbuf_mem_or_null", size=alloc_size)
+        if ret in _SOCKET_RESULTS:
+            return Reg(_SOCKET_RESULTS[ret], id=self.walk.new_id())
         if ret == "ptr_to_map_value_or_null":
             return Reg("map_value_or_null", map=spec, id=self.walk.new_id())
         if ret == "ptr_to_map_value":
@@ -775,7 +835,7 @@ class _Helpers:
         if ptr.kind == "map_value":
             m._map_value(ptr, size, write, n)
             return
-        if ptr.kind == "mem":
+        if ptr.kind in MEMORY_KINDS:
             m._mem(ptr, size, write, n)
             return
         raise Rejected(f"R{n} type={ptr.kind} expected={_EXPECTED_MEMORY}")
@@ -1075,9 +1135,11 @@ def covers(old: State, cur: State, live: int = ALL_REGISTERS, *, pruning: bool =
     `pruning` compares as the kernel does when a path meets a kept state: a scalar of `old` that is not
     `precise` matches any scalar, and misc stack bytes match anything (a privileged program may read
     uninitialised stack). Without it, every value must be within `old`'s."""
-    if len(old.frames) != len(cur.frames):
+    if len(old.frames) != len(cur.frames) or len(old.refs) != len(cur.refs):
         return False
     ids = _IdMap()
+    if not all(ids.match(o, c) for (o, _), (c, _) in zip(old.refs, cur.refs)):  # refsafe
+        return False
     for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
         if fo.callsite != fc.callsite:
             return False
@@ -1141,7 +1203,7 @@ def _reg_covers(old: Reg, cur: Reg, ids: _IdMap, pruning: bool) -> bool:
         return False
     if old.kind in PACKET_KINDS and old.range > cur.range:
         return False
-    return ids.match(old.id, cur.id) and _within(old.var, cur.var)
+    return ids.match(old.id, cur.id) and ids.match(old.ref, cur.ref) and _within(old.var, cur.var)
 
 
 def _within(old: Scalar, cur: Scalar) -> bool:
@@ -1151,7 +1213,7 @@ def _within(old: Scalar, cur: Scalar) -> bool:
 
 
 def _same(a: State, b: State) -> bool:
-    if len(a.frames) != len(b.frames):
+    if len(a.frames) != len(b.frames) or a.refs != b.refs:
         return False
     return all(fa.regs == fb.regs and fa.types == fb.types and fa.spilled == fb.spilled
                for fa, fb in zip(a.frames, b.frames))

@@ -2,7 +2,10 @@
 
 `kind` names the type in the verifier log's words (`scalar`, `ctx`, `fp`, `pkt`, `pkt_end`, `pkt_meta`,
 `map_ptr`, `map_value`, `map_value_or_null`, `flow_keys`, `sock_common_or_null`, `sock_or_null`, `func`,
-`mem` and `mem_or_null` (`size` bytes: a global function's pointer argument)), or `not_init`. A pointer's address is its region plus `off` (a fixed offset) plus `var` (a `Scalar`: the
+`mem` and `mem_or_null` (`size` bytes: a global function's pointer argument), `ringbuf_mem(_or_null)` (a
+ring buffer record of `size` bytes), `sock`, `sock_common`, `tcp_sock` (and their `_or_null`)), or `not_init`.
+`ref` is the reference a pointer holds (ref_obj_id: a socket looked up, a record reserved) that the program
+must release before it exits. A pointer's address is its region plus `off` (a fixed offset) plus `var` (a `Scalar`: the
 variable part, known zero for most pointers); a scalar's value is `var`. `id` links registers that hold
 the same packet pointer or the same possibly-null map value (a check on one refines all); `range` is a
 packet pointer's proven-readable length past its offset. `precise` marks a scalar of a kept state whose exact
@@ -19,10 +22,14 @@ from .scalar import Scalar
 
 ZERO = Scalar.known(0)
 POINTER_KINDS = frozenset({"ctx", "fp", "pkt", "pkt_end", "pkt_meta", "map_ptr", "map_value", "map_value_or_null",
-                           "flow_keys", "sock_common_or_null", "sock_or_null", "func", "mem", "mem_or_null"})
+                           "flow_keys", "sock_common_or_null", "sock_or_null", "func", "mem", "mem_or_null",
+                           "ringbuf_mem", "ringbuf_mem_or_null", "sock", "sock_common", "tcp_sock",
+                           "tcp_sock_or_null"})
+MEMORY_KINDS = frozenset({"mem", "ringbuf_mem"})  # PTR_TO_MEM: `size` bytes
+SOCKET_KINDS = frozenset({"sock", "sock_common", "tcp_sock"})
 PACKET_KINDS = frozenset({"pkt", "pkt_meta"})
 NULLABLE = {"map_value_or_null": "map_value", "sock_common_or_null": "sock_common", "sock_or_null": "sock",
-            "mem_or_null": "mem"}
+            "mem_or_null": "mem", "ringbuf_mem_or_null": "ringbuf_mem", "tcp_sock_or_null": "tcp_sock"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,7 @@ class Reg:
     frame: int = 0  # fp: the frame whose stack it points into
     target: int = 0  # func: the callee's slot
     size: int = 0  # mem: how many bytes it may access
+    ref: int = 0  # the reference it holds (0: none)
     precise: bool = field(default=False, compare=False)
 
     @property
@@ -79,13 +87,15 @@ def describe(reg: Reg) -> str:
     parts = []
     if reg.id:
         parts.append(f"id={reg.id}")
+    if reg.ref:
+        parts.append(f"ref_obj_id={reg.ref}")
     if reg.map is not None and reg.kind in ("map_ptr", "map_value", "map_value_or_null"):
         parts.append(f"map={reg.map.name}")
         if reg.kind != "map_ptr":
             parts.append(f"ks={reg.map.key_size},vs={reg.map.value_size}")
     if reg.off:
         parts.append(f"off={reg.off}")
-    if reg.kind in ("mem", "mem_or_null"):
+    if reg.kind in MEMORY_KINDS or NULLABLE.get(reg.kind) in MEMORY_KINDS:
         parts.append(f"sz={reg.size}")
     if reg.kind in PACKET_KINDS:
         parts.append(f"r={reg.range}")
@@ -94,5 +104,5 @@ def describe(reg: Reg) -> str:
     return f"{reg.kind}({','.join(p for p in parts if p)})"
 
 
-__all__ = ["NOT_INIT", "NULLABLE", "PACKET_KINDS", "POINTER_KINDS", "Reg", "ZERO", "describe", "known", "scalar",
+__all__ = ["MEMORY_KINDS", "NOT_INIT", "NULLABLE", "SOCKET_KINDS", "PACKET_KINDS", "POINTER_KINDS", "Reg", "ZERO", "describe", "known", "scalar",
            "unknown"]

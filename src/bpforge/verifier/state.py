@@ -54,6 +54,7 @@ class Frame:
 @dataclass
 class State:
     frames: list[Frame]
+    refs: list[tuple[int, int]] = field(default_factory=list)  # (reference id, slot that acquired it)
 
     @property
     def frame(self) -> Frame:
@@ -64,7 +65,7 @@ class State:
         return self.frames[-1].regs
 
     def copy(self) -> "State":
-        return State([f.copy() for f in self.frames])
+        return State([f.copy() for f in self.frames], list(self.refs))
 
     def all_regs(self):
         """(frame, register number or ('stack', slot), value) of every register and spilled register."""
