@@ -43,8 +43,8 @@ def _agreement(seed: int, count: int):
 def test_verdicts_agree_with_the_kernel_on_the_corpus(kernel):
     decided, undecided, problems = _agreement(seed=3, count=120)
     assert not problems, f"{len(problems)} of {decided} decided cases differ: {problems[:5]}"
-    # What is not modelled yet (variable-offset stack, precision for long loops) stays a small share.
-    assert decided >= 0.85 * (decided + undecided), (decided, undecided)
+    # What is not modelled yet (callbacks, kfuncs, ...) stays a small share.
+    assert decided >= 0.95 * (decided + undecided), (decided, undecided)
 
 
 @pytest.mark.slow

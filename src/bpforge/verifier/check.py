@@ -43,6 +43,7 @@ from .functions import GlobalFunction, global_functions
 from .precision import Wanted, backtrack, precise_parts
 from .regs import MEMORY_KINDS, NOT_INIT, NULLABLE, PACKET_KINDS, SOCKET_KINDS, Reg, known, scalar, unknown
 from .scalar import Scalar, alu as scalar_alu
+from .tnum import Tnum
 from .state import INVALID, MISC, SLOT, SPILL, STACK_SIZE, ZERO, Frame, State, entry_state
 
 COMPLEXITY_LIMIT = 1_000_000  # BPF_COMPLEXITY_LIMIT_INSNS
@@ -346,7 +347,7 @@ class VerifierMachine:
 
     def _stack(self, addr: Reg, size: int, value: Reg | None, b: int) -> Reg | None:
         if not addr.var.is_const():
-            raise Unsupported("variable-offset stack access is not modelled yet")
+            return self._stack_var_off(addr, size, value, b)
         off = addr.off + s64(addr.var.var_off.value)
         write = value is not None
         if off < -STACK_SIZE or off + size > 0:
@@ -372,6 +373,40 @@ class VerifierMachine:
         if all(k == ZERO for k in kinds):
             return known(0)
         return self._loaded_scalar(size)
+
+    def _stack_var_off(self, addr: Reg, size: int, value: Reg | None, b: int) -> Reg | None:
+        """An access at a stack offset known only within bounds (check_stack_read_var_off and
+        check_stack_write_var_off, for a privileged loader): every byte it may touch must lie in the frame;
+        a read gives any number (zero if every such byte is zero), a write leaves misc bytes behind and
+        erases the registers spilled there."""
+        write = value is not None
+        what = "write to" if write else "read from"
+        var = addr.var
+        if var.smax >= BPF_MAX_VAR_OFF or var.smin <= -BPF_MAX_VAR_OFF:
+            raise Rejected(f"invalid unbounded variable-offset {what} stack R{b}")
+        low, high = var.smin + addr.off, var.smax + addr.off + size  # the bytes [low, high) it may touch
+        if low < -STACK_SIZE or high > 0:
+            raise Rejected(f"invalid variable-offset {what} stack R{b} var_off={_tnum(var)} off={addr.off} "
+                           f"size={size}")
+        if not var.var_off.add(Tnum.const(addr.off & (1 << 64) - 1)).is_aligned(size):
+            raise Rejected(f"misaligned stack access off {_tnum(var)}+{addr.off}+0 size {size}")
+        frame = self.state.frames[addr.frame]
+        self.walk.touch_stack(frame, -low)
+        first, last = STACK_SIZE + low, STACK_SIZE + high
+        if not write:
+            if all(k == ZERO for k in frame.types[first:last]):
+                return known(0)
+            return self._loaded_scalar(size)
+        zero = value.is_scalar and value.var.is_const() and value.var.var_off.value == 0
+        for i in range(first, last):
+            kind, slot = frame.types[i], i // SLOT
+            if kind == SPILL:
+                spilled = frame.spilled.get(slot, NOT_INIT)
+                if zero and spilled.is_scalar and spilled.var.is_const() and spilled.var.var_off.value == 0:
+                    continue  # a spilled zero overwritten with zero stays what it was
+                frame.spilled[slot] = NOT_INIT  # (its other bytes stay spill bytes of nothing)
+            frame.types[i] = ZERO if zero and kind == ZERO else MISC
+        return None
 
     def _stack_write(self, frame: Frame, start: int, size: int, value: Reg, slot: int) -> None:
         frame.forget_spills(start, size)
