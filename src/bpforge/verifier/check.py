@@ -32,7 +32,7 @@ from ..errors import BpforgeError
 from ..isa import FORMS, Insn
 from ..isa.ctx_access import ctx_access
 from ..isa.helper_sets import helper_allowed
-from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_SIGNATURES, helper_name
+from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_IDS, HELPER_SIGNATURES, helper_name
 from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
 from ..isa.numbers import s64
 from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_ops, following
@@ -65,6 +65,9 @@ _ACQUIRE = frozenset({"bpf_sk_lookup_tcp", "bpf_sk_lookup_udp", "bpf_skc_lookup_
 _RELEASE = frozenset({"bpf_sk_release", "bpf_ringbuf_submit", "bpf_ringbuf_discard"})
 _CASTS = frozenset({"bpf_sk_fullsock", "bpf_tcp_sock"})
 _RINGBUF_FUNCS = frozenset({"bpf_ringbuf_reserve", "bpf_ringbuf_output", "bpf_ringbuf_query"})
+# Helpers that call back into the program, with the callback's return range (set_loop_callback_state).
+_CALLBACKS = {"bpf_loop": (0, 1)}
+CALLBACK_HELPERS = frozenset(HELPER_IDS[name] for name in _CALLBACKS)
 BPF_MAP_TYPE_RINGBUF = 27
 _SOCKET_RESULTS = {"ptr_to_socket_or_null": "sock_or_null", "ptr_to_sock_common_or_null": "sock_common_or_null",
                    "ptr_to_tcp_sock_or_null": "tcp_sock_or_null"}
@@ -182,6 +185,7 @@ class _Checkpoint:
     state: State
     parent: "_Checkpoint | None"
     branches: int = 1
+    slot: int = -1
     trace: tuple = ()  # the trace node of the instruction it was kept before (precision.backtrack's landmark)
 
 
@@ -598,6 +602,9 @@ class VerifierMachine:
 
     def exit(self) -> None:
         state = self.state
+        if len(state.frames) > 1 and state.frame.callback:
+            self._callback_return()
+            return
         if len(state.frames) > 1:
             r0 = self.reg(0)  # a static function may return a pointer, but not one into any stack
             if r0.kind == "fp":
@@ -628,8 +635,36 @@ class VerifierMachine:
             lo, hi = allowed
             v = r0.var
             if v.s32_min < lo or v.s32_max > hi:  # the kernel checks the 32-bit value
-                raise Rejected(f"At program exit the register R0 has {r0} should have been in [{lo}, {hi}]")
+                raise Rejected(_invalid_scalar("At program exit", r0, lo, hi))
         self.ended = True
+
+    def _callback_return(self) -> None:
+        """A callback's exit: its r0 in the helper's range, then control is back at the helper's call,
+        which may call it again or return (the kernel verifies callbacks as loops of unknown count)."""
+        r0 = self.reg(0)
+        if not r0.is_scalar:
+            raise Rejected("R0 not a scalar value")
+        self.precise(0)
+        frame = self.state.frames[-1]
+        lo, hi = _CALLBACKS[self.walk.callback_helper(frame.callsite)]
+        if r0.var.smin < lo or r0.var.smax > hi:
+            raise Rejected(_invalid_scalar("At callback return", r0, lo, hi))
+        self.state.frames.pop()
+        self.state.frame.callback_depth += 1
+        self.next = frame.callsite
+        self.walk.widen(self, frame.callsite)
+
+    def call_callback(self, name: str, target: int, context: Reg) -> None:
+        """push_callback_call: the callback runs on a path of its own, in a frame of its own (r1 the loop
+        index, r2 the caller's context argument); this path goes on as if it had not been called."""
+        if len(self.state.frames) >= MAX_CALL_FRAMES:
+            raise Rejected(f"the call stack of {len(self.state.frames) + 1} frames is too deep !")
+        state = self.state.copy()
+        regs = [NOT_INIT] * 11
+        regs[1], regs[2] = unknown(), context
+        regs[10] = Reg("fp", frame=len(state.frames))
+        state.frames.append(Frame(regs, callsite=self.slot, function=target, callback=True))
+        self.forks.append((target, state))
 
     # ---- calls -----------------------------------------------------------------------------------------
 
@@ -668,6 +703,8 @@ class VerifierMachine:
         return Reg("map_value", map=spec)
 
     def function_address(self, slot: int) -> Reg:
+        if not self.walk.func_info:  # check_ld_imm: a callback needs its BTF prototype
+            raise Rejected("missing btf func_info")
         return Reg("func", target=slot)
 
     def kernel_object(self, btf_id: int, module: int) -> Reg:
@@ -684,6 +721,13 @@ class VerifierMachine:
 
     def addr_space_cast(self, value, dst_as: int, src_as: int):
         raise Unsupported("arena pointers are not modelled yet")
+
+
+def _invalid_scalar(where: str, reg: Reg, lo: int, hi: int) -> str:
+    """verbose_invalid_scalar: a return value outside its range, with the bounds the verifier knew."""
+    known_ = [f"smin={reg.var.smin}"] if reg.var.smin > -(1 << 63) else []
+    known_ += [f"smax={reg.var.smax}"] if reg.var.smax < (1 << 63) - 1 else []
+    return f"{where} the register R0 has {' '.join(known_) or 'unknown scalar value'} should have been in [{lo}, {hi}]"
 
 
 def forget_packet_pointers(state: State) -> None:
@@ -731,6 +775,9 @@ class _Helpers:
         pending_mem: tuple[int, Reg, bool] | None = None  # (arg register, pointer, writes) awaiting its size
         released = inherited = 0  # the reference an argument gives back / a cast result shares
         alloc_size = 0
+        callback, context = None, None
+        if sig.args and "ptr_to_func" in sig.args and name not in _CALLBACKS:
+            raise Unsupported(f"{name}: its callback is not modelled yet")
         if name == "bpf_tail_call" and m.state.refs:
             raise Rejected("tail_call would lead to reference leak")
         for i, kind in enumerate(sig.args, start=1):
@@ -748,6 +795,14 @@ class _Helpers:
                         raise Rejected(f"R{i} must be referenced when passed to release function")
                     released = reg.ref
                 inherited = reg.ref
+            elif kind == "ptr_to_func":
+                if reg.kind != "func":
+                    raise Rejected(f"R{i} type={reg.kind} expected=func")
+                callback = reg.target
+            elif kind == "ptr_to_stack_or_null":
+                if not (reg.kind == "fp" or reg.is_scalar and reg.var.is_const() and reg.var.var_off.value == 0):
+                    raise Rejected(f"R{i} type={reg.kind} expected=fp")
+                context = reg
             elif kind == "const_alloc_size_or_zero":
                 if not (reg.is_scalar and reg.var.is_const()):
                     raise Rejected(f"R{i} is not a known constant'")
@@ -794,6 +849,14 @@ class _Helpers:
                 pass
             else:
                 raise Unsupported(f"{name}: argument {i} of kind {kind} is not modelled yet")
+        if callback is not None:
+            # Another iteration only while fewer have run than r1 allows (the kernel reads r1's bound, so
+            # its value must be exact on every path that meets this one).
+            m.precise(1)
+            if m.state.frame.callback_depth < regs[1].var.umax:
+                m.call_callback(name, callback, context)
+            else:
+                m.state.frame.callback_depth = 0
         if released:  # release_reference: every copy of the released pointer becomes a number
             m.state.refs = [r for r in m.state.refs if r[0] != released]
             m.state.replace_all(lambda r: r.ref == released, lambda r: unknown())
@@ -892,6 +955,7 @@ class Context:
         self.helpers = _Helpers(self)
         self.depths: dict[int, int] = {}  # function entry slot -> deepest stack byte its frames touched
         self.globals: Mapping[int, GlobalFunction] = {}
+        self.func_info = True  # whether the program came with BTF func_info (a raw program does not)
         self._ids = first_id
 
     def mark_precise(self, machine: "VerifierMachine", regs: list[int], slot: tuple[int, int] | None) -> None:
@@ -899,6 +963,9 @@ class Context:
 
     def call_global(self, machine: "VerifierMachine", target: int, signature: "GlobalFunction") -> None:
         raise Unsupported("calls of global functions are checked by a whole-program walk only")
+
+    def widen(self, machine: "VerifierMachine", slot: int) -> None:
+        """A callback is back at its helper's call; only a walk that keeps states has earlier ones."""
 
     def touch_stack(self, frame: Frame, depth: int) -> None:
         if depth > self.depths.get(frame.function, 0):
@@ -918,9 +985,11 @@ class Context:
 class _Walk(Context):
     def __init__(self, insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec],
                  attach: int, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1, limits: "Limits | None" = None,
-                 collect: frozenset[int] = frozenset(), globals_: Mapping[int, GlobalFunction] | None = None) -> None:
+                 collect: frozenset[int] = frozenset(), globals_: Mapping[int, GlobalFunction] | None = None,
+                 func_info: bool = False) -> None:
         super().__init__(prog_type, maps, attach, prog_flags)
         self.globals = dict(globals_ or {})
+        self.func_info = func_info
         self.called: set[int] = set()  # global functions called on some path: each is checked on its own
         self.processed = self.kept = 0
         self.insns = list(insns)
@@ -941,6 +1010,8 @@ class _Walk(Context):
                 for s, _ in self.cfg.blocks[block].ops:
                     self.live[s] = lv.before_mask(s)
         self.prune_points = self._prune_points()
+        self.callback_calls = frozenset(slot for slot, (op, _) in self.code.items() if isinstance(op, Call) and
+                                        op.kind == "helper" and op.target in CALLBACK_HELPERS)
 
     def combined_stack(self) -> str | None:
         """check_max_stack_depth: the frames of the deepest call chain may use 512 bytes together, each
@@ -971,7 +1042,12 @@ class _Walk(Context):
                 points.update((op.target, after))
             elif isinstance(op, Call):
                 points.add(after)
+                if op.kind == "helper" and op.target in CALLBACK_HELPERS:
+                    points.add(slot)  # where a callback's iterations meet
         return frozenset(points)
+
+    def callback_helper(self, slot: int) -> str:
+        return helper_name(self.code[slot][0].target)
 
     def covers(self, old: State, cur: State, slot: int) -> bool:
         return covers(old, cur, self.live.get(slot, ALL_REGISTERS), pruning=True)
@@ -1026,6 +1102,24 @@ class _Walk(Context):
         return any(self._changes_packet(c, seen | {function}) for c in self.cfg.call_graph.get(function, ())
                    if c not in seen and c != function)
 
+    def widen(self, machine: VerifierMachine, slot: int) -> None:
+        """widen_imprecise_scalars: a callback's next iteration starts from the state of the one before it
+        (the newest kept state at the helper's call on this path); every number that changed and that
+        nothing relied on becomes unknown, so the iterations converge."""
+        previous = machine.checkpoint
+        while previous is not None and not (previous.slot == slot and previous.branches):
+            previous = previous.parent
+        if previous is None or len(previous.state.frames) != len(machine.state.frames):
+            return
+        for old_frame, frame in zip(previous.state.frames, machine.state.frames):
+            for n, (old, cur) in enumerate(zip(old_frame.regs, frame.regs)):
+                if old.is_scalar and cur.is_scalar and not old.precise and old != cur:
+                    frame.regs[n] = unknown()
+            for s, cur in list(frame.spilled.items()):
+                old = old_frame.spilled.get(s)
+                if old is not None and old.is_scalar and cur.is_scalar and not old.precise and old != cur:
+                    frame.spilled[s] = unknown()
+
     def _global_entry(self, entry: int) -> State:
         """btf_prepare_func_args: the state a global function starts from."""
         regs = [NOT_INIT] * 11
@@ -1075,10 +1169,16 @@ class _Walk(Context):
                                   checkpoint, False)
                         _finish(checkpoint)
                         break
-                    if any(cp.branches and _same(cp.state, state) for cp in seen):
+                    loop = next((cp for cp in seen if cp.branches and covers(cp.state, state, exact=True)), None) \
+                        if slot in self.callback_calls else None
+                    if loop is not None:  # the callback's iterations reached a state already being explored
+                        backtrack(self.code, precise_parts(loop.state, ALL_REGISTERS), trace, checkpoint, False)
+                        _finish(checkpoint)
+                        break
+                    if slot not in self.callback_calls and any(cp.branches and _same(cp.state, state) for cp in seen):
                         return self._reject(f"infinite loop detected at insn {slot}", slot, state, decisions,
                                             (slot, trace), self.processed, self.kept)
-                    checkpoint = _Checkpoint(state.copy(), checkpoint)
+                    checkpoint = _Checkpoint(state.copy(), checkpoint, slot=slot)
                     seen.append(checkpoint)
                     self.kept += 1
                     fresh = True
@@ -1162,31 +1262,34 @@ ALL_REGISTERS = (1 << 11) - 1
 CALLER_SAVED_SURVIVORS = 0b1111000000  # r6-r9: what a caller's frame still holds when its callee returns
 
 
-def covers(old: State, cur: State, live: int = ALL_REGISTERS, *, pruning: bool = False) -> bool:
+def covers(old: State, cur: State, live: int = ALL_REGISTERS, *, pruning: bool = False, exact: bool = False) -> bool:
     """states_equal: whether `old` includes `cur` — every register in the `live` mask (of the innermost
     frame; callers keep r6-r9) and every stack byte of `cur` at least as constrained as in `old`. A state
     proven safe from an instruction on then proves `cur` safe too.
 
     `pruning` compares as the kernel does when a path meets a kept state: a scalar of `old` that is not
     `precise` matches any scalar, and misc stack bytes match anything (a privileged program may read
-    uninitialised stack). Without it, every value must be within `old`'s."""
+    uninitialised stack). Without it, every value must be within `old`'s. `exact` (RANGE_WITHIN, how a
+    callback's iterations converge) also wants what `old` leaves uninitialised uninitialised in `cur`."""
     if len(old.frames) != len(cur.frames) or len(old.refs) != len(cur.refs):
         return False
     ids = _IdMap()
     if not all(ids.match(o, c) for (o, _), (c, _) in zip(old.refs, cur.refs)):  # refsafe
         return False
     for depth, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
-        if fo.callsite != fc.callsite:
+        if fo.callsite != fc.callsite or fo.callback != fc.callback or fo.callback_depth > fc.callback_depth:
             return False
         mask = live if depth == len(old.frames) - 1 else CALLER_SAVED_SURVIVORS
         for n in range(10):
+            if exact and (fo.regs[n].kind == "not_init") != (fc.regs[n].kind == "not_init"):
+                return False
             if mask >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids, pruning):
                 return False
         if fo.types == fc.types and not fo.spilled and not fc.spilled:
             continue
         for i in range(STACK_SIZE):
             ko, kc = fo.types[i], fc.types[i]
-            if ko == INVALID or ko == kc and ko != SPILL:
+            if ko == INVALID and (kc == INVALID or not exact) or ko == kc and ko != SPILL:
                 continue
             if ko == MISC and (kc == ZERO or pruning):
                 continue
@@ -1257,16 +1360,17 @@ def _same(a: State, b: State) -> bool:
 def verify_program(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] | Mapping[int, MapSpec] = (), *,
                    attach: int = 0, prog_flags: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
                    limits: Limits | None = None, collect: Sequence[int] = (),
-                   global_functions: Mapping[int, GlobalFunction] | None = None) -> Verdict:
+                   global_functions: Mapping[int, GlobalFunction] | None = None, func_info: bool = False) -> Verdict:
     """Our verifier's verdict on a linked program whose map lddws name `maps` by index (the loader's
     convention for raw instructions). Raises Unsupported where it cannot decide yet, and when it has processed
     `budget` instructions (below the kernel's limit, a caller's bound on the work: no verdict) or `limits`
     stop it. An accepting verdict holds in `collected` every distinct state that reached each slot of
     `collect` (what a window there may start from). `global_functions` (by the slot they start at) are
-    checked on their own, as the kernel checks the global functions BTF names."""
+    checked on their own, as the kernel checks the global functions BTF names; `func_info` says the program
+    comes with BTF's function records (callbacks need them)."""
     try:
         walk = _Walk(insns, prog_type, maps, attach, prog_flags, budget, limits, frozenset(collect),
-                     global_functions)
+                     global_functions, func_info)
     except CfgError as err:
         return Verdict(False, err.message, err.where.insn)
     return walk.run()
@@ -1318,7 +1422,8 @@ def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budge
 
     insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
     return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect,
-                          global_functions=global_functions(obj, linked, prog_type))
+                          global_functions=global_functions(obj, linked, prog_type),
+                          func_info=obj.btf is not None and obj.btf_ext is not None and bool(obj.btf_ext.func_info))
 
 
 __all__ = ["ALL_REGISTERS", "Context", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",

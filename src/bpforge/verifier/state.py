@@ -24,6 +24,8 @@ class Frame:
     spilled: dict[int, Reg] = field(default_factory=dict)  # slot index (byte index // 8) -> the register
     callsite: int = -1  # the slot of the call that made this frame (-1: the program's)
     function: int = 0  # the slot where this frame's function starts
+    callback: bool = False  # a callback a helper calls (bpf_loop): it returns to the helper's call
+    callback_depth: int = 0  # how many times the callbacks of the helper this frame is calling returned
 
     def forget_spills(self, start: int, size: int) -> None:
         """A write of `size` bytes at byte `start` overlaps the 8-byte slots it touches: a register spilled
@@ -34,7 +36,8 @@ class Frame:
                 self.types[s * SLOT:(s + 1) * SLOT] = bytes(MISC if k == SPILL else k for k in chunk)
 
     def copy(self) -> "Frame":
-        return Frame(list(self.regs), bytearray(self.types), dict(self.spilled), self.callsite, self.function)
+        return Frame(list(self.regs), bytearray(self.types), dict(self.spilled), self.callsite, self.function,
+                     self.callback, self.callback_depth)
 
     def stack_text(self) -> str:
         """The stack slots in use, as the kernel's log prints them (`fp-8=mmmm????`, `fp-16=ctx`)."""
