@@ -1,6 +1,6 @@
 # bpforge: set-up and entry points.
 #
-#   make demo       set up (if needed), then show info / disasm / asm round trip / a bad-input error / run
+#   make demo       set up (if needed), then show info / verify / disasm / asm round trip / a bad-input error / run
 #   make test       set up (if needed), then run the test-suite
 #   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
 #
@@ -56,6 +56,9 @@ examples: tools
 demo: setup
 	@mkdir -p $(DEMO)
 	$(BPFORGE) info examples/obj/xdp_lb.o
+	$(BPFORGE) verify examples/obj/xdp_lb.o
+	printf 'r2 = *(u32 *)(r1 + 4)\nr1 = *(u32 *)(r1 + 0)\nr3 = r1\nr3 += 14\nif r3 > r2 goto +2\nr0 = *(u8 *)(r1 + 20)\nexit\nr0 = 2\nexit\n' > $(DEMO)/unchecked.s
+	$(BPFORGE) verify $(DEMO)/unchecked.s || [ $$? = 1 ]
 	$(BPFORGE) disasm examples/obj/xdp_lb.o > $(DEMO)/xdp_lb.s
 	head -n 16 $(DEMO)/xdp_lb.s
 	$(BPFORGE) asm $(DEMO)/xdp_lb.s -o $(DEMO)/xdp_lb.o

@@ -8,12 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BpforgeError
 from .formats import LoadedProgram, load_program
 from .isa import Insn
 from .runner import DEFAULT_TIME_BUDGET, RunReport, run_loaded
 from .views import Info, disasm_rows, disasm_text, info_of
+
+if TYPE_CHECKING:
+    from .verifier.report import VerifyReport
 
 
 def load(path: str | Path, *, section: str | None = None, prog_type: str | None = None) -> Program:
@@ -93,6 +97,21 @@ class Program:
             return run_loaded(self.loaded, data, engine=engine, repeat=repeat, ctx=ctx, preload=preload,
                               dump_maps=dump_maps, seed=seed, budget=budget, time_budget=time_budget,
                               progress=progress)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
+    def verify(self, *, kernel: bool = False, budget: float | None = None,
+               progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Our verifier's verdict, as `bpforge verify` prints it (`.text()`, `.as_json()`): `.verdict`
+        "accept", "reject" (then `.explanation`: instruction, source line, reason, hint, state, path and
+        failure slice) or "unknown" (something our verifier does not model yet, or `budget` seconds ran
+        out; `.message` says which). `kernel`: load it into the running kernel too and keep its verdict
+        (`.kernel`) beside ours; `.disagreement` names a difference. `progress(processed)` is told the
+        instructions processed along the way."""
+        from .verifier.report import verify_loaded  # the verifier is loaded by the first verification only
+
+        try:
+            return verify_loaded(self.loaded, kernel=kernel, budget=budget, progress=progress)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 

@@ -27,6 +27,7 @@ from .runner import DEFAULT_TIME_BUDGET, read_map_file
 
 MAX_PACKET = 1 << 20  # more than any test run takes (XDP: 3,520 linear bytes and 17 fragment pages)
 
+EXIT_REJECTED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 3
 
@@ -182,6 +183,52 @@ def _progress(what: str, total: int, engine: str):
                   transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(what, total=total)
         yield lambda done, _total: bar.update(task, completed=done)
+
+
+# ---- verify ------------------------------------------------------------------------------------------------
+
+@app.command()
+def verify(prog: Prog, section: Section = None, prog_type: ProgType = None, json_out: Json = False,
+           log: Annotated[bool, typer.Option(
+               "--log", help="Our state before each instruction of the failing path.")] = False,
+           kernel: Annotated[bool, typer.Option(
+               "--kernel", help="Also load it into the running kernel and show its verdict beside ours.")] = False,
+           budget: Annotated[float | None, typer.Option(
+               metavar="SECONDS", help="Give up (verdict unknown) after this long.")] = None) -> int:
+    """Check a program with bpforge's verifier; on a rejection say where, why and what to change.
+    Exit 0 accepted, 1 rejected (with --kernel: as the kernel decides), 2 bad input or undecided."""
+    if budget is not None and not budget > 0:
+        raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
+    program = load(prog, section=section, prog_type=prog_type)
+    with _verify_progress(f"verifying {program.name or prog}") as progress:
+        report = program.verify(kernel=kernel, budget=budget, progress=progress)
+    undecided = report.outcome == "unknown"
+    if json_out:
+        _emit_json(report.as_json(log=log))
+    elif not undecided or kernel:
+        _emit_text(report.text(log=log))
+    if report.disagreement and json_out:
+        _note(f"{report.where}: {report.disagreement}")  # never only inside the JSON
+    if report.kernel is not None and not report.kernel.decided:
+        _note(f"{report.where}: --kernel: {report.kernel.message}")
+    if undecided:
+        _fail(report.undecided_line())
+        return EXIT_BAD_INPUT
+    return 0 if report.outcome == "accept" else EXIT_REJECTED
+
+
+@contextmanager
+def _verify_progress(what: str):
+    """A progress bar on stderr while our verifier works (only on a terminal): instructions processed."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} insns processed"),
+                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda processed: bar.update(task, completed=processed)
 
 
 # ---- output and errors -------------------------------------------------------------------------------------

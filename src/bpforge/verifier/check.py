@@ -65,6 +65,8 @@ _ACQUIRE = frozenset({"bpf_sk_lookup_tcp", "bpf_sk_lookup_udp", "bpf_skc_lookup_
 _RELEASE = frozenset({"bpf_sk_release", "bpf_ringbuf_submit", "bpf_ringbuf_discard"})
 _CASTS = frozenset({"bpf_sk_fullsock", "bpf_tcp_sock"})
 _RINGBUF_FUNCS = frozenset({"bpf_ringbuf_reserve", "bpf_ringbuf_output", "bpf_ringbuf_query"})
+# reg_not_null: the pointers a comparison with 0 is decided for.
+_NEVER_NULL = frozenset({"map_value", "map_ptr", "mem", "ringbuf_mem", "sock", "sock_common", "tcp_sock"})
 # Helpers that call back into the program, with the callback's return range (set_loop_callback_state).
 _CALLBACKS = {"bpf_loop": (0, 1)}
 CALLBACK_HELPERS = frozenset(HELPER_IDS[name] for name in _CALLBACKS)
@@ -247,6 +249,8 @@ class VerifierMachine:
             return self._move(op, src)
         if op.op == "movsx":
             return scalar(scalar_alu("movsx", op.width, src.var, src.var, ext=op.ext)) if src.is_scalar else unknown()
+        if op.op in ("lsh", "rsh", "arsh") and isinstance(op.src, Imm) and not 0 <= s64(op.src.value) < op.width:
+            raise Rejected(f"invalid shift {s64(op.src.value)}")
         if op.op in ("div", "mod", "sdiv", "smod") and isinstance(op.src, Imm) and \
                 op.src.value & ((1 << op.width) - 1) == 0:
             raise Rejected("div by zero")
@@ -565,11 +569,14 @@ class VerifierMachine:
         return state
 
     def _null_check(self, cmp: str, ptr: Reg, n: int) -> tuple[State | None, State | None]:
-        """`ptr == 0` / `ptr != 0` for a pointer: decided for one that cannot be NULL, else both sides, with
-        the NULL side making every register of its id the scalar 0 (mark_ptr_or_null_regs)."""
-        if ptr.kind not in NULLABLE:
+        """`ptr == 0` / `ptr != 0` for a pointer: decided for one that cannot be NULL (reg_not_null), both
+        sides unrefined for other pointers (the context, the stack, the packet), else both sides with the NULL
+        side making every register of its id the scalar 0 (mark_ptr_or_null_regs)."""
+        if ptr.kind in _NEVER_NULL:
             never_null = self.state.copy()
             return (None, never_null) if cmp == "eq" else (never_null, None)
+        if ptr.kind not in NULLABLE:
+            return self.state.copy(), self.state.copy()
         null, valid = self.state.copy(), self.state.copy()
         if ptr.ref and ptr.ref == ptr.id:  # NULL: nothing was acquired (release_reference_state)
             null.refs = [r for r in null.refs if r[0] != ptr.ref]
@@ -892,6 +899,7 @@ class _Helpers:
         spilled = frame.spilled.get(start // SLOT)
         if start % SLOT == 0 and spilled is not None and spilled.is_scalar and spilled.var.is_const() and \
                 all(k == SPILL for k in kinds):
+            m.precise(slot=(ptr.frame, start // SLOT))  # the key decides whether NULL is possible
             return spilled.var.var_off.value & ((1 << 8 * spec.key_size) - 1)
         return None
 
@@ -1161,6 +1169,8 @@ class _Walk(Context):
                 path.trace
             while True:
                 fresh = False
+                if slot in self.collect:  # before pruning: a pruned state is one a window may start from too
+                    self._keep(slot, state)
                 if slot in self.prune_points:
                     seen = explored.setdefault(slot, [])
                     old = next((cp for cp in seen if cp.branches == 0 and self.covers(cp.state, state, slot)), None)
@@ -1182,8 +1192,6 @@ class _Walk(Context):
                     seen.append(checkpoint)
                     self.kept += 1
                     fresh = True
-                if slot in self.collect:
-                    self._keep(slot, state)
                 self.processed += 1
                 processed = self.processed
                 if processed > self.budget:
@@ -1204,6 +1212,8 @@ class _Walk(Context):
                 machine.chain, machine.checkpoint, machine.fresh = trace, checkpoint, fresh
                 try:
                     step(machine, op)
+                except Unsupported as err:
+                    raise err.at(insn=slot)
                 except Rejected as err:
                     return self._reject(err.message, slot, machine.state, decisions, (slot, trace), processed,
                                         self.kept)
