@@ -20,6 +20,27 @@ def tool(name: str) -> str:
     return path
 
 
+def compile_cases(out: Path, stem: str, source: str, cases) -> dict:
+    """Build one BPF object per case of a C source whose `#if CASE == N` arms hold the variants, with clang-19
+    as the examples are built (-g -O2 -mcpu=v3, the host's asm headers): case -> `elf.BpfObject`. Skips
+    when clang-19 is missing."""
+    import subprocess
+
+    from bpforge.elf import read_object
+
+    clang = tool("clang-19")
+    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip() or \
+        "x86_64-linux-gnu"
+    (out / f"{stem}.c").write_text(source)
+    built = {}
+    for case in cases:
+        obj = out / f"{stem}{case}.o"
+        subprocess.run([clang, "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-I/usr/include/{arch}", f"-DCASE={case}",
+                        "-c", str(out / f"{stem}.c"), "-o", str(obj)], check=True, capture_output=True)
+        built[case] = read_object(obj)
+    return built
+
+
 @pytest.fixture(scope="session")
 def kernel():
     """The running kernel's bpf(); skips where it cannot be used."""

@@ -5,16 +5,13 @@ programs compiled here with clang-19 (a raw program cannot use callbacks: they n
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from bpforge.elf import read_object
 from bpforge.isa import assemble
 from bpforge.kernel.program import verify_linked
 from bpforge.verifier.check import verify_linked_program, verify_program
 
-from conftest import tool
+from conftest import compile_cases
 
 SOURCE = r"""#include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -65,18 +62,7 @@ CASES = {0: "an empty callback", 1: "a callback counting in the caller's stack",
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory):
-    clang = tool("clang-19")
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip() or \
-        "x86_64-linux-gnu"
-    out = tmp_path_factory.mktemp("callbacks")
-    (out / "cb.c").write_text(SOURCE)
-    built = {}
-    for case in CASES:
-        obj = out / f"cb{case}.o"
-        subprocess.run([clang, "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-I/usr/include/{arch}", f"-DCASE={case}",
-                        "-c", str(out / "cb.c"), "-o", str(obj)], check=True, capture_output=True)
-        built[case] = read_object(obj)
-    return built
+    return compile_cases(tmp_path_factory.mktemp("callbacks"), "cb", SOURCE, CASES)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES.values()))

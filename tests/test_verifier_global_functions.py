@@ -4,16 +4,13 @@ compiled here with clang-19."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from bpforge.elf import read_object
 from bpforge.kernel.program import verify_linked
 from bpforge.verifier.check import verify_linked_program
 from bpforge.verifier.functions import Argument, global_functions
 
-from conftest import tool
+from conftest import compile_cases
 
 SOURCE = r"""
 #include <linux/bpf.h>
@@ -60,18 +57,7 @@ CASES = {0: "all arguments as the prototypes say", 1: "a stack pointer for the c
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory):
-    clang = tool("clang-19")
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip() or \
-        "x86_64-linux-gnu"
-    out = tmp_path_factory.mktemp("globals")
-    (out / "g.c").write_text(SOURCE)
-    built = {}
-    for case in CASES:
-        obj = out / f"g{case}.o"
-        subprocess.run([clang, "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-I/usr/include/{arch}", f"-DCASE={case}",
-                        "-c", str(out / "g.c"), "-o", str(obj)], check=True, capture_output=True)
-        built[case] = read_object(obj)
-    return built
+    return compile_cases(tmp_path_factory.mktemp("globals"), "g", SOURCE, CASES)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES.values()))

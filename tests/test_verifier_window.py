@@ -12,14 +12,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bpforge.elf import read_object
-from bpforge.elf.maprefs import resolve_map_relocations
 from bpforge.errors import BpforgeError
 from bpforge.isa import FORMS_BY_NAME, Insn, assemble, slot_starts
 from bpforge.isa.ops import Alu, Imm, Reg as R, Store
 from bpforge.isa.progtypes import prog_type_of_section
 from bpforge.kernel import kernel_available
 from bpforge.verifier import assertions as A
-from bpforge.verifier.check import Unsupported, verify_program
+from bpforge.verifier.check import Unsupported, linked_inputs, verify_program
 from bpforge.verifier.regs import Reg
 from bpforge.verifier.state import entry_state
 from bpforge.verifier.window import (
@@ -67,15 +66,7 @@ class Program:
 def example(name: str) -> Program:
     obj = read_object(EXAMPLES / f"{name}.o")
     program = obj.programs[0]
-    linked = obj.linked(program.name)
-    specs: list = []
-
-    def handle(_: str, spec):
-        if spec not in specs:
-            specs.append(spec)
-        return specs.index(spec)
-
-    insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
+    insns, specs = linked_inputs(obj, obj.linked(program.name))
     return Program(insns, specs, prog_type_of_section(program.section))
 
 

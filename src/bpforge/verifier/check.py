@@ -661,7 +661,7 @@ class VerifierMachine:
         self.next = frame.callsite
         self.walk.widen(self, frame.callsite)
 
-    def call_callback(self, name: str, target: int, context: Reg) -> None:
+    def call_callback(self, target: int, context: Reg) -> None:
         """push_callback_call: the callback runs on a path of its own, in a frame of its own (r1 the loop
         index, r2 the caller's context argument); this path goes on as if it had not been called."""
         if len(self.state.frames) >= MAX_CALL_FRAMES:
@@ -861,7 +861,7 @@ class _Helpers:
             # its value must be exact on every path that meets this one).
             m.precise(1)
             if m.state.frame.callback_depth < regs[1].var.umax:
-                m.call_callback(name, callback, context)
+                m.call_callback(callback, context)
             else:
                 m.state.frame.callback_depth = 0
         if released:  # release_reference: every copy of the released pointer becomes a number
@@ -1417,10 +1417,9 @@ def trace_states(insns: Sequence[Insn], prog_type: str, maps: Sequence[MapSpec] 
     return states
 
 
-def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
-                          limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
-    """Our verdict on a linked program of an object (`elf.BpfObject.linked`): its map references become
-    indexes into the object's maps first, as the loader resolves them."""
+def linked_inputs(obj, linked) -> tuple[list[Insn], list[MapSpec]]:
+    """A linked program of an object as `verify_program` takes it: its map references become indexes into
+    the maps it uses, numbered in order of first reference (as the loader resolves them)."""
     specs: list[MapSpec] = []
 
     def handle(name: str, spec: MapSpec | None) -> int | None:
@@ -1430,11 +1429,18 @@ def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budge
             specs.append(spec)
         return specs.index(spec)
 
-    insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
+    return resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle), specs
+
+
+def verify_linked_program(obj, linked, prog_type: str, *, attach: int = 0, budget: int = COMPLEXITY_LIMIT + 1,
+                          limits: Limits | None = None, collect: Sequence[int] = ()) -> Verdict:
+    """Our verdict on a linked program of an object (`elf.BpfObject.linked`), its maps numbered as
+    `linked_inputs` numbers them; its global functions are checked on their own."""
+    insns, specs = linked_inputs(obj, linked)
     return verify_program(insns, prog_type, specs, attach=attach, budget=budget, limits=limits, collect=collect,
                           global_functions=global_functions(obj, linked, prog_type),
                           func_info=obj.btf is not None and obj.btf_ext is not None and bool(obj.btf_ext.func_info))
 
 
 __all__ = ["ALL_REGISTERS", "Context", "Limits", "Rejected", "Unsupported", "Verdict", "VerifierMachine", "covers",
-           "trace_states", "verify_linked_program", "verify_program"]
+           "linked_inputs", "trace_states", "verify_linked_program", "verify_program"]

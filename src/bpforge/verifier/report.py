@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..elf.lines import source_lines, where
-from ..elf.maprefs import resolve_map_relocations
 from ..errors import BpforgeError, Location
 from ..formats.loader import LoadedProgram
 from ..isa import Insn, slot_starts
 from ..isa.maptypes import MapSpec
 from ..isa.progtypes import section_def
 from ..kernel import KernelUnavailable, VerifierRejected, kernel_available, load_loaded, verify_linked
-from .check import Limits, Unsupported, Verdict, verify_linked_program, verify_program
+from .check import Limits, Unsupported, Verdict, linked_inputs, verify_linked_program, verify_program
 from .explain import Explanation, explain, explain_message
 
 ACCEPT, REJECT, UNKNOWN, UNAVAILABLE = "accept", "reject", "unknown", "unavailable"
@@ -260,17 +259,7 @@ def _inputs(loaded: LoadedProgram) -> tuple[list[Insn], dict[int, MapSpec] | lis
             return loaded.insns, {spec.ref: spec for spec in maps}, None
         return loaded.insns, list(maps), None
     linked = obj.linked(loaded.name)
-    specs: list[MapSpec] = []
-
-    def handle(name: str, spec: MapSpec | None) -> int | None:
-        # The numbering verify_linked_program gives the object's maps: in order of first reference.
-        if spec is None:
-            return None
-        if spec not in specs:
-            specs.append(spec)
-        return specs.index(spec)
-
-    insns = resolve_map_relocations(linked.insns, linked.relocations, obj.maps, handle)
+    insns, specs = linked_inputs(obj, linked)
     lines = source_lines(obj, linked) if obj.btf_ext is not None else None
     return insns, specs, lines
 
