@@ -1,6 +1,7 @@
 # bpforge: set-up and entry points.
 #
-#   make demo       set up (if needed), then show info / verify / disasm / asm round trip / a bad-input error / run
+#   make demo       set up (if needed), then show info / verify / optimize / disasm / asm round trip / a bad-input
+#                   error / run
 #   make test       set up (if needed), then run the test-suite
 #   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
 #
@@ -41,7 +42,7 @@ tools:
 
 $(STAMP): pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,report]'
 	touch $@
 
 test: setup
@@ -59,6 +60,9 @@ demo: setup
 	$(BPFORGE) verify examples/obj/xdp_lb.o
 	printf 'r2 = *(u32 *)(r1 + 4)\nr1 = *(u32 *)(r1 + 0)\nr3 = r1\nr3 += 14\nif r3 > r2 goto +2\nr0 = *(u8 *)(r1 + 20)\nexit\nr0 = 2\nexit\n' > $(DEMO)/unchecked.s
 	$(BPFORGE) verify $(DEMO)/unchecked.s || [ $$? = 1 ]
+	@echo "optimize: rule passes, then stochastic search; every change proved by z3, the result kernel-checked"
+	$(BPFORGE) optimize examples/obj/xdp_counter.o -o $(DEMO)/xdp_counter.opt.o --budget 10
+	$(BPFORGE) info $(DEMO)/xdp_counter.opt.o | head -n 4
 	$(BPFORGE) disasm examples/obj/xdp_lb.o > $(DEMO)/xdp_lb.s
 	head -n 16 $(DEMO)/xdp_lb.s
 	$(BPFORGE) asm $(DEMO)/xdp_lb.s -o $(DEMO)/xdp_lb.o

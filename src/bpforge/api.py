@@ -17,6 +17,7 @@ from .runner import DEFAULT_TIME_BUDGET, RunReport, run_loaded
 from .views import Info, disasm_rows, disasm_text, info_of
 
 if TYPE_CHECKING:
+    from .opt.report import OptimizeReport
     from .verifier.report import VerifyReport
 
 
@@ -115,6 +116,26 @@ class Program:
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
+    def optimize(self, *, output: str | Path | None = None, fmt: str | None = None, budget: float | None = 60.0,
+                 cost: str = "size", jobs: int = 1, seed: int = 0, search: bool = True, kernel: bool = True,
+                 progress: Callable[[str, int, float], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> OptimizeReport:
+        """A smaller (`cost="size"`) or faster (`"latency"`) equivalent program, as `bpforge optimize`
+        makes it: rule passes, then stochastic search for `budget` seconds (`jobs` chains, `seed`); every
+        change proved by SMT and gated by our verifier, the result loaded into the kernel's (`kernel`) with
+        a fall-back to the best version it accepts. Written to `output` (format `fmt`: elf, raw, asm, k2;
+        default the input's) when given. The report has `.before`, `.after`, `.text()`, `.as_json()`,
+        `.html()`; `.outcome.insns` is the program. `progress(phase, best_slots, seconds)`; `stop()` true
+        ends the run early with the best result so far."""
+        from .opt.optimize import OptimizeOptions  # the optimizer (and z3) load on first use
+        from .opt.run import optimize_loaded
+
+        options = OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel)
+        try:
+            return optimize_loaded(self.loaded, options, output=output, fmt=fmt, progress=progress, stop=stop)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
     def _listed_sections(self) -> list:
         # Given a section, a listing shows that program's section; else every program section of the file.
         return [s for s in self.loaded.sections if not self._section_given or s.name == self.loaded.section]
@@ -133,4 +154,10 @@ class Program:
         return info_of(self.loaded, self.prog_type if self._type_given else None)
 
 
-__all__ = ["Info", "Program", "RunReport", "load"]
+def optimize(path: str | Path, *, section: str | None = None, prog_type: str | None = None,
+             **options) -> OptimizeReport:
+    """`load(path, ...).optimize(**options)`: see `Program.optimize`."""
+    return load(path, section=section, prog_type=prog_type).optimize(**options)
+
+
+__all__ = ["Info", "Program", "RunReport", "load", "optimize"]

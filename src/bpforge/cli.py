@@ -231,6 +231,96 @@ def _verify_progress(what: str):
         yield lambda processed: bar.update(task, completed=processed)
 
 
+# ---- optimize ----------------------------------------------------------------------------------------------
+
+@app.command()
+def optimize(prog: Prog,
+             output: Annotated[str | None, typer.Option(
+                 "--output", "-o", metavar="OUT", help="Write the optimized program here.")] = None,
+             section: Section = None, prog_type: ProgType = None, json_out: Json = False,
+             budget: Annotated[float, typer.Option(
+                 metavar="SECONDS", help="Time for the whole run; Ctrl-C stops early and keeps the best.")] = 60.0,
+             cost: Annotated[str, typer.Option(help="What to minimise: size (slots) or latency.")] = "size",
+             jobs: Annotated[int, typer.Option(help="Search chains in parallel processes.")] = 1,
+             seed: Annotated[int, typer.Option(help="Seed of the search (same seed, same result).")] = 0,
+             fmt: Annotated[str | None, typer.Option(
+                 "--format", metavar="FMT", help="Output format: elf, raw, asm or k2 (default: the input's).")] = None,
+             report: Annotated[str | None, typer.Option(
+                 "--report", metavar="FILE.html", help="Also write an HTML report with the cost over time.")] = None,
+             no_kernel: Annotated[bool, typer.Option(
+                 "--no-kernel", help="Do not load the result into the running kernel's verifier.")] = False,
+             no_search: Annotated[bool, typer.Option(
+                 "--no-search", help="Rule passes only (milliseconds), no stochastic search.")] = False) -> int:
+    """Make a program smaller or faster: rule passes, then stochastic search; every change proved equivalent
+    by SMT, the result checked by our verifier and the kernel's. Exit 0 done (improved or not), 1 when the
+    kernel rejects even the original, 2 bad input."""
+    program = load(prog, section=section, prog_type=prog_type)
+    with _optimize_progress(f"optimizing {program.name or prog}") as (progress, stop):
+        result = program.optimize(output=output, fmt=fmt, budget=budget, cost=cost, jobs=jobs, seed=seed,
+                                  search=not no_search, kernel=not no_kernel, progress=progress, stop=stop)
+    if report is not None:
+        with open(report, "w", encoding="utf-8") as out:
+            out.write(result.html())
+    if json_out:
+        _emit_json(result.as_json())
+    else:
+        _emit_text(result.text())
+    return EXIT_REJECTED if result.kernel_accepted is False else 0
+
+
+@contextmanager
+def _optimize_progress(what: str):
+    """(progress callback, stop predicate): a live line with the best cost so far on a terminal; the first
+    Ctrl-C asks the run to stop and keep its best result, a second one interrupts at once."""
+    import signal
+
+    stopping = []
+
+    def on_interrupt(signum, frame):
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        if not sys.stderr.isatty():
+            yield None, lambda: bool(stopping)
+            return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[phase]}"),
+                      TextColumn("best {task.fields[best]} slots"), TimeElapsedColumn(), transient=True,
+                      console=Console(stderr=True)) as bar:
+            task = bar.add_task(what, total=None, phase="", best="?")
+            yield (lambda phase, best, seconds: bar.update(task, phase=phase, best=best)), lambda: bool(stopping)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+rules_app = typer.Typer(help="The optimizer's rule cache.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("rebuild")
+def rules_rebuild(
+        output: Annotated[str | None, typer.Option(
+            "--output", "-o", metavar="FILE", help="Where to write the rules (default: the package's data file).")] = None,
+        budget: Annotated[float, typer.Option(metavar="SECONDS", help="Search time per program.")] = 30.0,
+        k2: Annotated[str | None, typer.Option(metavar="DIR", help="K2's benchmark programs.")] = None) -> int:
+    """Learn the shipped rules again: optimize the examples and K2's programs, keep what the search proved."""
+    from pathlib import Path
+
+    from .opt.learn import K2, SHIPPED, learn
+    from .opt.rules import RuleBook
+
+    k2_dir = Path(k2) if k2 else K2
+    book = learn(budget, k2_dir if k2_dir.is_dir() else None, RuleBook(), report=_note)
+    target = Path(output) if output else SHIPPED
+    book.save(target)
+    _emit_lines([f"{len(book)} rules -> {target}"])
+    return 0
+
+
 # ---- output and errors -------------------------------------------------------------------------------------
 
 def _emit_text(text: str) -> None:

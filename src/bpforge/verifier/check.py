@@ -30,7 +30,7 @@ from ..analysis.cfg import CfgError, cfg_of_ops
 from ..elf.maprefs import resolve_map_relocations
 from ..errors import BpforgeError
 from ..isa import FORMS, Insn
-from ..isa.ctx_access import ctx_access
+from ..isa.ctx_access import ctx_access, known_types
 from ..isa.helper_sets import helper_allowed
 from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_IDS, HELPER_SIGNATURES, helper_name
 from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
@@ -440,6 +440,8 @@ class VerifierMachine:
             raise Rejected(f"BPF_ST stores into R{b} ctx is not allowed")
         if not (addr.var.is_const() and addr.var.var_off.value == 0):
             raise Rejected(f"variable ctx access var_off={_tnum(addr.var)} off={addr.off} size={size}")
+        if self.walk.prog_type not in known_types():
+            raise Unsupported(f"the context of {self.walk.prog_type} programs is not modelled yet")
         access = ctx_access(self.walk.prog_type, addr.off, size, write, attach=self.walk.attach)
         if access is None:
             raise Rejected(f"invalid bpf_context access off={addr.off} size={size}")

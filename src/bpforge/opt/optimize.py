@@ -1,0 +1,352 @@
+"""The optimizer's pipeline: rule passes to a fixpoint, then stochastic search over windows, every change
+proved and gated, the best accepted program kept.
+
+Each round asks every pass (`passes.PASSES`) for rewrites of the current program, proves them
+(`prove.prove_rewrite`), takes a non-overlapping set of proved ones that do not make the program costlier,
+and applies them as one batch when our verifier (and, if asked per batch, the kernel) accepts the result;
+when the batch is refused, the rewrites are tried one at a time and only those accepted stay. The search
+(`search`) then spends what is left of the budget on windows chosen from the CFG.
+
+The program only ever moves from one accepted version to the next, so stopping at any point (the budget,
+Ctrl-C through `stop`) leaves the best program found so far, and one that cannot be improved comes back
+unchanged. The kernel has the last word: `finish` loads the result, and when the kernel refuses it,
+drops changes (latest first) until it accepts, and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import BpforgeError
+from ..isa import Insn, slot_count
+from ..verifier.window import ProgramSites
+from .facts import known_bits
+from .gate import Subject, Verdicts
+from .passes import PASSES, ProgramView, unreachable
+from .prove import ProofCache, prove_rewrite
+from .rewrite import KnownBits, Rewrite
+from .rules import RuleBook
+from .searching import WindowJob, rewrites_of, run_search
+from .windows import search_windows
+from .smt.equiv import PROVED
+from .track import Transformation
+
+MAX_ROUNDS = 64
+FINISH_RESERVE = 0.05  # of the budget, kept for the kernel's verdict at the end
+WINDOW_SECONDS = (0.5, 8.0)  # the search time one window gets in a round, at least and at most
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    budget: float | None = 60.0  # seconds for the whole run (None: passes to a fixpoint, no search)
+    cost: str = "size"  # "size" (slots) or "latency"
+    jobs: int = 1
+    seed: int = 0
+    search: bool = True
+    kernel: bool = True  # ask the kernel at the end (and fall back if it refuses)
+    timeout_ms: int = 2000  # per solver query
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied rewrite: where (slots of the program as it was then), what it replaced, why, its proof."""
+
+    round: int
+    start: int
+    before: tuple[Insn, ...]
+    after: tuple[Insn, ...]
+    why: str
+    proof: str  # "proved"
+    seconds: float  # when it was applied, since the run began
+    assumes: tuple[tuple[int, KnownBits], ...] = ()
+
+    @property
+    def saved(self) -> int:
+        return slot_count(self.before) - slot_count(self.after)
+
+
+@dataclass
+class Outcome:
+    """What a run did: the original and final programs, every change, the verifiers' last word."""
+
+    subject: Subject
+    original: list[Insn]
+    transformation: Transformation
+    changes: list[Change] = field(default_factory=list)
+    verdicts: Verdicts | None = None
+    notes: list[str] = field(default_factory=list)  # fallbacks and what was not done, in words
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, slots) at each improvement
+    history: list[tuple[int, Transformation]] = field(default_factory=list)  # (changes so far, program) per step
+    proofs: int = 0
+    proof_cache_hits: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def insns(self) -> list[Insn]:
+        return self.transformation.insns
+
+    @property
+    def before(self) -> int:
+        return slot_count(self.original)
+
+    @property
+    def after(self) -> int:
+        return slot_count(self.insns)
+
+    @property
+    def time_to_best(self) -> float:
+        return self.timeline[-1][0] if self.timeline else 0.0
+
+
+Progress = Callable[[str, int, float], None]  # (phase, best slots so far, seconds)
+
+
+@dataclass(eq=False)
+class _Run:
+    subject: Subject
+    options: OptimizeOptions
+    progress: Progress | None
+    stop: Callable[[], bool] | None
+    rules: RuleBook
+    began: float = field(default_factory=time.monotonic)
+    cache: ProofCache = field(default_factory=ProofCache)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    def out_of_time(self) -> bool:
+        budget = self.options.budget
+        return (self.stop is not None and self.stop()) or (budget is not None and self.elapsed() >= budget)
+
+    def editable(self, t: Transformation) -> frozenset[int] | None:
+        """The slots of `t` a rewrite may touch: those that came from editable slots of the original."""
+        allowed = self.subject.editable
+        if allowed is None:
+            return None
+        original = self.subject.insns
+        old_slots = [s for s, insn in _slots(original)]
+        out = set()
+        for (slot, insn), origin in zip(_slots(t.insns), t.origins):
+            if origin is None or old_slots[origin] in allowed:
+                out.update(range(slot, slot + insn.slots))
+        return frozenset(out)
+
+    def tell(self, phase: str, t: Transformation) -> None:
+        if self.progress is not None:
+            self.progress(phase, slot_count(t.insns), self.elapsed())
+
+
+def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOptions(), *,
+                     rules: RuleBook | None = None, progress: Progress | None = None,
+                     stop: Callable[[], bool] | None = None) -> Outcome:
+    """Optimize `subject`; see the module doc. `rules` (default: the shipped ones) are tried before the
+    passes each round; what the run proves is added to them (`RuleBook.learn`)."""
+    run = _Run(subject, options, progress, stop, RuleBook.shipped() if rules is None else rules)
+    start = Transformation.start(subject.insns)
+    outcome = Outcome(subject, list(subject.insns), start)
+    outcome.timeline.append((0.0, slot_count(start.insns)))
+    baseline = subject.judge(start, kernel=False)
+    if baseline.ours is False:
+        outcome.notes.append(f"our verifier rejects the original ({baseline.ours_message}); changes are gated "
+                             "by the kernel alone")
+    try:
+        _passes(run, outcome)
+        if options.search and options.budget is not None:
+            _search(run, outcome)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    outcome.proof_cache_hits = run.cache.hits
+    if options.kernel:
+        _finish(run, outcome)
+    outcome.seconds = run.elapsed()
+    return outcome
+
+
+# ---- the rule passes -------------------------------------------------------------------------------------------
+
+def _passes(run: _Run, outcome: Outcome) -> None:
+    seen = {tuple(outcome.transformation.insns)}
+    for round_number in range(MAX_ROUNDS):
+        if run.out_of_time():
+            outcome.interrupted = run.stop is not None and run.stop()
+            return
+        t = outcome.transformation
+        proved = _proved_round(run, outcome, t)
+        if not proved:
+            return
+        applied = _apply_gated(run, outcome, t, proved, round_number)
+        if not applied or tuple(outcome.transformation.insns) in seen:
+            return
+        seen.add(tuple(outcome.transformation.insns))
+        run.tell("passes", outcome.transformation)
+
+
+def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrite]:
+    """The proved, non-overlapping rewrites the passes propose for `t`, in the order proposed."""
+    insns = t.insns
+    view = ProgramView(insns)
+    sites = ProgramSites(insns)
+    facts = known_bits(insns)
+    chosen: list[Rewrite] = []
+    editable = run.editable(t)
+    producers = [("rules", lambda view: run.rules.propose(insns)), *PASSES]
+    for name, propose in producers:
+        for rewrite in propose(view):
+            if rewrite.saved < 0 or any(rewrite.overlaps(other) for other in chosen):
+                continue
+            if editable is not None and not all(s in editable for s in range(rewrite.start, max(rewrite.end, rewrite.start + 1))):
+                continue
+            proof = prove_rewrite(insns, rewrite, sites=sites, facts=facts, timeout_ms=run.options.timeout_ms,
+                                  cache=run.cache)
+            outcome.proofs += 1
+            if proof.status == PROVED:
+                chosen.append(rewrite)
+            if run.out_of_time():
+                return chosen
+    return chosen
+
+
+def _apply_gated(run: _Run, outcome: Outcome, t: Transformation, rewrites: Sequence[Rewrite],
+                 round_number: int) -> bool:
+    """Apply `rewrites` (all of `t`) if our verifier accepts the result; else one at a time, from the last
+    slot to the first (so the others' slots stay right), each kept when accepted. Whether anything changed."""
+    if _try(run, outcome, t, rewrites, round_number):
+        return True
+    changed = False
+    for rewrite in sorted(rewrites, key=lambda r: r.start, reverse=True):
+        changed |= _try(run, outcome, outcome.transformation, [rewrite], round_number)
+    return changed
+
+
+def _try(run: _Run, outcome: Outcome, base: Transformation, rewrites: Sequence[Rewrite], round_number: int) -> bool:
+    """`rewrites` applied to `base`, with the code they leave unreachable removed at once (the kernel refuses
+    unreachable instructions, so the two can only be judged together); kept if the gate accepts."""
+    try:
+        step = base.apply(rewrites)
+    except BpforgeError:  # a jump the layout cannot encode: not this batch
+        return False
+    pruned = unreachable.propose(ProgramView(step.insns))
+    final = step.apply(pruned) if pruned else step
+    if not _accepted(run, outcome, final):
+        return False
+    _record(run, outcome, base, step, rewrites, round_number)
+    if pruned:
+        _record(run, outcome, step, final, pruned, round_number)
+    return True
+
+
+def _accepted(run: _Run, outcome: Outcome, t: Transformation) -> bool:
+    ours, _ = run.subject.ours(t)
+    if ours is not None:
+        return ours
+    theirs, _ = run.subject.kernel(t)  # our verifier cannot say: the kernel decides, or nothing changes
+    return theirs is True
+
+
+def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transformation,
+            rewrites: Sequence[Rewrite], round_number: int) -> None:
+    now = run.elapsed()
+    for rewrite in rewrites:
+        old = tuple(_window(before.insns, rewrite.start, rewrite.end))
+        outcome.changes.append(Change(round_number, rewrite.start, old, tuple(rewrite.new), rewrite.why, PROVED, now,
+                                      tuple(sorted(rewrite.assumes.items()))))
+        if rewrite.why.startswith("search"):  # what the passes find they find again; the search's is worth keeping
+            run.rules.learn(old, rewrite.new, rewrite.why, dict(rewrite.assumes))
+    outcome.transformation = after
+    outcome.history.append((len(outcome.changes), after))
+    slots = slot_count(after.insns)
+    if slots < outcome.timeline[-1][1]:
+        outcome.timeline.append((now, slots))
+
+
+def _slots(insns: Sequence[Insn]) -> list[tuple[int, Insn]]:
+    out, slot = [], 0
+    for insn in insns:
+        out.append((slot, insn))
+        slot += insn.slots
+    return out
+
+
+def _window(insns: Sequence[Insn], start: int, end: int) -> list[Insn]:
+    out, slot = [], 0
+    for insn in insns:
+        if start <= slot < end:
+            out.append(insn)
+        slot += insn.slots
+    return out
+
+
+# ---- the search -----------------------------------------------------------------------------------------------
+
+def _search(run: _Run, outcome: Outcome) -> None:
+    """Rounds of search over the current program's windows until the budget is spent: the windows searched
+    least so far first, each improvement gated like a pass's, the passes run again after every change."""
+    spent: dict = {}  # window (as the search sees it) -> seconds searched so far
+    round_number = 1000  # rounds of the search are numbered apart from the passes'
+    while True:
+        remaining = run.options.budget * (1 - FINISH_RESERVE) - run.elapsed()
+        if remaining < WINDOW_SECONDS[0] or run.out_of_time():
+            return
+        t = outcome.transformation
+        sites = ProgramSites(t.insns)
+        facts = known_bits(t.insns)
+        jobs = []
+        for w in search_windows(t.insns, editable=run.editable(t), sites=sites):
+            known = facts.at(w.start)
+            jobs.append(WindowJob(w.start, w.end, tuple(w.site.window()), w.site.live_in,
+                                  tuple(sorted(w.site.live_out.items(), key=lambda kv: (kv[0].kind, kv[0].offset))),
+                                  tuple(sorted(known.items())), facts.may_context(w.start)))
+        if not jobs:
+            return
+        jobs.sort(key=lambda job: spent.get(_job_key(job), 0.0))
+        least = spent.get(_job_key(jobs[0]), 0.0)
+        jobs = [job for job in jobs if spent.get(_job_key(job), 0.0) == least]
+        each = min(max(remaining * run.options.jobs / len(jobs), WINDOW_SECONDS[0]), WINDOW_SECONDS[1])
+        jobs = jobs[:max(1, int(remaining * run.options.jobs / each))]
+        seconds = min(remaining, each * len(jobs) / run.options.jobs)
+        run.tell("search", t)
+        found = run_search(jobs, seconds=seconds, workers=run.options.jobs, seed=run.options.seed + round_number,
+                           prog_type=run.subject.prog_type, cost=run.options.cost,
+                           timeout_ms=run.options.timeout_ms, stop=run.out_of_time)
+        for job in jobs:
+            spent[_job_key(job)] = spent.get(_job_key(job), 0.0) + each
+        rewrites = rewrites_of(found)
+        outcome.proofs += len(found)
+        if rewrites and _apply_gated(run, outcome, t, rewrites, round_number):
+            run.tell("search", outcome.transformation)
+            _passes(run, outcome)
+        round_number += 1
+
+
+def _job_key(job: WindowJob):
+    return (job.window, job.live_out, job.assumes)
+
+
+# ---- the kernel's last word ------------------------------------------------------------------------------------
+
+def _finish(run: _Run, outcome: Outcome) -> None:
+    """Ask both verifiers about the result; when the kernel refuses it, undo changes, latest first, until
+    it accepts (the original, at worst)."""
+    t = outcome.transformation
+    verdicts = run.subject.judge(t)
+    if verdicts.kernel is not False or not outcome.changes:
+        outcome.verdicts = verdicts
+        return
+    refused = verdicts.kernel_message
+    history = list(outcome.history[:-1])
+    while True:
+        kept, candidate = history.pop() if history else (0, Transformation.start(outcome.original))
+        verdicts = run.subject.judge(candidate)
+        if verdicts.kernel is not False or not kept:
+            outcome.notes.append(f"the kernel refused the optimized program ({refused}); fell back to the best "
+                                 f"version it accepts: {len(outcome.changes) - kept} change(s) undone")
+            outcome.changes = outcome.changes[:kept]
+            outcome.transformation = candidate
+            outcome.verdicts = verdicts
+            return
+
+
+__all__ = ["Change", "OptimizeOptions", "Outcome", "optimize_subject"]

@@ -1,0 +1,169 @@
+"""Rule passes over memory: stores (merging constant stores), atomics (read-modify-write into a locked
+add), bytes (byte accesses joined), moves (memory permutations redone wider). Proposals are checked by
+their asm text, their SMT proof and interpreter runs (`mem` programs: r1 is a 64-byte buffer)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bpforge import vm
+from bpforge.isa.asm import assemble
+from bpforge.isa.disasm import format_insn
+from bpforge.opt.passes import ProgramView, atomics, bytes as bytes_pass, constprop, stores
+from bpforge.opt.prove import prove_rewrite
+from bpforge.opt.track import apply_rewrites
+
+
+def proposals(module, text: str):
+    insns = assemble(text)
+    return insns, module.propose(ProgramView(insns))
+
+
+def asm(rewrite) -> list[str]:
+    return [format_insn(insn) for insn in rewrite.new]
+
+
+def same_runs(before, after, trials: int = 20) -> None:
+    rng = random.Random(11)
+    for _ in range(trials):
+        data = rng.randbytes(64)
+        a = vm.run(vm.from_insns(before), data, "mem")
+        b = vm.run(vm.from_insns(after), data, "mem")
+        assert (a.retval, a.data_out) == (b.retval, b.data_out)
+
+
+def only(module, text: str, start: int | None = None):
+    insns, found = proposals(module, text)
+    if start is not None:
+        found = [r for r in found if r.start == start]
+    assert len(found) == 1, [(r.start, r.end, asm(r), r.why) for r in found]
+    rewrite = found[0]
+    proof = prove_rewrite(insns, rewrite)
+    assert proof.status == "proved", proof.reason
+    same_runs(insns, apply_rewrites(insns, [rewrite]))
+    return rewrite
+
+
+def none_at(module, text: str, start: int) -> None:
+    _, found = proposals(module, text)
+    assert not [r for r in found if r.start == start], [(r.start, asm(r), r.why) for r in found if r.start == start]
+
+
+# ---- stores --------------------------------------------------------------------------------------------------
+
+def test_stores_merges_two_u32_zero_stores_into_one_u64():
+    r = only(stores, "*(u32 *)(r10 - 8) = 0\n*(u32 *)(r10 - 4) = 0\nr0 = *(u64 *)(r10 - 8)\nexit")
+    assert asm(r) == ["*(u64 *)(r10 - 8) = 0"]
+
+
+def test_stores_merges_constants_little_endian():
+    r = only(stores, "*(u16 *)(r10 - 8) = 0x1234\n*(u16 *)(r10 - 6) = 0x5678\nr0 = *(u32 *)(r10 - 8)\nexit")
+    assert asm(r) == [f"*(u32 *)(r10 - 8) = {0x56781234}"]
+
+
+def test_stores_rewrites_a_run_of_constant_stores_in_any_order():
+    # clang zeroes a key field by field: bytes -50..-45 as three u16 stores, not in address order
+    r = only(stores, "*(u16 *)(r10 - 48) = 0\n*(u16 *)(r10 - 50) = 0\n*(u16 *)(r10 - 46) = 0\n"
+                     "r0 = *(u64 *)(r10 - 56)\nr1 = *(u64 *)(r10 - 48)\nr0 += r1\nexit")
+    assert asm(r) == ["*(u16 *)(r10 - 50) = 0", "*(u32 *)(r10 - 48) = 0"]
+
+
+def test_stores_run_keeps_the_last_value_of_a_byte_stored_twice():
+    r = only(stores, "*(u32 *)(r10 - 8) = 0\n*(u8 *)(r10 - 7) = 1\n*(u32 *)(r10 - 4) = 0\n"
+                     "r0 = *(u64 *)(r10 - 8)\nexit")
+    assert asm(r) == ["*(u64 *)(r10 - 8) = 256"]
+
+
+def test_stores_never_stores_an_immediate_into_the_context():
+    # r1 at entry may be the context: the kernel takes no BPF_ST there (its stores are rewritten per field)
+    _, found = proposals(stores, "r2 = 0\n*(u32 *)(r1 + 48) = r2\n*(u32 *)(r1 + 52) = r2\n"
+                                 "*(u16 *)(r1 + 56) = 0\nr0 = 0\nexit")
+    assert all("= r" in asm(r)[0] for r in found), [asm(r) for r in found]
+
+
+def test_stores_merges_a_store_of_a_known_register():
+    r = only(stores, "r2 = 0\n*(u32 *)(r10 - 8) = r2\n*(u32 *)(r10 - 4) = 0\nr0 = *(u64 *)(r10 - 8)\nexit", start=1)
+    assert asm(r) in (["*(u64 *)(r10 - 8) = 0"], ["*(u64 *)(r10 - 8) = r2"])
+
+
+def test_stores_does_not_merge_into_a_u64_immediate_that_sign_extends_wrongly():
+    # 0xffffffff at -8 and 0 at -4: the u64 value 0x00000000ffffffff is no sign-extended imm32
+    insns, found = proposals(stores, "*(u32 *)(r10 - 8) = -1\n*(u32 *)(r10 - 4) = 0\nr0 = *(u64 *)(r10 - 8)\nexit")
+    for r in found:
+        assert prove_rewrite(insns, r).status == "proved", asm(r)
+        assert asm(r) != ["*(u64 *)(r10 - 8) = -1"]
+
+
+def test_stores_keeps_misaligned_or_distant_stores_apart():
+    none_at(stores, "*(u32 *)(r10 - 12) = 0\n*(u32 *)(r10 - 8) = 0\nr0 = *(u64 *)(r10 - 16)\nexit", 0)
+    none_at(stores, "*(u32 *)(r10 - 16) = 0\n*(u32 *)(r10 - 8) = 0\nr0 = *(u64 *)(r10 - 16)\nexit", 0)
+    none_at(stores, "*(u32 *)(r10 - 8) = 0\n*(u32 *)(r2 - 4) = 0\nr0 = 0\nexit", 0)
+
+
+# ---- atomics -------------------------------------------------------------------------------------------------
+
+def test_atomics_turns_a_read_modify_write_into_a_locked_add():
+    r = only(atomics, "r2 = *(u64 *)(r1 + 8)\nr3 = *(u64 *)(r1 + 0)\nr3 += r2\n*(u64 *)(r1 + 0) = r3\nr0 = 0\nexit",
+             start=1)
+    assert asm(r) == ["lock *(u64 *)(r1 + 0) += r2"]
+
+
+def test_atomics_adds_a_constant_through_a_register_that_holds_it():
+    r = only(atomics, "r4 = 1\nr3 = *(u64 *)(r1 + 0)\nr3 += 1\n*(u64 *)(r1 + 0) = r3\nr0 = r4\nexit", start=1)
+    assert asm(r) == ["lock *(u64 *)(r1 + 0) += r4"]
+    assert set(r.assumes) == {4}
+
+
+def test_atomics_materialises_a_constant_in_the_dead_register():
+    r = only(atomics, "r3 = *(u64 *)(r1 + 0)\nr3 += 5\n*(u64 *)(r1 + 0) = r3\nr0 = 0\nexit")
+    assert asm(r) == ["r3 = 5", "lock *(u64 *)(r1 + 0) += r3"]
+
+
+@pytest.mark.parametrize("text", [
+    # the loaded register is read after the store
+    "r3 = *(u64 *)(r1 + 0)\nr3 += 5\n*(u64 *)(r1 + 0) = r3\nr0 = r3\nexit",
+    # stored elsewhere
+    "r3 = *(u64 *)(r1 + 0)\nr3 += 5\n*(u64 *)(r1 + 8) = r3\nr0 = 0\nexit",
+    # a store in between may change the location
+    "r3 = *(u64 *)(r1 + 0)\n*(u64 *)(r1 + 0) = 0\nr3 += 5\n*(u64 *)(r1 + 0) = r3\nr0 = 0\nexit",
+    # a call in between
+    "r6 = r1\nr3 = *(u64 *)(r6 + 0)\ncall 7\nr3 += 5\n*(u64 *)(r6 + 0) = r3\nr0 = 0\nexit",
+    # not an add
+    "r3 = *(u64 *)(r1 + 0)\nr3 *= 5\n*(u64 *)(r1 + 0) = r3\nr0 = 0\nexit",
+])
+def test_atomics_leaves_what_is_not_an_increment_in_place(text):
+    _, found = proposals(atomics, text)
+    assert found == [], [asm(r) for r in found]
+
+
+def test_constprop_never_stores_an_immediate_into_the_context():
+    _, found = proposals(constprop, "r2 = 14\n*(u32 *)(r1 + 48) = r2\nr0 = 0\nexit")
+    assert [r for r in found if r.start == 1] == []
+    _, found = proposals(constprop, "r2 = 14\n*(u32 *)(r10 - 4) = r2\nr0 = *(u32 *)(r10 - 4)\nexit")
+    assert [asm(r) for r in found if r.start == 1] == [["*(u32 *)(r10 - 4) = 14"]]
+
+
+# ---- bytes ---------------------------------------------------------------------------------------------------
+
+def test_bytes_joins_two_byte_loads_into_one_u16():
+    r = only(bytes_pass, "r2 = *(u8 *)(r1 + 4)\nr3 = *(u8 *)(r1 + 5)\nr3 <<= 8\nr3 |= r2\nr0 = r3\nexit")
+    assert asm(r) == ["r3 = *(u16 *)(r1 + 4)"]
+
+
+def test_bytes_keeps_byte_loads_whose_other_register_is_read_later():
+    _, found = proposals(bytes_pass, "r2 = *(u8 *)(r1 + 4)\nr3 = *(u8 *)(r1 + 5)\nr3 <<= 8\nr3 |= r2\n"
+                                     "r0 = r3\nr0 += r2\nexit")
+    assert found == []
+
+
+def test_bytes_joins_the_stores_of_a_values_bytes_with_the_shifts_that_made_them():
+    """The window starts where the value was made, so the copies and shifts relating the stored
+    registers to it are inside it (a window of the stores alone cannot be proved)."""
+    text = ("r1 = *(u32 *)(r1 + 8)\nr2 = r1\nr2 >>= 24\n*(u8 *)(r10 - 5) = r2\nr2 = r1\nr2 >>= 16\n"
+            "*(u8 *)(r10 - 6) = r2\n*(u8 *)(r10 - 8) = r1\nr1 >>= 8\n*(u8 *)(r10 - 7) = r1\n"
+            "r0 = *(u32 *)(r10 - 8)\nexit")
+    r = only(bytes_pass, text)
+    assert r.start == 1
+    assert [line for line in asm(r) if line.startswith("*")] == ["*(u32 *)(r10 - 8) = r1"]
