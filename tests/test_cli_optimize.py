@@ -104,3 +104,12 @@ def test_an_html_report(capsys, tmp_path):
     assert code == 0, err
     page = report.read_text()
     assert "<img" in page and "atomic add" in page
+
+
+def test_latency_cost_keeps_plain_read_modify_writes():
+    # an atomic add saves two slots but costs a locked instruction: --cost latency does not take it
+    size = bpforge.load(XDP_COUNTER).optimize(budget=None, kernel=False)
+    latency = bpforge.load(XDP_COUNTER).optimize(budget=None, kernel=False, cost="latency")
+    assert any("atomic" in c.why for c in size.outcome.changes)
+    assert not any("atomic" in c.why for c in latency.outcome.changes)
+    assert latency.after <= latency.before

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import BpforgeError
 from ..isa import Insn, slot_count
 from ..verifier.window import ProgramSites
+from .cost import LatencyModel, latency_cost
 from .facts import known_bits
 from .gate import Subject, Verdicts
 from .passes import PASSES, ProgramView, unreachable
@@ -111,6 +112,7 @@ class _Run:
     progress: Progress | None
     stop: Callable[[], bool] | None
     rules: RuleBook
+    model: LatencyModel | None = None
     began: float = field(default_factory=time.monotonic)
     cache: ProofCache = field(default_factory=ProofCache)
 
@@ -120,6 +122,11 @@ class _Run:
     def out_of_time(self) -> bool:
         budget = self.options.budget
         return (self.stop is not None and self.stop()) or (budget is not None and self.elapsed() >= budget)
+
+    def latency_model(self) -> LatencyModel:
+        if self.model is None:
+            self.model = LatencyModel.default()
+        return self.model
 
     def editable(self, t: Transformation) -> frozenset[int] | None:
         """The slots of `t` a rewrite may touch: those that came from editable slots of the original."""
@@ -192,10 +199,11 @@ def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrit
     facts = known_bits(insns)
     chosen: list[Rewrite] = []
     editable = run.editable(t)
+    slower = _slower_test(run, insns)
     producers = [("rules", lambda view: run.rules.propose(insns)), *PASSES]
     for name, propose in producers:
         for rewrite in propose(view):
-            if rewrite.saved < 0 or any(rewrite.overlaps(other) for other in chosen):
+            if rewrite.saved < 0 or any(rewrite.overlaps(other) for other in chosen) or slower(rewrite):
                 continue
             if editable is not None and not all(s in editable for s in range(rewrite.start, max(rewrite.end, rewrite.start + 1))):
                 continue
@@ -207,6 +215,20 @@ def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrit
             if run.out_of_time():
                 return chosen
     return chosen
+
+
+def _slower_test(run: _Run, insns: Sequence[Insn]) -> Callable[[Rewrite], bool]:
+    """For `--cost latency`: whether a rewrite makes its window slower by the calibrated model (an atomic
+    add saves slots but costs a locked instruction); for `size`, never."""
+    if run.options.cost != "latency":
+        return lambda rewrite: False
+    model = run.latency_model()
+
+    def slower(rewrite: Rewrite) -> bool:
+        before = _window(insns, rewrite.start, rewrite.end)
+        return latency_cost(rewrite.new, model) > latency_cost(before, model)
+
+    return slower
 
 
 def _apply_gated(run: _Run, outcome: Outcome, t: Transformation, rewrites: Sequence[Rewrite],
