@@ -113,6 +113,7 @@ class _Run:
     stop: Callable[[], bool] | None
     rules: RuleBook
     model: LatencyModel | None = None
+    ours_decides: bool = True  # our verifier accepted the original, so its verdicts gate the changes
     began: float = field(default_factory=time.monotonic)
     cache: ProofCache = field(default_factory=ProofCache)
 
@@ -156,9 +157,19 @@ def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOption
     outcome = Outcome(subject, list(subject.insns), start)
     outcome.timeline.append((0.0, slot_count(start.insns)))
     baseline = subject.judge(start, kernel=False)
-    if baseline.ours is False:
-        outcome.notes.append(f"our verifier rejects the original ({baseline.ours_message}); changes are gated "
-                             "by the kernel alone")
+    if baseline.ours is not True:
+        theirs, why = subject.kernel(start)
+        if theirs is not True:
+            outcome.notes.append(f"neither verifier accepts the original (ours: {baseline.ours_message or 'no verdict'};"
+                                 f" the kernel: {why or 'no verdict'}), so no change could be checked: returned "
+                                 "unchanged")
+            outcome.verdicts = Verdicts(baseline.ours, theirs, baseline.ours_message, why)
+            outcome.seconds = run.elapsed()
+            return outcome
+        run.ours_decides = False
+        if baseline.ours is False:
+            outcome.notes.append(f"our verifier rejects the original ({baseline.ours_message}), the kernel "
+                                 "accepts it: changes are gated by the kernel alone")
     try:
         _passes(run, outcome)
         if options.search and options.budget is not None:
@@ -261,9 +272,10 @@ def _try(run: _Run, outcome: Outcome, base: Transformation, rewrites: Sequence[R
 
 
 def _accepted(run: _Run, outcome: Outcome, t: Transformation) -> bool:
-    ours, _ = run.subject.ours(t)
-    if ours is not None:
-        return ours
+    if run.ours_decides:
+        ours, _ = run.subject.ours(t)
+        if ours is not None:
+            return ours
     theirs, _ = run.subject.kernel(t)  # our verifier cannot say: the kernel decides, or nothing changes
     return theirs is True
 
