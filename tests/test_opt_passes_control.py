@@ -4,38 +4,20 @@ unreachable code) and interpreter runs of the program before and after."""
 
 from __future__ import annotations
 
-import random
+from functools import partial
 
-from bpforge import vm
 from bpforge.isa.asm import assemble
 from bpforge.isa.disasm import format_insn
 from bpforge.opt.passes import PASSES, ProgramView, branches, unreachable
 from bpforge.opt.prove import prove_rewrite
 from bpforge.opt.track import apply_rewrites
 
+import pass_checks
+from pass_checks import asm, proposals
 
-def proposals(module, text: str):
-    insns = assemble(text)
-    return insns, module.propose(ProgramView(insns))
-
-
-def asm(rewrite) -> list[str]:
-    return [format_insn(insn) for insn in rewrite.new]
-
-
-def same_runs(before, after, trials: int = 20) -> None:
-    rng = random.Random(3)
-    for _ in range(trials):
-        data = rng.randbytes(64)
-        a = vm.run(vm.from_insns(before), data, "mem")
-        b = vm.run(vm.from_insns(after), data, "mem")
-        assert (a.retval, a.data_out) == (b.retval, b.data_out)
-
-
-def proved(insns, rewrite) -> None:
-    proof = prove_rewrite(insns, rewrite)
-    assert proof.status == "proved", proof.reason
-    same_runs(insns, apply_rewrites(insns, [rewrite]))
+SEED = 3  # the interpreter runs' buffers
+proved = partial(pass_checks.check, seed=SEED)
+same_runs = partial(pass_checks.same_runs, seed=SEED)
 
 
 # ---- branches ------------------------------------------------------------------------------------------------

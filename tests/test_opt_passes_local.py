@@ -4,14 +4,12 @@ the program before and after in the interpreter on random buffers (`mem` program
 
 from __future__ import annotations
 
-import random
+from functools import partial
 
 import pytest
 
-from bpforge import vm
-from bpforge.isa.asm import assemble
 from bpforge.isa.disasm import format_insn
-from bpforge.opt.passes import ProgramView, constprop, copyprop, dce, loads, nops, peephole
+from bpforge.opt.passes import constprop, copyprop, dce, loads, nops, peephole
 from bpforge.opt.prove import prove_rewrite
 from bpforge.opt.rewrite import KnownBits
 from bpforge.opt.track import apply_rewrites
@@ -19,45 +17,13 @@ from bpforge.opt.track import apply_rewrites
 M64 = (1 << 64) - 1
 UPPER = M64 ^ 0xFFFFFFFF
 
+import pass_checks
+from pass_checks import asm, none_at, proposals
 
-def proposals(module, text: str):
-    insns = assemble(text)
-    return insns, module.propose(ProgramView(insns))
-
-
-def asm(rewrite) -> list[str]:
-    return [format_insn(insn) for insn in rewrite.new]
-
-
-def only(module, text: str, start: int | None = None):
-    """The one proposal of `module` on `text` (at `start`, if given), proved, and equal in runs."""
-    insns, found = proposals(module, text)
-    if start is not None:
-        found = [r for r in found if r.start == start]
-    assert len(found) == 1, [(r.start, r.end, asm(r), r.why) for r in found]
-    rewrite = found[0]
-    check(insns, rewrite)
-    return rewrite
-
-
-def check(insns, rewrite) -> None:
-    proof = prove_rewrite(insns, rewrite)
-    assert proof.status == "proved", proof.reason
-    same_runs(insns, apply_rewrites(insns, [rewrite]))
-
-
-def same_runs(before, after, trials: int = 20) -> None:
-    rng = random.Random(7)
-    for _ in range(trials):
-        data = rng.randbytes(64)
-        a = vm.run(vm.from_insns(before), data, "mem")
-        b = vm.run(vm.from_insns(after), data, "mem")
-        assert (a.retval, a.data_out) == (b.retval, b.data_out)
-
-
-def none_at(module, text: str, start: int) -> None:
-    _, found = proposals(module, text)
-    assert not [r for r in found if r.start == start], [(r.start, asm(r), r.why) for r in found if r.start == start]
+SEED = 7  # the interpreter runs' buffers
+only = partial(pass_checks.only, seed=SEED)
+check = partial(pass_checks.check, seed=SEED)
+same_runs = partial(pass_checks.same_runs, seed=SEED)
 
 
 # ---- constprop -----------------------------------------------------------------------------------------------

@@ -198,53 +198,46 @@ class Facts:
         return None if state is None else _constant(state[reg])
 
 
+def _union(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+    return b if a is None else a if b is None else a | b
+
+
+def _per_slot(cfg: ProgramCfg, function: int, entry, join, step, thaw, freeze) -> dict:
+    """A forward problem whose instruction transfer is `step` (in place, on `thaw(value)`), solved on one
+    function and spelt out before every slot a path reaches (`freeze` makes a value comparable again)."""
+    blocks = cfg.blocks
+
+    def transfer(b: int, value):
+        if value is None:
+            return None
+        state = thaw(value)
+        for _, op in blocks[b].ops:
+            step(state, op)
+        return freeze(state)
+
+    out = {}
+    for b, value in solve(cfg, function, Problem(FORWARD, entry, _BOTTOM, join, transfer)).before.items():
+        if value is None:
+            continue
+        state = thaw(value)
+        for slot, op in blocks[b].ops:
+            out[slot] = freeze(state)
+            step(state, op)
+    return out
+
+
 def known_bits(insns: Sequence[Insn], cfg: ProgramCfg | None = None) -> Facts:
     """The facts of `insns` (a linked program: its functions are solved one by one)."""
     if cfg is None:
         cfg = cfg_of_ops(decode_ops(insns))
-    blocks = cfg.blocks
     entry: State = tuple(UNKNOWN for _ in range(REGISTERS))
-
-    def transfer(b: int, value: State | None) -> State | None:
-        if value is None:
-            return None
-        state = list(value)
-        for _, op in blocks[b].ops:
-            step_bits(state, op)
-        return tuple(state)
-
-    def carry(b: int, value: frozenset[int] | None) -> frozenset[int] | None:
-        if value is None:
-            return None
-        holders = set(value)
-        for _, op in blocks[b].ops:
-            step_context(holders, op)
-        return frozenset(holders)
-
-    def union(a, b):
-        return b if a is None else a if b is None else a | b
 
     before: dict[int, State] = {}
     contexts: dict[int, frozenset[int]] = {}
-    problem = Problem(FORWARD, entry, _BOTTOM, _join, transfer)
     for fn in cfg.functions:
-        solution = solve(cfg, fn.index, problem)
-        for b, value in solution.before.items():
-            if value is None:
-                continue
-            state = list(value)
-            for slot, op in blocks[b].ops:
-                before[slot] = tuple(state)
-                step_bits(state, op)
+        before.update(_per_slot(cfg, fn.index, entry, _join, step_bits, list, tuple))
         at_entry = frozenset({1}) if fn.index == 0 else frozenset(range(1, 6))
-        holders_solution = solve(cfg, fn.index, Problem(FORWARD, at_entry, None, union, carry))
-        for b, value in holders_solution.before.items():
-            if value is None:
-                continue
-            holders = set(value)
-            for slot, op in blocks[b].ops:
-                contexts[slot] = frozenset(holders)
-                step_context(holders, op)
+        contexts.update(_per_slot(cfg, fn.index, at_entry, _union, step_context, set, frozenset))
     return Facts(before, contexts)
 
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
-from ..isa import Insn, slot_count
-from ..verifier.window import ProgramSites
+from ..isa import Insn, slot_count, slot_starts
+from ..verifier.window import ProgramSites, window_of
 from .cost import LatencyModel, latency_cost
 from .facts import known_bits
 from .gate import Subject, Verdicts
@@ -134,10 +134,9 @@ class _Run:
         allowed = self.subject.editable
         if allowed is None:
             return None
-        original = self.subject.insns
-        old_slots = [s for s, insn in _slots(original)]
+        old_slots = slot_starts(self.subject.insns)
         out = set()
-        for (slot, insn), origin in zip(_slots(t.insns), t.origins):
+        for slot, insn, origin in zip(slot_starts(t.insns), t.insns, t.origins):
             if origin is None or old_slots[origin] in allowed:
                 out.update(range(slot, slot + insn.slots))
         return frozenset(out)
@@ -236,7 +235,7 @@ def _slower_test(run: _Run, insns: Sequence[Insn]) -> Callable[[Rewrite], bool]:
     model = run.latency_model()
 
     def slower(rewrite: Rewrite) -> bool:
-        before = _window(insns, rewrite.start, rewrite.end)
+        before = window_of(insns, rewrite.start, rewrite.end)
         return latency_cost(rewrite.new, model) > latency_cost(before, model)
 
     return slower
@@ -284,7 +283,7 @@ def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transfor
             rewrites: Sequence[Rewrite], round_number: int) -> None:
     now = run.elapsed()
     for rewrite in rewrites:
-        old = tuple(_window(before.insns, rewrite.start, rewrite.end))
+        old = tuple(window_of(before.insns, rewrite.start, rewrite.end))
         outcome.changes.append(Change(round_number, rewrite.start, old, tuple(rewrite.new), rewrite.why, PROVED, now,
                                       tuple(sorted(rewrite.assumes.items()))))
         if rewrite.why.startswith("search"):  # what the passes find they find again; the search's is worth keeping
@@ -294,23 +293,6 @@ def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transfor
     slots = slot_count(after.insns)
     if slots < outcome.timeline[-1][1]:
         outcome.timeline.append((now, slots))
-
-
-def _slots(insns: Sequence[Insn]) -> list[tuple[int, Insn]]:
-    out, slot = [], 0
-    for insn in insns:
-        out.append((slot, insn))
-        slot += insn.slots
-    return out
-
-
-def _window(insns: Sequence[Insn], start: int, end: int) -> list[Insn]:
-    out, slot = [], 0
-    for insn in insns:
-        if start <= slot < end:
-            out.append(insn)
-        slot += insn.slots
-    return out
 
 
 # ---- the search -----------------------------------------------------------------------------------------------

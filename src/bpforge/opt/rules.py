@@ -53,22 +53,17 @@ def _registers(insn: Insn) -> list[str]:
 def canonical(window: Sequence[Insn], mapping: dict[int, int] | None = None) -> tuple[tuple[Insn, ...], dict[int, int]]:
     """`window` with r1-r9 renamed in order of first appearance (extending `mapping`, real -> canonical)."""
     mapping = dict(mapping or {})
-    out = []
-    for insn in window:
-        changes = {}
-        for name in _registers(insn):
-            reg = getattr(insn, name)
-            if reg in FIXED:
-                continue
-            if reg not in mapping:
-                mapping[reg] = len([r for r in mapping.values() if r not in FIXED]) + 1
-            changes[name] = mapping[reg]
-        out.append(insn.replace(**changes) if changes else insn)
-    return tuple(out), mapping
+    return _rename(window, mapping, extend=True), mapping
 
 
 def _renamed(window: Sequence[Insn], mapping: dict[int, int]) -> tuple[Insn, ...] | None:
     """`window` with registers renamed by `mapping` (None when it names a register the mapping lacks)."""
+    return _rename(window, mapping, extend=False)
+
+
+def _rename(window: Sequence[Insn], mapping: dict[int, int], *, extend: bool) -> tuple[Insn, ...] | None:
+    """`window` with r1-r9 renamed by `mapping`; a register it lacks gets the next canonical number when
+    `extend` (the mapping grows), else the window cannot be renamed (None)."""
     out = []
     for insn in window:
         changes = {}
@@ -77,7 +72,9 @@ def _renamed(window: Sequence[Insn], mapping: dict[int, int]) -> tuple[Insn, ...
             if reg in FIXED:
                 continue
             if reg not in mapping:
-                return None
+                if not extend:
+                    return None
+                mapping[reg] = len([r for r in mapping.values() if r not in FIXED]) + 1
             changes[name] = mapping[reg]
         out.append(insn.replace(**changes) if changes else insn)
     return tuple(out)
