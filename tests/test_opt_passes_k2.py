@@ -15,7 +15,6 @@ from bpforge.opt.facts import known_bits
 from bpforge.opt.passes import PASSES, ProgramView, alu32, loads, nops, peephole
 from bpforge.opt.prove import ProofCache, prove_rewrite
 from bpforge.opt.track import apply_rewrites
-from bpforge.verifier.window import ProgramSites
 
 K2 = Path("/work/shared/bench/k2")
 NAMES = sorted(p.stem for p in K2.glob("*.insns")) if K2.is_dir() else []
@@ -24,20 +23,25 @@ ALL_PASSES = tuple(PASSES) + tuple((name, propose) for name, propose in (
     ("nops", nops.propose), ("loads", loads.propose), ("peephole", peephole.propose)) if name not in dict(PASSES))
 CHECKED_ONLY = (("alu32", alu32.propose),)  # proposals proved, never applied (they save no slot)
 MAX_ROUNDS = 30
+# The program types K2's README gives (which context fields are packet pointers).
+TYPES = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in
+         ((K2 / "README.md").read_text().splitlines() if K2.is_dir() else []) if line.count("|") == 7}
 CACHE = ProofCache()
 
 
-def fixpoint(insns):
+def fixpoint(insns, maps=(), prog_type=None):
     """Rounds of: every proposal proved (a failure is returned), the proved non-overlapping ones that do
-    not grow the program applied together. (final instructions, unproved proposals, rounds)."""
+    not grow the program applied together, with what the pipeline knows (maps, program type, the kinds of
+    memory registers point into). (final instructions, unproved proposals, rounds)."""
     unproved = []
     for rounds in range(MAX_ROUNDS):
-        view = ProgramView(insns)
-        sites, facts = ProgramSites(insns), known_bits(insns)
+        view = ProgramView(insns, maps, prog_type)
+        sites, facts = view.sites, known_bits(insns)
         chosen = []
         for name, propose in ALL_PASSES + CHECKED_ONLY:
             for rewrite in propose(view):
-                proof = prove_rewrite(insns, rewrite, sites=sites, facts=facts, cache=CACHE)
+                proof = prove_rewrite(insns, rewrite, sites=sites, facts=facts, regions=view.regions_at(rewrite.start),
+                                      cache=CACHE)
                 if proof.status != "proved":
                     unproved.append((name, rewrite.start, rewrite.end, [format_insn(i) for i in rewrite.new],
                                      proof.status, proof.reason[:200]))
@@ -52,8 +56,9 @@ def fixpoint(insns):
 @pytest.mark.skipif(not NAMES, reason=f"K2's benchmark programs are not in {K2}")
 @pytest.mark.parametrize("name", NAMES)
 def test_every_proposal_on_k2_programs_is_proved(name):
-    insns = list(load_program(K2 / f"{name}.insns").insns)
-    after, unproved, rounds = fixpoint(insns)
+    loaded = load_program(K2 / f"{name}.insns")
+    insns = list(loaded.insns)
+    after, unproved, rounds = fixpoint(insns, {spec.ref: spec for spec in loaded.maps}, TYPES.get(name))
     assert not unproved, unproved
     assert rounds < MAX_ROUNDS
     assert slot_count(after) < slot_count(insns)

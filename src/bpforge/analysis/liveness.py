@@ -24,6 +24,7 @@ from ..isa.ops import Call
 
 from .cfg import ProgramCfg
 from .dataflow import BACKWARD, Problem, Solution, solve
+from .frame import maps_by_ref, stack_reads
 from .effects import ARGUMENT_REGISTERS, SLOT_SIZE, STACK_SIZE, effects_of
 from .loops import Wto
 
@@ -121,9 +122,12 @@ class Liveness:
 
 
 def liveness(cfg: ProgramCfg, function: int = 0, wto: Wto | None = None,
-             arguments: Mapping[int, int] | None = None) -> Liveness:
+             arguments: Mapping[int, int] | None = None,
+             stack_reads: Mapping[int, frozenset[int]] | None = None) -> Liveness:
     """Liveness in one function. `arguments` (callee entry slot -> mask of r1-r5 it reads, as
-    `argument_uses` computes) narrows what a local call uses; without it a call uses all of r1-r5."""
+    `argument_uses` computes) narrows what a local call uses; without it a call uses all of r1-r5.
+    `stack_reads` (slot -> the stack slots it reads, as `frame.stack_reads` knows them for helper calls and
+    loads through copies of r10) narrows "unknown memory" there to those slots."""
     blocks = cfg.blocks
     table = {}
     for b in cfg.functions[function].blocks:
@@ -131,6 +135,10 @@ def liveness(cfg: ProgramCfg, function: int = 0, wto: Wto | None = None,
             use, kill = use_kill(op)
             if arguments is not None and op.__class__ is Call and op.kind == "local" and op.target in arguments:
                 use = (use & ~_ARGUMENTS) | arguments[op.target]
+            if stack_reads is not None and slot in stack_reads:
+                use &= ~ALL_STACK
+                for offset in stack_reads[slot]:
+                    use |= slot_bit(offset)
             table[slot] = (use, kill)
     summaries = {}
     for b in cfg.functions[function].blocks:
@@ -173,4 +181,11 @@ def argument_uses(cfg: ProgramCfg) -> dict[int, int]:
     return found
 
 
-__all__ = ["argument_uses", "ALL_REGISTERS", "ALL_STACK", "LiveSet", "Liveness", "liveness", "register_bit", "slot_bit", "use_kill"]
+def program_liveness(cfg: ProgramCfg, maps=()) -> dict[int, Liveness]:
+    """Liveness of every function, the stack bytes helper calls and loads through copies of r10 read known
+    exactly where `frame` can tell (`maps`: the program's map specs, by reference or as a list)."""
+    table = maps_by_ref(maps)
+    return {fn.index: liveness(cfg, fn.index, stack_reads=stack_reads(cfg, fn.index, table)) for fn in cfg.functions}
+
+
+__all__ = ["argument_uses", "ALL_REGISTERS", "ALL_STACK", "LiveSet", "Liveness", "liveness", "program_liveness", "register_bit", "slot_bit", "use_kill"]

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 from ..errors import BpforgeError
 from ..isa import Insn, slot_count, slot_starts
-from ..verifier.window import ProgramSites, window_of
+from ..verifier.window import window_of
 from .cost import LatencyModel, latency_cost
-from .facts import known_bits
 from .gate import Subject, Verdicts
 from .passes import PASSES, ProgramView, unreachable
 from .prove import ProofCache, prove_rewrite
@@ -204,9 +203,8 @@ def _passes(run: _Run, outcome: Outcome) -> None:
 def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrite]:
     """The proved, non-overlapping rewrites the passes propose for `t`, in the order proposed."""
     insns = t.insns
-    view = ProgramView(insns)
-    sites = ProgramSites(insns)
-    facts = known_bits(insns)
+    view = ProgramView(insns, run.subject.maps, run.subject.prog_type)
+    sites, facts = view.sites, view.facts
     chosen: list[Rewrite] = []
     editable = run.editable(t)
     slower = _slower_test(run, insns)
@@ -217,8 +215,8 @@ def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrit
                 continue
             if editable is not None and not all(s in editable for s in range(rewrite.start, max(rewrite.end, rewrite.start + 1))):
                 continue
-            proof = prove_rewrite(insns, rewrite, sites=sites, facts=facts, timeout_ms=run.options.timeout_ms,
-                                  cache=run.cache)
+            proof = prove_rewrite(insns, rewrite, sites=sites, facts=facts, regions=view.regions_at(rewrite.start),
+                                  timeout_ms=run.options.timeout_ms, cache=run.cache)
             outcome.proofs += 1
             if proof.status == PROVED:
                 chosen.append(rewrite)
@@ -307,14 +305,15 @@ def _search(run: _Run, outcome: Outcome) -> None:
         if remaining < WINDOW_SECONDS[0] or run.out_of_time():
             return
         t = outcome.transformation
-        sites = ProgramSites(t.insns)
-        facts = known_bits(t.insns)
+        view = ProgramView(t.insns, run.subject.maps, run.subject.prog_type)
+        sites, facts = view.sites, view.facts
         jobs = []
         for w in search_windows(t.insns, editable=run.editable(t), sites=sites):
             known = facts.at(w.start)
             jobs.append(WindowJob(w.start, w.end, tuple(w.site.window()), w.site.live_in,
                                   tuple(sorted(w.site.live_out.items(), key=lambda kv: (kv[0].kind, kv[0].offset))),
-                                  tuple(sorted(known.items())), facts.may_context(w.start)))
+                                  tuple(sorted(known.items())), facts.may_context(w.start),
+                                  tuple(sorted(view.regions_at(w.start).items()))))
         if not jobs:
             return
         jobs.sort(key=lambda job: spent.get(_job_key(job), 0.0))

@@ -7,7 +7,7 @@ give the same answer wherever they occur), so rounds that propose the same rewri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..analysis.cfg import cfg_of_ops
@@ -39,10 +39,11 @@ class ProofCache:
 
 
 def prove_rewrite(insns: Sequence[Insn], rewrite: Rewrite, *, sites: ProgramSites | None = None,
-                  facts: Facts | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                  cache: ProofCache | None = None) -> Proof:
+                  facts: Facts | None = None, regions: Mapping[int, str] | None = None,
+                  timeout_ms: int = DEFAULT_TIMEOUT_MS, cache: ProofCache | None = None) -> Proof:
     """Whether `rewrite` keeps `insns` equivalent. `sites` and `facts` of `insns`, when the caller has them
-    (they cost what the program costs; a round proves many rewrites of one program)."""
+    (they cost what the program costs; a round proves many rewrites of one program). `regions`: the kinds of
+    memory registers point into at the window's start (`ProgramView.regions_at`)."""
     if rewrite.unreachable:
         return _unreachable(insns, rewrite)
     facts = facts if facts is not None else known_bits(insns)
@@ -60,13 +61,13 @@ def prove_rewrite(insns: Sequence[Insn], rewrite: Rewrite, *, sites: ProgramSite
     original = tuple(site.window())
     key = (original, tuple(rewrite.new), frozenset(site.live_out.items()), frozenset(rewrite.assumes.items()))
     contexts = facts.may_context(rewrite.start)
-    key = key + (contexts,)
+    key = key + (contexts, frozenset((regions or {}).items()))
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
             return cached
     proof = prove_equivalent(original, rewrite.new, site.live_out, rewrite.assumes, contexts=contexts,
-                             landing=_landing(sites, rewrite), timeout_ms=timeout_ms)
+                             landing=_landing(sites, rewrite), regions=regions, timeout_ms=timeout_ms)
     if cache is not None:
         cache.put(key, proof)
     return proof

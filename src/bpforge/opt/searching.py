@@ -35,6 +35,7 @@ class WindowJob:
     live_out: tuple[tuple[ExitTarget, int], ...]
     assumes: tuple[tuple[int, KnownBits], ...]
     contexts: frozenset[int] = frozenset(range(10))  # registers that may hold the context at entry
+    regions: tuple[tuple[int, str], ...] = ()  # registers known to point into one kind of memory at entry
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _run_batch(batch: _Batch, stop: Callable[[], bool]) -> list[Found]:
 
         def prove(candidate: tuple[Insn, ...], job=job, live_out=live_out, assumes=assumes) -> Proof:
             return prove_equivalent(job.window, candidate, live_out, assumes, contexts=job.contexts,
-                                    timeout_ms=batch.timeout_ms)
+                                    regions=dict(job.regions), timeout_ms=batch.timeout_ms)
 
         task = SearchTask(job.window, job.live_in, live_out, assumes, batch.prog_type)
         result = search(task, budget=batch.seconds_each, seed=batch.seed * 7919 + job.start * 31 + n,

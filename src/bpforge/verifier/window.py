@@ -40,7 +40,7 @@ from functools import cached_property, lru_cache
 
 from ..analysis.cfg import cfg_of_ops, function_entries
 from ..analysis.effects import effects_of
-from ..analysis.liveness import liveness
+from ..analysis.liveness import program_liveness
 from ..elf.edit import splice
 from ..elf.model import ProgramSection
 from ..errors import BpforgeError
@@ -545,14 +545,15 @@ class WindowSite:
 
 
 class ProgramSites:
-    """The whole-program facts windows of one program need, computed once: its CFG and liveness, the
-    predecessors of every slot, the callers of every function. `site(start, end)` for each window."""
+    """The whole-program facts windows of one program need, computed once: its CFG and liveness (with the
+    stack bytes helpers read known from `maps`, the program's map specs by reference), the predecessors of
+    every slot, the callers of every function. `site(start, end)` for each window."""
 
-    def __init__(self, insns: Sequence[Insn]) -> None:
+    def __init__(self, insns: Sequence[Insn], maps: Mapping[int, MapSpec] | Sequence[MapSpec] = ()) -> None:
         self.insns = list(insns)
         self.ops = decode_ops(self.insns)
         self.cfg = cfg_of_ops(self.ops)
-        self.live = {fn.index: liveness(self.cfg, fn.index) for fn in self.cfg.functions}
+        self.live = program_liveness(self.cfg, maps)
         self.successors: dict[int, tuple[int, ...]] = {}
         self.predecessors: dict[int, list[int]] = {}
         for slot, op in enumerate(self.ops):

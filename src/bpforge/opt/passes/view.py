@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from functools import cached_property
 
 from ...analysis.cfg import ProgramCfg, cfg_of_ops
-from ...analysis.liveness import Liveness, liveness
+from ...analysis.frame import Frame, Region, frame_states
+from ...analysis.liveness import Liveness, program_liveness
 from ...isa import Insn, slot_starts
 from ...isa.ops import Op, decode_ops
 from ...verifier.window import ProgramSites
@@ -15,8 +16,10 @@ from ..facts import Facts, known_bits
 
 
 class ProgramView:
-    def __init__(self, insns: Sequence[Insn]) -> None:
+    def __init__(self, insns: Sequence[Insn], maps=(), prog_type: str | None = None) -> None:
         self.insns = list(insns)
+        self.maps = maps  # the program's map specs (by reference or as a list): what helpers read of the stack
+        self.prog_type = prog_type  # which context fields hold packet pointers
         self.ops: list[Op | None] = decode_ops(self.insns)
         self.starts = slot_starts(self.insns)
         self.index = {slot: i for i, slot in enumerate(self.starts)}
@@ -24,7 +27,26 @@ class ProgramView:
 
     @cached_property
     def liveness(self) -> dict[int, Liveness]:
-        return {fn.index: liveness(self.cfg, fn.index) for fn in self.cfg.functions}
+        return program_liveness(self.cfg, self.maps)
+
+    @cached_property
+    def frames(self) -> dict[int, tuple]:
+        """Slot -> what each register points into there (`analysis.frame`), every function."""
+        out: dict[int, tuple] = {}
+        for fn in self.cfg.functions:
+            out.update(frame_states(self.cfg, fn.index, self.prog_type))
+        return out
+
+    def regions_at(self, slot: int) -> dict[int, str]:
+        """The registers known at `slot` to point into one kind of memory: register -> "stack", "packet",
+        "map_value" or "ctx" (what the prover may assume apart)."""
+        out = {}
+        for n, value in enumerate(self.frames.get(slot, ())):
+            if isinstance(value, Frame):
+                out[n] = "stack"
+            elif isinstance(value, Region):
+                out[n] = value.kind
+        return out
 
     @cached_property
     def facts(self) -> Facts:
@@ -32,7 +54,7 @@ class ProgramView:
 
     @cached_property
     def sites(self) -> ProgramSites:
-        return ProgramSites(self.insns)
+        return ProgramSites(self.insns, self.maps)
 
     @cached_property
     def jump_targets(self) -> frozenset[int]:
