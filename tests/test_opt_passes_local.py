@@ -265,3 +265,10 @@ def test_alu32_leaves_what_the_upper_half_may_change(text):
 
     insns, found = proposals(alu32, text)
     assert [r for r in found if r.start == len(insns) - 3] == []
+
+
+def test_copyprop_reaches_a_jump_and_a_store_base_through_the_copy():
+    r = only(copyprop, "r2 = *(u64 *)(r1 + 0)\nr3 = r2\nif r3 > 5 goto +1\nr2 = 0\nr0 = r2\nexit", start=1)
+    assert asm(r)[-1] == "if r2 > 5 goto +1"
+    r = only(copyprop, "r2 = *(u64 *)(r1 + 0)\nr3 = r1\n*(u64 *)(r3 + 8) = r2\nr0 = 0\nexit", start=1)
+    assert asm(r)[-1] == "*(u64 *)(r1 + 8) = r2"

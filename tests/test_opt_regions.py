@@ -1,7 +1,8 @@
 """Memory kinds in proofs (K2's memory-type concretization): accesses through pointers into different kinds of
 memory (stack, packet, map value, context) that both happen are apart, so a copy from a map value into the
 packet may be reordered and widened — and nothing is assumed where the kinds are the same or unknown. The
-copies pass end to end on an XDP program with a filled map: proved, kernel-accepted, same packets out."""
+moves pass widening such a copy end to end on an XDP program with a filled map: proved, kernel-accepted,
+same packets out."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_an_access_that_does_not_happen_buys_nothing():
     assert proof.counterexample.registers[0] == proof.counterexample.registers[7]
 
 
-# ---- the copies pass end to end ------------------------------------------------------------------------------
+# ---- the moves pass end to end ------------------------------------------------------------------------------
 
 LOOKUP = helper_id("map_lookup_elem")
 PROGRAM = f"""
@@ -118,10 +119,10 @@ def _vm_out(insns, frame):
     return result.retval, result.data_out
 
 
-def test_the_copies_pass_widens_a_mac_copy_and_keeps_what_the_program_does(tmp_path):
+def test_the_moves_pass_widens_a_mac_copy_and_keeps_what_the_program_does(tmp_path):
     loaded = _k2_trio(tmp_path)
     report = optimize_loaded(loaded, OptimizeOptions(search=False, jobs=1))
-    assert any(c.why.startswith("copies") and c.proof == "proved" for c in report.outcome.changes), \
+    assert any(c.why.startswith("moves") and c.proof == "proved" for c in report.outcome.changes), \
         [c.why for c in report.outcome.changes]
     assert report.after <= report.before - 2
     original, optimized = report.outcome.original, report.outcome.insns

@@ -5,10 +5,11 @@ Every error names the file (and where known the section, slot, line and column),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import elf
+from ..analysis.inner_maps import inner_templates
 from ..errors import BpforgeError, DecodeError, FormatError
 from ..files import read_input
 from ..isa import Insn, Relocation, check_targets, decode, parse
@@ -133,7 +134,17 @@ def _load_k2(data: bytes, filename: str, section: str | None) -> LoadedProgram:
         _check_map_refs(insns, maps, maps_path)
     except BpforgeError as err:
         raise err.at(file=str(insns_path)) from None
-    return _single(filename, "k2", insns, maps=maps, k2=desc)
+    return _single(filename, "k2", insns, maps=_with_inner_maps(insns, maps), k2=desc)
+
+
+def _with_inner_maps(insns: list[Insn], maps: list[MapSpec]) -> list[MapSpec]:
+    """K2's .maps name no inner map for a map of maps: take the ordinary map the program uses in its place
+    (`analysis.inner_maps`) as the template, so the kernel can create the outer map and a verifier can
+    type what its lookups return."""
+    templates = inner_templates(insns, maps)
+    by_ref = {spec.ref: spec for spec in maps}
+    return [replace(spec, inner=replace(by_ref[templates[spec.ref]], ref=None))
+            if spec.inner is None and spec.ref in templates else spec for spec in maps]
 
 
 def _k2_file(path: Path, parser):

@@ -241,31 +241,52 @@ def _slower_test(run: _Run, insns: Sequence[Insn]) -> Callable[[Rewrite], bool]:
 
 def _apply_gated(run: _Run, outcome: Outcome, t: Transformation, rewrites: Sequence[Rewrite],
                  round_number: int) -> bool:
-    """Apply `rewrites` (all of `t`) if our verifier accepts the result; else one at a time, from the last
-    slot to the first (so the others' slots stay right), each kept when accepted. Whether anything changed."""
-    if _try(run, outcome, t, rewrites, round_number):
+    """Apply `rewrites` (all of `t`) if our verifier accepts the result; else halves of them, recursively,
+    the later slots first (so the earlier ones' slots stay right), each part kept when accepted: a few bad
+    rewrites among many cost a few verifier runs each, not one run per rewrite. Whether anything changed."""
+    if _try(run, outcome, t, rewrites, round_number) is not None:
         return True
-    changed = False
-    for rewrite in sorted(rewrites, key=lambda r: r.start, reverse=True):
-        changed |= _try(run, outcome, outcome.transformation, [rewrite], round_number)
+    changed, _ = _halves(run, outcome, sorted(rewrites, key=lambda r: r.start, reverse=True), round_number)
     return changed
 
 
-def _try(run: _Run, outcome: Outcome, base: Transformation, rewrites: Sequence[Rewrite], round_number: int) -> bool:
+def _halves(run: _Run, outcome: Outcome, group: list[Rewrite], round_number: int) -> tuple[bool, bool]:
+    """(whether anything changed, whether the slots of rewrites below `group` may have moved): then the
+    caller stops, and the next round proposes again what is left."""
+    changed = False
+    half = (len(group) + 1) // 2
+    parts = [group[:half], group[half:]] if len(group) > 1 else []
+    for n, part in enumerate(parts):
+        if not part or run.out_of_time():
+            break
+        pruned_from = _try(run, outcome, outcome.transformation, part, round_number)
+        if pruned_from is None:
+            part_changed, moved = _halves(run, outcome, part, round_number)
+            changed |= part_changed
+        else:
+            changed, moved = True, pruned_from < part[-1].start
+        if moved:
+            return changed, True
+    return changed, False
+
+
+def _try(run: _Run, outcome: Outcome, base: Transformation, rewrites: Sequence[Rewrite],
+         round_number: int) -> float | None:
     """`rewrites` applied to `base`, with the code they leave unreachable removed at once (the kernel refuses
-    unreachable instructions, so the two can only be judged together); kept if the gate accepts."""
+    unreachable instructions, so the two can only be judged together); kept if the gate accepts. None when
+    not kept, else the first slot the removal of unreachable code touched (infinity: none)."""
     try:
         step = base.apply(rewrites)
     except BpforgeError:  # a jump the layout cannot encode: not this batch
-        return False
+        return None
     pruned = unreachable.propose(ProgramView(step.insns))
     final = step.apply(pruned) if pruned else step
     if not _accepted(run, outcome, final):
-        return False
+        return None
     _record(run, outcome, base, step, rewrites, round_number)
     if pruned:
         _record(run, outcome, step, final, pruned, round_number)
-    return True
+    return min((r.start for r in pruned), default=float("inf"))
 
 
 def _accepted(run: _Run, outcome: Outcome, t: Transformation) -> bool:

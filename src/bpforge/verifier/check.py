@@ -33,7 +33,7 @@ from ..isa import FORMS, Insn
 from ..isa.ctx_access import ctx_access, known_types
 from ..isa.helper_sets import helper_allowed
 from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_IDS, HELPER_SIGNATURES, helper_name
-from ..isa.maptypes import BPF_F_RDONLY_PROG, MapSpec
+from ..isa.maptypes import BPF_F_RDONLY_PROG, MAP_IN_MAP_TYPES, MapSpec
 from ..isa.numbers import s64
 from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_ops, following
 from ..isa.progtypes import return_range
@@ -914,6 +914,11 @@ class _Helpers:
             return Reg("ringbuf_mem_or_null", size=alloc_size)
         if ret in _SOCKET_RESULTS:
             return Reg(_SOCKET_RESULTS[ret], id=self.walk.new_id())
+        if ret == "ptr_to_map_value_or_null" and spec is not None and spec.type_name in MAP_IN_MAP_TYPES:
+            # An outer map's values are maps: the result is a map of the inner template's shape, or NULL.
+            if spec.inner is None:
+                raise Unsupported(f"{name} on {spec.name}, a map of maps whose inner map is not known")
+            return Reg("map_ptr_or_null", map=spec.inner, id=self.walk.new_id())
         if ret == "ptr_to_map_value_or_null":
             return Reg("map_value_or_null", map=spec, id=self.walk.new_id())
         if ret == "ptr_to_map_value":

@@ -21,15 +21,16 @@ from .format import format_scalar
 from .scalar import Scalar
 
 ZERO = Scalar.known(0)
-POINTER_KINDS = frozenset({"ctx", "fp", "pkt", "pkt_end", "pkt_meta", "map_ptr", "map_value", "map_value_or_null",
+POINTER_KINDS = frozenset({"ctx", "fp", "pkt", "pkt_end", "pkt_meta", "map_ptr", "map_ptr_or_null", "map_value",
+                           "map_value_or_null",
                            "flow_keys", "sock_common_or_null", "sock_or_null", "func", "mem", "mem_or_null",
                            "ringbuf_mem", "ringbuf_mem_or_null", "sock", "sock_common", "tcp_sock",
                            "tcp_sock_or_null"})
 MEMORY_KINDS = frozenset({"mem", "ringbuf_mem"})  # PTR_TO_MEM: `size` bytes
 SOCKET_KINDS = frozenset({"sock", "sock_common", "tcp_sock"})
 PACKET_KINDS = frozenset({"pkt", "pkt_meta"})
-NULLABLE = {"map_value_or_null": "map_value", "sock_common_or_null": "sock_common", "sock_or_null": "sock",
-            "mem_or_null": "mem", "ringbuf_mem_or_null": "ringbuf_mem", "tcp_sock_or_null": "tcp_sock"}
+NULLABLE = {"map_value_or_null": "map_value", "map_ptr_or_null": "map_ptr", "sock_common_or_null": "sock_common",
+            "sock_or_null": "sock", "mem_or_null": "mem", "ringbuf_mem_or_null": "ringbuf_mem", "tcp_sock_or_null": "tcp_sock"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +90,9 @@ def describe(reg: Reg) -> str:
         parts.append(f"id={reg.id}")
     if reg.ref:
         parts.append(f"ref_obj_id={reg.ref}")
-    if reg.map is not None and reg.kind in ("map_ptr", "map_value", "map_value_or_null"):
+    if reg.map is not None and reg.kind in ("map_ptr", "map_ptr_or_null", "map_value", "map_value_or_null"):
         parts.append(f"map={reg.map.name}")
-        if reg.kind != "map_ptr":
+        if reg.kind not in ("map_ptr", "map_ptr_or_null"):
             parts.append(f"ks={reg.map.key_size},vs={reg.map.value_size}")
     if reg.off:
         parts.append(f"off={reg.off}")

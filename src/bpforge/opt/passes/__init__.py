@@ -8,7 +8,7 @@ what removes instructions outright first, then what makes more of them removable
 from __future__ import annotations
 
 from . import (
-    alu32, atomics, branches, bytes, constprop, copies, copyprop, dce, loads, moves, nops, peephole, stores, unreachable,
+    alu32, atomics, branches, bytes, constprop, copyprop, dce, loads, moves, nops, peephole, stores, unreachable,
 )
 from .view import ProgramView
 
@@ -19,7 +19,6 @@ PASSES = (
     ("stores", stores.propose),
     ("bytes", bytes.propose),
     ("moves", moves.propose),
-    ("copies", copies.propose),
     ("branches", branches.propose),
     ("constprop", constprop.propose),
     ("copyprop", copyprop.propose),

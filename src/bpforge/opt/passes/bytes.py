@@ -1,6 +1,7 @@
 """Byte-wise accesses clang leaves for unaligned or byte-order code, joined into one wider access:
-- two byte loads, a shift and an or (`a = *(u8 *)(p + o); c = *(u8 *)(p + o + 1); c <<= 8; c |= a`, the
-  other register dead after) -> one 2-byte load (memory is little-endian);
+- two loads of n bytes, a shift and an or (`a = *(u8 *)(p + o); c = *(u8 *)(p + o + 1); c <<= 8; c |= a`,
+  or the high half loaded and shifted first; the other register dead after) -> one 2n-byte load (memory is
+  little-endian): u8 pairs, u16 pairs, and the two u32 halves of an IPv6 address word;
 - stores of a value's bytes, or of its halves, at consecutive offsets (`*(u8 *)(p + 4) = r1; r1 >>= 8;
   *(u8 *)(p + 5) = r1`) -> one store of the register holding the whole value, placed at the first of them
   (nothing in between may read memory, and the pointer may not change).
@@ -17,17 +18,30 @@ from .build import store
 from .view import ProgramView
 
 
+_WIDER = {1: "ldx16", 2: "ldx32", 4: "ldx64"}
+
+
 def _load_pair(view: ProgramView, slots: list[int]) -> Rewrite | None:
+    """Two loads of `n` bytes at adjacent offsets, the higher one shifted left by 8n and or-ed into the other
+    (in either order: both loads first, or the high one loaded and shifted before the low one): one load of
+    2n bytes into the or's destination, when the other register is dead after."""
     ops = [view.ops[s] for s in slots]
-    first, second, shift, join = ops
-    if not (isinstance(first, Load) and isinstance(second, Load) and first.size == second.size == 1
+    if isinstance(ops[1], Load):
+        first, second, shift, join = ops
+    else:
+        first, shift, second, join = ops
+    if not (isinstance(first, Load) and isinstance(second, Load) and first.size == second.size in _WIDER
             and not first.signed and not second.signed and first.base == second.base):
         return None
-    low, high = (first, second) if second.off == first.off + 1 else (second, first) if first.off == second.off + 1 \
+    n = first.size
+    low, high = (first, second) if second.off == first.off + n else (second, first) if first.off == second.off + n \
         else (None, None)
     if low is None or len({low.dst, high.dst, low.base}) != 3:
         return None
-    if not (isinstance(shift, Alu) and shift.op == "lsh" and shift.dst == high.dst and shift.src == Imm(8)):
+    if shift is ops[1] and high is not first:
+        return None  # a shift between the loads must be of the first one loaded
+    if not (isinstance(shift, Alu) and shift.op == "lsh" and shift.width == 64 and shift.dst == high.dst
+            and shift.src == Imm(8 * n)):
         return None
     if not (isinstance(join, Alu) and join.op == "or" and join.width == 64 and isinstance(join.src, Reg)
             and {join.dst, join.src.n} == {low.dst, high.dst}):
@@ -35,11 +49,11 @@ def _load_pair(view: ProgramView, slots: list[int]) -> Rewrite | None:
     other = low.dst if join.dst == high.dst else high.dst
     if view.live_after(slots[-1]) >> other & 1:
         return None
-    if low.base == 10 and low.off % 2:
+    if low.base == 10 and low.off % (2 * n):
         return None
-    insn = Insn.make("ldx16", dst=join.dst, src=low.base, off=low.off)
+    insn = Insn.make(_WIDER[n], dst=join.dst, src=low.base, off=low.off)
     return Rewrite(slots[0], view.next_slot(slots[-1]), (insn,),
-                   f"bytes: two byte loads at r{low.base}{low.off:+d} as one u16")
+                   f"bytes: two u{8 * n} loads at r{low.base}{low.off:+d} as one u{16 * n}")
 
 
 def _token_moves(op, values: dict, slot: int) -> None:

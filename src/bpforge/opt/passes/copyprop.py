@@ -1,5 +1,5 @@
 """Copy propagation: after `rA = rB`, a later read of rA in the same block (neither register written in
-between) reads rB instead, so the copy may die (dce removes it). The window runs from the copy to the
+between; the reader does not write rA either) reads rB instead, so the copy may die (dce removes it). The window runs from the copy to the
 instruction that reads, so the proof needs no fact from elsewhere."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ _REGISTER_FIELDS = ("dst", "src")
 MAX_DISTANCE = 8
 
 
-def _reads_through(insn, a: int, b: int):
-    """`insn` reading rB where it read rA as a source (not as the register it writes), or None."""
-    operands = insn.form.operands
-    if "src" in operands and insn.src == a:
-        return insn.replace(src=b)
-    return None
+def _reads_through(insn, op, a: int, b: int):
+    """`insn` reading rB where it read rA (as a source, a comparison's left side, a store's base), or None
+    where it also writes rA."""
+    fx = effects_of(op)
+    if a not in fx.reads or a in fx.writes | fx.clobbers:
+        return None
+    fields = {f: b for f in _REGISTER_FIELDS if f in insn.form.operands and getattr(insn, f) == a}
+    return insn.replace(**fields) if fields else None
 
 
 def propose(view: ProgramView) -> list[Rewrite]:
@@ -36,7 +38,7 @@ def propose(view: ProgramView) -> list[Rewrite]:
             if s >= len(view.ops) or not view.same_block(slot, s) or view.ops[s] is None:
                 break
             insn = view.insn_at(s)
-            new = _reads_through(insn, a, b)
+            new = _reads_through(insn, view.ops[s], a, b)
             if new is not None:
                 window = [view.insn_at(t) for t in range(slot, s) if view.ops[t] is not None]
                 rewrite = Rewrite(slot, view.next_slot(s), tuple(window + [new]),
