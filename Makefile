@@ -42,7 +42,7 @@ tools:
 
 $(STAMP): pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,report]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,report,jit]'
 	touch $@
 
 test: setup
@@ -92,6 +92,9 @@ demo: setup
 	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine fast
 	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine interp --dump-maps | head -n 6
 	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine kernel || echo "(no kernel engine here)"
+	@echo "jit: native x86-64 code for xdp_counter, listed under the BPF instruction each part came from, then run"
+	$(BPFORGE) jit examples/obj/xdp_counter.o --arch x86_64 -o $(DEMO)/xdp_counter.x86_64 | head -n 24
+	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine jit --repeat 100000
 
 clean:
 	rm -rf build

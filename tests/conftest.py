@@ -41,6 +41,23 @@ def compile_cases(out: Path, stem: str, source: str, cases) -> dict:
     return built
 
 
+def code_runner(arch: str, mode: str, first_register: str):
+    """run(code, n): execute `code` under unicorn from a fresh mapping and give register n (numbered from
+    `first_register` in unicorn's constants, e.g. "arm64_const.UC_ARM64_REG_X0"). Skips without unicorn."""
+    unicorn = pytest.importorskip("unicorn", reason="unicorn is not installed (pip install 'bpforge[jit]')")
+    module, name = first_register.split(".")
+    base = getattr(getattr(__import__(f"unicorn.{module}"), module), name)
+
+    def run(code: bytes, reg: int) -> int:
+        uc = unicorn.Uc(getattr(unicorn, arch), getattr(unicorn, mode))
+        uc.mem_map(0x10000, 0x1000)
+        uc.mem_write(0x10000, code)
+        uc.emu_start(0x10000, 0x10000 + len(code))
+        return uc.reg_read(base + reg)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def kernel():
     """The running kernel's bpf(); skips where it cannot be used."""

@@ -205,7 +205,7 @@ def test_run_time_fault_names_file_and_insn(tmp_path, capsys):
 
 def test_bad_run_arguments_raise_the_library_error():
     prog = bpforge.load(EXAMPLES / "asm" / "mem_sum.s", prog_type="mem")
-    for options, words in [({"engine": "jit"}, "unknown engine"), ({"repeat": 0}, "between 1 and"),
+    for options, words in [({"engine": "gpu"}, "unknown engine"), ({"repeat": 0}, "between 1 and"),
                            ({"engine": "kernel"}, "only in the VM engines"),
                            ({"preload": {"nomap": []}}, "no map named 'nomap'")]:
         with pytest.raises(bpforge.BpforgeError, match=words) as err:

@@ -54,7 +54,7 @@ def test_map_preload_and_dump(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--type", "mem"], "exactly one of --data"),
     (["--type", "mem", "--data", "zz"], "hex"),
-    (["--type", "mem", "--data", "00", "--engine", "jit"], "unknown engine"),
+    (["--type", "mem", "--data", "00", "--engine", "gpu"], "unknown engine"),
     (["--type", "mem", "--data", "00", "--map", "nomap"], "NAME=FILE"),
 ])
 def test_run_bad_input(tmp_path, args, words):

@@ -21,7 +21,14 @@ from bpforge.isa.maptypes import MapSpec
 from bpforge.errors import BpforgeError
 from bpforge.isa.maptypes import MAP_TYPE_IDS, MapError
 
-ENGINES = ("interp", "fast", "kernel")
+def _engines() -> tuple[str, ...]:
+    from bpforge.jit.native import native_available
+
+    return ("interp", "fast") + (("jit",) if native_available() is None else ()) + ("kernel",)
+
+
+# The jit engine runs what our verifier accepts as verified native code (with its facts), the rest sandboxed.
+ENGINES = _engines()
 
 
 def md(type_name: str, key_size: int = 4, value_size: int = 4, max_entries: int = 4, flags: int = 0,
@@ -68,14 +75,25 @@ def _possible_cpus() -> int:
     return possible_cpus()
 
 
+def _jit_session(program, facts):
+    from bpforge.jit.native import JitSession
+
+    verified = facts is not None and facts.accepted
+    return JitSession(not verified, lambda p: (facts.ctx_fields, facts.checked) if p is program else None)
+
+
 def _vm_run(program, named_maps, engine: str, data: bytes, prog_type: str, ctx: bytes | None, repeat: int,
-            machine_options: Mapping | None) -> Outcome:
+            machine_options: Mapping | None, facts=None) -> Outcome:
     from bpforge import vm
 
     machine = vm.Machine(program, cpu=RUN_CPU, **(machine_options or {}))
     try:
         if engine == "interp":
             result = machine.run(data, prog_type, ctx, repeat)
+        elif engine == "jit":
+            from bpforge.jit.native import run_native
+
+            result = run_native(machine, _jit_session(program, facts), data, prog_type, ctx, repeat)
         else:
             result = vm.run_fast(machine, data, prog_type, ctx, repeat)
     except BpforgeError as err:
@@ -91,6 +109,7 @@ def run_asm(text: str, prog_type: str, data: bytes, *, maps: Iterable[MapSpec] =
     ((map index, key, syscall value)) applied; `prepare(index, map)` may fill a map further."""
     from bpforge import vm
     from bpforge.isa.asm import parse
+    from bpforge.jit.facts import facts_of_insns
     from bpforge.vm.maps import create_map
 
     insns = parse(text).sections[0].insns
@@ -108,9 +127,20 @@ def run_asm(text: str, prog_type: str, data: bytes, *, maps: Iterable[MapSpec] =
         for i, key, value in setup:
             vmaps[i].update(key, value)
         program = vm.from_insns(insns, vmaps)
+        facts = _facts(lambda: facts_of_insns(insns, prog_type, defs)) if engine == "jit" else None
         out[engine] = _vm_run(program, [(d.name, m) for d, m in zip(defs, vmaps)], engine, data, prog_type, ctx,
-                              repeat, machine_options)
+                              repeat, machine_options, facts)
     return out
+
+
+def _facts(make):
+    """Our verifier's facts for the jit engine; None (sandboxed) where it cannot tell."""
+    from bpforge.errors import BpforgeError
+
+    try:
+        return make()
+    except BpforgeError:
+        return None
 
 
 def _kernel_asm(insns, prog_type, data, defs, setup, ctx, repeat, prepare) -> Outcome:
@@ -150,6 +180,7 @@ def run_object(path: Path, data: bytes, *, section: str | None = None, prog_type
     """An object's program (linked and loaded as libbpf would) run in each engine on fresh maps."""
     from bpforge import vm
     from bpforge.formats import load_program
+    from bpforge.jit.facts import facts_of
 
     out: dict[str, Outcome] = {}
     for engine in engines:
@@ -166,7 +197,8 @@ def run_object(path: Path, data: bytes, *, section: str | None = None, prog_type
                 prepare(name, m)
             for key, value in (setup or {}).get(name, ()):
                 m.update(key, value)
-        out[engine] = _vm_run(program, named, engine, data, ptype, ctx, repeat, None)
+        facts = _facts(lambda: facts_of(loaded)) if engine == "jit" else None
+        out[engine] = _vm_run(program, named, engine, data, ptype, ctx, repeat, None, facts)
     return out
 
 

@@ -17,6 +17,7 @@ from .runner import DEFAULT_TIME_BUDGET, RunReport, run_loaded
 from .views import Info, disasm_rows, disasm_text, info_of
 
 if TYPE_CHECKING:
+    from .jit.listing import JitListing
     from .opt.report import OptimizeReport
     from .verifier.report import VerifyReport
 
@@ -81,9 +82,11 @@ class Program:
     def run(self, data: bytes = b"", *, engine: str = "fast", repeat: int = 1, ctx: bytes | None = None,
             preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None, dump_maps: bool = False,
             seed: int = 0, budget: int | None = None, time_budget: float | None = DEFAULT_TIME_BUDGET,
-            progress: Callable[[int, int], None] | None = None) -> RunReport:
+            progress: Callable[[int, int], None] | None = None, arch: str = "x86_64",
+            sandbox: bool = False) -> RunReport:
         """Run the program `repeat` times on one input as BPF_PROG_TEST_RUN does, in the fast tier, the
-        reference interpreter or the kernel (root). The report is what `bpforge run --json` prints
+        reference interpreter, the JIT (`engine="jit"`: native x86-64; `sandbox` checks every access, for
+        programs our verifier does not accept) or the kernel (root). The report is what `bpforge run --json` prints
         (`RunReport.as_json()`).
 
         `ctx`: the context bytes (xdp_md, __sk_buff, ...); `preload`: map name -> (key, value) entries to
@@ -97,7 +100,7 @@ class Program:
         try:
             return run_loaded(self.loaded, data, engine=engine, repeat=repeat, ctx=ctx, preload=preload,
                               dump_maps=dump_maps, seed=seed, budget=budget, time_budget=time_budget,
-                              progress=progress)
+                              progress=progress, arch=arch, sandbox=sandbox)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
@@ -113,6 +116,26 @@ class Program:
 
         try:
             return verify_loaded(self.loaded, kernel=kernel, budget=budget, progress=progress)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
+    def jit(self, *, arch: str = "x86_64", sandbox: bool = False, output: str | Path | None = None) -> JitListing:
+        """The program compiled by the JIT for `arch`, as `bpforge jit` lists it (`.text()`, `.as_json()`):
+        every native instruction under the BPF instruction it came from. Verified (our verifier's facts,
+        accesses unchecked) unless `sandbox`; `output`: write the image (raw code) and `output`.json (entry
+        points, relocations, control-block layout)."""
+        from . import vm
+        from .jit import compile_program, plan
+        from .jit.listing import listing, write_image
+
+        try:
+            facts = plan(self.loaded, sandbox=sandbox)
+            program = vm.from_loaded(self.loaded)
+            image = compile_program(program, facts, arch=arch)
+            mode = "sandbox" if facts is None else "verified"
+            if output is not None:
+                write_image(image, str(output), mode)
+            return listing(image, program.insns, mode)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 

@@ -111,7 +111,11 @@ def info(prog: Prog, section: Section = None, prog_type: ProgType = None, json_o
 def run(prog: Prog,
         data: Annotated[str | None, typer.Option("--data", metavar="HEX", help="Packet (or memory) bytes in hex.")] = None,
         data_file: Annotated[str | None, typer.Option("--data-file", metavar="FILE", help="Packet bytes from a file.")] = None,
-        engine: Annotated[str, typer.Option(help="fast (compiled interpreter), interp (reference) or kernel.")] = "fast",
+        engine: Annotated[str, typer.Option(help="fast (compiled interpreter), interp (reference), jit (native code) "
+                                            "or kernel.")] = "fast",
+        arch: Annotated[str, typer.Option(help="The jit engine's architecture.")] = "x86_64",
+        sandbox: Annotated[bool, typer.Option("--sandbox", help="jit: check every memory access (programs our "
+                                              "verifier does not accept).")] = False,
         repeat: Annotated[int, typer.Option(help="Runs on the same input; maps carry over, time is averaged.")] = 1,
         ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context (xdp_md / __sk_buff) in hex.")] = None,
         map_files: Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE",
@@ -136,7 +140,8 @@ def run(prog: Prog,
     with _progress(f"running {program.name or prog}", repeat, engine) as progress:
         report = program.run(packet, engine=engine, repeat=repeat,
                              ctx=_hex(ctx, "--ctx") if ctx is not None else None, preload=preload,
-                             dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress)
+                             dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress, arch=arch,
+                             sandbox=sandbox)
     if report.stopped:
         why = f"--budget of {budget:g} s reached" if report.stopped == "budget" else "interrupted"
         _note(f"{prog}: stopped after {report.repeat} of {report.requested} runs ({why}); the results are "
@@ -229,6 +234,25 @@ def _verify_progress(what: str):
                   TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(what, total=None)
         yield lambda processed: bar.update(task, completed=processed)
+
+
+# ---- jit ---------------------------------------------------------------------------------------------------
+
+@app.command()
+def jit(prog: Prog,
+        arch: Annotated[str, typer.Option(help="Target architecture.")] = "x86_64",
+        output: Annotated[str | None, typer.Option(
+            "--output", "-o", metavar="IMAGE", help="Write the image (raw code) and IMAGE.json (entry points, "
+            "relocations, control-block layout).")] = None,
+        sandbox: Annotated[bool, typer.Option("--sandbox", help="Check every memory access (programs our "
+                                              "verifier does not accept).")] = False,
+        section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
+    """Compile a program with the JIT and list the native code under the BPF instruction it came from."""
+    result = load(prog, section=section, prog_type=prog_type).jit(arch=arch, sandbox=sandbox, output=output)
+    if json_out:
+        _emit_json(result.as_json())
+    else:
+        _emit_text(result.text())
 
 
 # ---- optimize ----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from .files import MAX_DATA_FILE, read_input
 from .formats import LoadedProgram
 from .isa.contexts import ONE_SHOT_KINDS, TEST_RUN_KINDS
 
-ENGINES = ("fast", "interp", "kernel")
+ENGINES = ("fast", "interp", "kernel", "jit")
+JIT_ARCHES = ("x86_64",)  # the native JIT; arm64 and riscv64 run on emulated devices (jit.device)
 MAX_REPEAT = 0xFFFFFFFF  # test.repeat is a u32 in the kernel
 DEFAULT_TIME_BUDGET = 60.0  # seconds a VM repeat loop may take before it stops with what it has
 
@@ -83,8 +84,14 @@ def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repe
                ctx: bytes | None = None, preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None,
                dump_maps: bool = False, seed: int = 0, budget: int | None = None,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
-               progress: Callable[[int, int], None] | None = None) -> RunReport:
+               progress: Callable[[int, int], None] | None = None, arch: str = "x86_64",
+               sandbox: bool = False) -> RunReport:
     """Run a loaded program `repeat` times (1 to 2^32-1, as the kernel takes it) on one input.
+
+    The jit engine compiles it for `arch` (x86-64: native code in this process). A program our verifier
+    accepts runs with its accesses unchecked, as the kernel's JIT runs it; `sandbox` (the default for the
+    userspace `mem` convention, which no verifier checks) checks every access and counts instructions,
+    so a program that did not pass the verifier faults as the interpreter does.
 
     The VM engines stop a repeat loop early, with the runs done so far, when `time_budget` seconds have
     passed or on Ctrl-C (`RunReport.stopped` says which); `progress(done, total)` is called along the way.
@@ -102,13 +109,13 @@ def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repe
         report = _run_kernel(loaded, data, repeat, ctx, preload or {}, dump_maps)
     else:
         report = _run_vm(loaded, data, engine, repeat, ctx, preload or {}, dump_maps, seed, budget, time_budget,
-                         progress)
+                         progress, arch, sandbox)
     report.requested = repeat
     return report
 
 
 def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget, time_budget,
-            progress) -> RunReport:
+            progress, arch="x86_64", sandbox=False) -> RunReport:
     from . import vm
     from .kernel.maps import possible_cpus
     from .vm.fast import compile_all
@@ -121,6 +128,8 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
     if engine == "fast":
         compile_all(program)  # translated before the clock starts
+    elif engine == "jit":
+        session = jit_session(loaded, program, arch=arch, sandbox=sandbox)  # compiled before the clock starts
     start = time.perf_counter_ns()
     deadline = None if time_budget is None else time.monotonic() + time_budget
     next_report = [0.0]
@@ -132,7 +141,12 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
             next_report[0] = now + 0.1
         return deadline is not None and now > deadline
 
-    execute = machine.run if engine == "interp" else (lambda *a, **k: vm.run_fast(machine, *a, **k))
+    if engine == "jit":
+        from .jit.native import run_native
+
+        execute = lambda *a, **k: run_native(machine, session, *a, native_loop=True, **k)  # noqa: E731
+    else:
+        execute = machine.run if engine == "interp" else (lambda *a, **k: vm.run_fast(machine, *a, **k))
     result = execute(data, loaded.prog_type, ctx, repeat=repeat, stop=stop)
     elapsed = (time.perf_counter_ns() - start) / result.runs
     dumped = [dump_map(n, m) for n, m in maps.items()] if dump_maps else []
@@ -140,6 +154,19 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
     retval = result.retval if loaded.prog_type == "mem" else result.retval & 0xFFFFFFFF
     return RunReport(retval, result.data_out, elapsed, engine, result.runs, result.ctx_out, dumped, result.trace,
                      result.stopped)
+
+
+def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox: bool = False):
+    """The JIT session that runs `program` (the VM's linking of `loaded`): verified with our verifier's
+    facts, or sandboxed (`jit.plan`). Tail-call targets are compiled with their loads checked."""
+    from .jit import plan
+    from .jit.native import JitSession
+
+    if arch not in JIT_ARCHES:
+        raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(JIT_ARCHES)} here")
+    facts = plan(loaded, sandbox=sandbox)
+    main = program
+    return JitSession(facts is None, lambda p: (facts.ctx_fields, facts.checked) if p is main else None)
 
 
 def _run_kernel(loaded, data, repeat, ctx, preload, dump_maps) -> RunReport:

@@ -128,8 +128,10 @@ def _vm_engine(runner: str) -> Engine:
         try:
             if runner == "interp":
                 result = machine.run(packet, program.prog_type)
-            else:
+            elif runner == "fast":
                 result = vm.run_fast(machine, packet, program.prog_type)
+            else:
+                result = _run_jit(last, program, machine, packet, sandbox=runner == "jit_sandbox")
         except BpforgeError as err:
             return Outcome(None, error=f"{type(err).__name__}: {err}")
         return Outcome(result.retval & 0xFFFFFFFF, result.data_out, _contents(program, maps),
@@ -139,8 +141,26 @@ def _vm_engine(runner: str) -> Engine:
     return run
 
 
+def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbox: bool):
+    """The native x86-64 JIT: verified (our verifier's facts; a program it does not accept runs sandboxed)
+    or sandboxed. One session per program, as its images are compiled once."""
+    from bpforge.jit.facts import facts_of_insns, facts_of_object
+    from bpforge.jit.native import JitSession, run_native
+
+    key = "jit_sandbox" if sandbox else "jit"
+    if last.get(key + "_program") is not program:
+        facts = None if sandbox else facts_of_object(program.obj, program.obj_program, program.prog_type) \
+            if program.obj is not None else facts_of_insns(program.insns, program.prog_type, program.maps)
+        verified = facts is not None and facts.accepted
+        session = JitSession(not verified, lambda p: (facts.ctx_fields, facts.checked))
+        last[key + "_program"], last[key] = program, session
+    return run_native(machine, last[key], packet, program.prog_type)
+
+
 interp = _vm_engine("interp")
 fast = _vm_engine("fast")
+jit = _vm_engine("jit")
+jit_sandbox = _vm_engine("jit_sandbox")
 
 
 # ---- the kernel ------------------------------------------------------------------------------------------
@@ -257,7 +277,10 @@ def vm_engines() -> list[Engine]:
     """The engines that need no kernel: the interpreter, and the fast tier where it exists."""
     from bpforge import vm
 
-    return [interp, fast] if hasattr(vm, "run_fast") else [interp]
+    from bpforge.jit.native import native_available
+
+    found = [interp, fast] if hasattr(vm, "run_fast") else [interp]
+    return found + ([jit, jit_sandbox] if native_available() is None else [])
 
 
 # ---- comparing --------------------------------------------------------------------------------------------

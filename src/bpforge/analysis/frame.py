@@ -119,6 +119,10 @@ def _alu(value: Value, op: Alu, src: Value) -> Value:
             return value
         if op.op == "add" and isinstance(src, Region) and isinstance(value, (Const, _NotStack)):
             return src
+        if isinstance(value, Region) and isinstance(src, Region):
+            return None  # pointer - pointer: the verifier allows it within one memory only
+    elif isinstance(value, Region) or isinstance(src, Region):
+        return None  # any other arithmetic on a pointer (refused by the verifier) may give any number
     # Without a stack address among the operands there is none in the result (scalar op scalar, or a
     # non-stack pointer moved by a scalar).
     return NOT_STACK if isinstance(value, _NOWHERE) and isinstance(src, _NOWHERE) else None

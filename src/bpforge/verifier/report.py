@@ -241,6 +241,22 @@ def verify_loaded(loaded: LoadedProgram, *, kernel: bool = False, budget: float 
     return report
 
 
+def verdict_of(loaded: LoadedProgram, *, collect=(), limits: Limits | None = None) -> Verdict:
+    """Our verifier's raw verdict on a loaded program, with the states reaching each slot of `collect`
+    (what the JITs read their facts from). Raises Unsupported where it cannot decide."""
+    attach, prog_flags = _load_options(loaded)
+    obj = loaded.object
+    try:
+        if obj is not None:
+            return verify_linked_program(obj, obj.linked(loaded.name), loaded.prog_type, attach=attach,
+                                         limits=limits, collect=collect)
+        insns, maps, _ = _inputs(loaded)
+        return verify_program(insns, loaded.prog_type, maps, attach=attach, prog_flags=prog_flags, limits=limits,
+                              collect=collect)
+    except BpforgeError as err:
+        raise err.at(file=loaded.filename, section=loaded.section) from None
+
+
 def _load_options(loaded: LoadedProgram) -> tuple[int, int]:
     """The expected attach type and load flags libbpf gives a program of this section and type."""
     sec = section_def(loaded.section) if loaded.object is not None else None
@@ -299,4 +315,4 @@ def _kernel_side(loaded: LoadedProgram, prog_type: str, lines: dict[int, str | N
                       hint)
 
 
-__all__ = ["ACCEPT", "KernelSide", "REJECT", "UNAVAILABLE", "UNKNOWN", "VerifyReport", "verify_loaded"]
+__all__ = ["ACCEPT", "KernelSide", "REJECT", "UNAVAILABLE", "UNKNOWN", "VerifyReport", "verdict_of", "verify_loaded"]
