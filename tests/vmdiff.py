@@ -75,13 +75,6 @@ def _possible_cpus() -> int:
     return possible_cpus()
 
 
-def _jit_session(program, facts):
-    from bpforge.jit.native import JitSession
-
-    verified = facts is not None and facts.accepted
-    return JitSession(not verified, lambda p: (facts.ctx_fields, facts.checked) if p is program else None)
-
-
 def _vm_run(program, named_maps, engine: str, data: bytes, prog_type: str, ctx: bytes | None, repeat: int,
             machine_options: Mapping | None, facts=None) -> Outcome:
     from bpforge import vm
@@ -91,9 +84,9 @@ def _vm_run(program, named_maps, engine: str, data: bytes, prog_type: str, ctx: 
         if engine == "interp":
             result = machine.run(data, prog_type, ctx, repeat)
         elif engine == "jit":
-            from bpforge.jit.native import run_native
+            from bpforge.jit.native import JitSession, run_native
 
-            result = run_native(machine, _jit_session(program, facts), data, prog_type, ctx, repeat)
+            result = run_native(machine, JitSession.of(program, facts), data, prog_type, ctx, repeat)
         else:
             result = vm.run_fast(machine, data, prog_type, ctx, repeat)
     except BpforgeError as err:

@@ -164,9 +164,7 @@ def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox
 
     if arch not in JIT_ARCHES:
         raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(JIT_ARCHES)} here")
-    facts = plan(loaded, sandbox=sandbox)
-    main = program
-    return JitSession(facts is None, lambda p: (facts.ctx_fields, facts.checked) if p is main else None)
+    return JitSession.of(program, plan(loaded, sandbox=sandbox))
 
 
 def _run_kernel(loaded, data, repeat, ctx, preload, dump_maps) -> RunReport:

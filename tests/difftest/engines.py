@@ -151,9 +151,7 @@ def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbo
     if last.get(key + "_program") is not program:
         facts = None if sandbox else facts_of_object(program.obj, program.obj_program, program.prog_type) \
             if program.obj is not None else facts_of_insns(program.insns, program.prog_type, program.maps)
-        verified = facts is not None and facts.accepted
-        session = JitSession(not verified, lambda p: (facts.ctx_fields, facts.checked))
-        last[key + "_program"], last[key] = program, session
+        last[key + "_program"], last[key] = program, JitSession.of(last["vmprog"], facts)
     return run_native(machine, last[key], packet, program.prog_type)
 
 

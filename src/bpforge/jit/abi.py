@@ -55,6 +55,8 @@ VALUE = 128  # a call-back's value for native code (a load's result, a resolved 
 NREGIONS = 136
 ARGS = 144  # r1-r5 of a call from the run into a BPF function (bpf_loop's callback): 5 cells
 STACK_TOP = 184  # the VM address of the top of each call depth's stack: MAX_CALL_FRAMES cells
+PKT_DATA = 248  # LD_ABS/LD_IND: the native address of skb->data (0: the program has no socket buffer)
+PKT_LEN = 256  # ... and the bytes from there to the tail
 CELLS = 512  # per-program cells from here: map handles, map value pointers, function addresses, context
 # fields (see jit.lower.Cells)
 MAX_CELLS = 4096

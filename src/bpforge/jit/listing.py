@@ -65,7 +65,7 @@ def control_block_layout() -> dict:
     """The control block as a loader must lay it out (byte offsets)."""
     names = ("STATUS", "R0", "SLOT", "SAVED_SP", "DEPTH", "MAY_GOTO", "EXPIRED", "EXECUTED", "BUDGET", "LIMIT",
              "CALLBACK", "TAIL_TARGET", "TAIL_CALLS", "ERROR", "R1_IN", "R2_IN", "VALUE", "NREGIONS", "ARGS",
-             "STACK_TOP", "CELLS", "DELTA", "LO", "HI", "FLAGS", "SIZE")
+             "STACK_TOP", "PKT_DATA", "PKT_LEN", "CELLS", "DELTA", "LO", "HI", "FLAGS", "SIZE")
     return {name.lower(): getattr(abi, name) for name in names}
 
 

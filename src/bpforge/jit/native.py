@@ -22,6 +22,7 @@ from ..isa.numbers import M64, s32
 from ..isa.ops import Load, decode_ops
 from ..vm.context import Input
 from ..vm.helpers import TailCall, call_helper, legacy_load
+from ..vm.helpers.skb import LEGACY_LOAD_TYPES
 from ..vm.interp import (
     KERNEL_OBJECT_REFUSAL, MAX_CALL_FRAMES, STACK_SIZE, Clock, Machine, RunResult, repeat_runs,
 )
@@ -95,6 +96,14 @@ class JitSession:
         self.images: list[LoadedImage] = []
         self._by_program: dict[int, LoadedImage] = {}
         self.next_cell = abi.CELLS
+
+    @classmethod
+    def of(cls, main: VmProgram, facts) -> "JitSession":
+        """A session for `main` with our verifier's `facts` (`jit.facts.Facts`; None or not accepted:
+        sandboxed). Other programs (tail-call targets) are compiled with every load checked."""
+        if facts is None or not facts.accepted:
+            return cls(True, lambda program: None)
+        return cls(False, lambda program: (facts.ctx_fields, facts.checked) if program is main else None)
 
     def image(self, program: VmProgram) -> LoadedImage:
         loaded = self._by_program.get(id(program))
@@ -312,7 +321,12 @@ class NativeRun:
         self._sync(full=False)
 
     def _refresh_context(self) -> None:
-        """The context fields the VM computes, for the loads that read them through cells."""
+        """The context fields the VM computes, for the loads that read them through cells; where LD_ABS
+        reads the packet."""
+        packet, ctl = self.input.packet, self.ctl
+        if packet is not None and self.input.prog_type in LEGACY_LOAD_TYPES:
+            ctl[abi.PKT_DATA // 8] = _address_of(packet.region.buf) + packet.data
+            ctl[abi.PKT_LEN // 8] = max(packet.end - packet.data, 0)
         ctx = self.input.ctx
         if ctx is None:
             return

@@ -584,8 +584,7 @@ class X86Compiler:
     def _fetch(self, node: Node, target: int) -> None:
         asm = self.asm
         if node.op == "legacy":
-            self._callout(self._kind(abi.LEGACY, node.value), lambda: self._into(node.args[0], RDI, exact=True))
-            asm.emit(X.alu_rm("mov", 64, target, C(abi.VALUE)))
+            self._legacy(node, target)
             return
         if node.op == "cast":
             self._callout(self._kind(abi.CAST, node.value), lambda: self._into(node.args[0], RDI))
@@ -606,6 +605,29 @@ class X86Compiler:
             asm.emit(X.alu_rm("mov", 64, target, C(abi.VALUE)))
         mem, resume = self._checked(base, off, size, False, slow)
         asm.emit(X.load(target, mem, size))
+        asm.label(resume)
+
+    def _legacy(self, node: Node, target: int) -> None:
+        """LD_ABS/LD_IND: a big-endian read at a non-negative offset inside skb->data..tail natively (the run
+        keeps PKT_DATA and PKT_LEN current); negative offsets (SKF_NET_OFF, SKF_LL_OFF), loads out of bounds
+        (the run ends with r0 = 0) and programs without a socket buffer go to the run."""
+        asm, size = self.asm, node.value
+
+        def slow() -> None:
+            self._callout(self._kind(abi.LEGACY, size), lambda: self._into(node.args[0], RDI, exact=True))
+            asm.emit(X.alu_rm("mov", 64, target, C(abi.VALUE)))
+        resume = Label("loaded")
+        slow_label = self._stub(slow, resume)
+        self._into(node.args[0], TMP, exact=True)
+        asm.emit(X.alu_rr("test", 32, TMP, TMP))
+        self._jcc("s", slow_label)
+        asm.emit(X.lea(64, R10, Mem(TMP, size)), X.alu_rm("cmp", 64, R10, C(abi.PKT_LEN)))
+        self._jcc("a", slow_label)
+        asm.emit(X.alu_rm("add", 64, TMP, C(abi.PKT_DATA)), X.load(target, Mem(TMP), size))
+        if size == 2:
+            asm.emit(X.shift_imm("ror", 16, target, 8), X.movzx(target, target, 16))
+        elif size == 4:
+            asm.emit(X.bswap(32, target))
         asm.label(resume)
 
     def _store(self, effect: Store) -> None:
