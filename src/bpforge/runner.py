@@ -17,7 +17,6 @@ from .formats import LoadedProgram
 from .isa.contexts import ONE_SHOT_KINDS, TEST_RUN_KINDS
 
 ENGINES = ("fast", "interp", "kernel", "jit")
-JIT_ARCHES = ("x86_64",)  # the native JIT; arm64 and riscv64 run on emulated devices (jit.device)
 MAX_REPEAT = 0xFFFFFFFF  # test.repeat is a u32 in the kernel
 DEFAULT_TIME_BUDGET = 60.0  # seconds a VM repeat loop may take before it stops with what it has
 
@@ -159,11 +158,11 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
 def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox: bool = False):
     """The JIT session that runs `program` (the VM's linking of `loaded`): verified with our verifier's
     facts, or sandboxed (`jit.plan`). Tail-call targets are compiled with their loads checked."""
-    from .jit import plan
+    from .jit import ARCHES, plan
     from .jit.native import JitSession
 
-    if arch not in JIT_ARCHES:
-        raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(JIT_ARCHES)} here")
+    if arch not in ARCHES:
+        raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(ARCHES)} here")
     return JitSession.of(program, plan(loaded, sandbox=sandbox))
 
 

@@ -143,7 +143,7 @@ class NativeRun:
         self.ctl_address = ctypes.addressof(self.ctl)
         self.error: BaseException | None = None
         self.aborted = False
-        self._synced: list[tuple] = []
+        self._mapped = 0  # regions the tables hold
         self._callback = _CALLBACK(self._call_back)  # kept alive as long as the run
         self._calling_program = machine.program
         self._array_tables: dict[int, tuple] = {}  # map handle -> (its table of value addresses, the map)
@@ -221,7 +221,9 @@ class NativeRun:
         program = self.session.images[image].program
         try:
             status = self._serve(category, argument, program, a1, a2, a3, a4, a5)
-            self._sync(full=category != abi.HELPER or argument in CHANGES_PACKET_DATA)
+            # Only packet helpers, kfuncs and arena casts move or resize memory; the rest can only map more.
+            self._sync(full=category in (abi.KFUNC, abi.CAST) or
+                       category == abi.HELPER and argument in CHANGES_PACKET_DATA)
             return status
         except _Aborted:
             self.aborted = True
@@ -340,8 +342,7 @@ class NativeRun:
         """The region tables after memory changed: regions mapped since (always), and with `full` every
         region's bytes, bounds and flags again (packet helpers move and resize the packet)."""
         regions = self.machine.memory.regions
-        start = 0 if full else len(self._synced)
-        del self._synced[start:]
+        start = 0 if full else self._mapped
         ctl = self.ctl
         if len(regions) > abi.MAX_REGIONS:
             raise JitError(f"the run maps more than {abi.MAX_REGIONS} memory regions")
@@ -354,7 +355,7 @@ class NativeRun:
             ctl[abi.LO // 8 + i] = region.lo
             ctl[abi.HI // 8 + i] = region.limit()
             ctl[abi.FLAGS // 8 + i] = (abi.FLAG_SPECIAL if special else 0) | (0 if region.writable else abi.FLAG_READONLY)
-            self._synced.append((id(buf), len(buf)))
+        self._mapped = len(regions)
         ctl[abi.NREGIONS // 8] = len(regions)
         if full:
             self._refresh_context()
