@@ -269,3 +269,93 @@ def test_listing_maps_every_native_instruction(tmp_path):
 def test_jit_refuses_an_unknown_arch():
     result = bpforge("jit", EXAMPLES / "obj" / "xdp_counter.o", "--arch", "sparc", check=False)
     assert result.returncode == 2 and "sparc" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- inlined lookups: what the caches remember is what the map holds ---------------------------------------
+
+# Look key 7 up (a miss the cache remembers), insert it, look it up again (the insert emptied the cache), write
+# through the pointer, look up once more (now from the cache), delete it, and look a last time: r0 mixes every
+# step's result; the map's contents are compared too. Straight-line, so both verifiers take it at once.
+_LOOKUP = """
+r1 = map_fd(0) ll
+r2 = r10
+r2 += -8
+call 1
+"""
+LOOKUP_UPDATE_LOOKUP = f"""
+r6 = 0
+r7 = 0
+*(u64 *)(r10 - 8) = r7
+*(u64 *)(r10 - 16) = r7
+r7 = 7
+*(u32 *)(r10 - 8) = r7
+{_LOOKUP}
+if r0 != 0 goto wrong
+r6 += 1
+r1 = map_fd(0) ll
+r2 = r10
+r2 += -8
+r3 = r10
+r3 += -16
+r4 = 0
+call 2
+{_LOOKUP}
+if r0 == 0 goto wrong
+r1 = *(u32 *)(r0 + 0)
+r1 += 100
+*(u32 *)(r0 + 0) = r1
+r6 += r1
+{_LOOKUP}
+if r0 == 0 goto wrong
+r1 = *(u32 *)(r0 + 0)
+r1 <<= 4
+r6 += r1
+r1 = map_fd(0) ll
+r2 = r10
+r2 += -8
+call 3
+{_LOOKUP}
+if r0 != 0 goto wrong
+r6 += 100000
+r0 = r6
+exit
+wrong:
+r0 = 0xdead
+exit
+"""
+
+
+@native
+@pytest.mark.parametrize("type_name, key_size", [("hash", 8), ("lru_hash", 8), ("percpu_hash", 8), ("hash", 4),
+                                                  ("lpm_trie", 8)])
+def test_cached_lookups_follow_updates_and_deletes(type_name, key_size):
+    from vmdiff import md, run_asm, same
+
+    text = LOOKUP_UPDATE_LOOKUP
+    flags = 1 if type_name == "lpm_trie" else 0  # BPF_F_NO_PREALLOC, which LPM tries require
+    if type_name == "lpm_trie":  # key: prefix length 32, then the 4 address bytes
+        text = text.replace("r7 = 7\n*(u32 *)(r10 - 8) = r7", "r7 = 32\n*(u32 *)(r10 - 8) = r7\nr7 = 7\n"
+                                                             "*(u32 *)(r10 - 4) = r7")
+    outcomes = run_asm(text, "xdp", bytes(64), maps=[md(type_name, key_size, 4, 8, flags)], repeat=3)
+    assert "jit" in outcomes
+    same(outcomes)
+
+
+@native
+def test_inlined_lookups_are_compiled():
+    """The lookups above really are inlined (not served by the helper each time)."""
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.jit import compile_program
+    from bpforge.jit.facts import facts_of_insns
+    from bpforge.vm.maps import create_map
+
+    from vmdiff import md
+
+    insns = parse(LOOKUP_UPDATE_LOOKUP).sections[0].insns
+    spec = md("hash", 8, 4, 8)
+    program = vm.from_insns(insns, [create_map(spec)])
+    facts = facts_of_insns(insns, "xdp", [spec])
+    assert facts.accepted, facts.message
+    image = compile_program(program, facts)
+    assert [inline.kind for inline in image.lowered.lookups.values()] == ["cache"] * 4

@@ -38,6 +38,7 @@ class Cells:
     ctx_loads: dict[int, int] = field(default_factory=dict)  # load slot -> the context field's value
     kfuncs: list[tuple[int, int]] = field(default_factory=list)  # (btf id, module) by index
     array_tables: dict[int, int] = field(default_factory=dict)  # map reference -> its table of value addresses
+    lookup_caches: dict[int, int] = field(default_factory=dict)  # map reference -> its lookup cache
     next: int = abi.CELLS
 
     def cell(self, table: dict, key) -> int:
@@ -63,7 +64,7 @@ class Lowered:
     ctx_fields: dict[int, tuple[int, int]]  # load slot -> (context offset, size) read through a cell
     checked: frozenset[int]  # load slots checked even when verified (the context on some paths only)
     image: int = 0  # the number call-backs name the program by (a run's images share one control block)
-    array_lookups: dict[int, tuple[int, int]] = field(default_factory=dict)  # helper slot -> (map ref, entries)
+    lookups: dict[int, "InlineLookup"] = field(default_factory=dict)  # bpf_map_lookup_elem slot -> how
 
     def function_of(self, slot: int) -> int:
         for entry, (lo, hi) in self.bounds.items():
@@ -108,7 +109,7 @@ def lower(program, *, sandbox: bool, ctx_fields: dict[int, tuple[int, int]] | No
             cells.cell(cells.ctx_loads, slot)
         else:
             del fields[slot]
-    lookups = {} if sandbox else _array_lookups(program, ops, cells)
+    lookups = {} if sandbox else _inline_lookups(program, ops, cells)
     leaders: dict[int, int] = {}
     start = None
     for sc in code:
@@ -123,12 +124,49 @@ def lower(program, *, sandbox: bool, ctx_fields: dict[int, tuple[int, int]] | No
 MAP_LOOKUP_ELEM = 1
 INLINE_ARRAY_TYPES = frozenset({"array", "percpu_array"})
 MAX_INLINE_ENTRIES = 1 << 20
+# Maps whose lookups change nothing a later lookup could see (an LRU lookup only sets the element's
+# idempotent reference bit): their results can be cached until the next helper that may change a map.
+CACHED_TYPES = frozenset({"hash", "percpu_hash", "lru_hash", "lru_percpu_hash", "lpm_trie", "hash_of_maps"})
+MAX_CACHED_KEY = 64
+CACHE_SLOTS = 256  # direct-mapped: a key hashes to one slot
 
 
-def _array_lookups(program, ops, cells: Cells) -> dict[int, tuple[int, int]]:
+@dataclass(frozen=True)
+class InlineLookup:
+    """How a bpf_map_lookup_elem of a known map is inlined: `array` (index bounds, then the run's table of
+    value addresses) or `cache` (the key hashed into the map's direct-mapped cache of earlier results)."""
+
+    kind: str
+    ref: int
+    entries: int = 0  # array: max_entries
+    key_size: int = 0  # cache
+
+    @property
+    def key_words(self) -> list[int]:
+        """The cache key's 8-byte words (a last 4-byte word counts as one): their byte sizes."""
+        return [8] * (self.key_size // 8) + ([4] if self.key_size % 8 else [])
+
+    @property
+    def slot_size(self) -> int:
+        return 8 * (2 + len(self.key_words))  # valid, key words, result
+
+
+def cache_hash(words: list[int]) -> int:
+    """The slot of a key in a lookup cache (what native code computes): h = (h + w) * K per word, top bits."""
+    h = 0
+    for word in words:
+        h = ((h + word) * CACHE_MULTIPLIER) & (1 << 64) - 1
+    return h >> 56
+
+
+CACHE_MULTIPLIER = 0x9E3779B97F4A7C15
+
+
+def _inline_lookups(program, ops, cells: Cells) -> dict[int, InlineLookup]:
     """bpf_map_lookup_elem calls whose map is known (analysis.frame: r1 holds the handle of one map on every
-    path) to be an array or per-CPU array: the kernel inlines these (array_map_gen_lookup), so do we, through
-    a table of each index's value address that the run fills as lookups first reach an index."""
+    path): array and per-CPU array lookups are inlined as the kernel inlines them (array_map_gen_lookup),
+    through a table of each index's value address the run fills as lookups first reach an index; lookups
+    of hash-like maps go through a cache of earlier results the run fills and empties."""
     from ..analysis.cfg import CfgError, cfg_of_ops
     from ..analysis.frame import MapHandle, frame_states
 
@@ -149,8 +187,12 @@ def _array_lookups(program, ops, cells: Cells) -> dict[int, tuple[int, int]]:
         if not isinstance(handle, MapHandle) or not 0 <= handle.ref < len(program.maps):
             continue
         vm_map = program.maps[handle.ref]
-        if vm_map is not None and vm_map.type_name in INLINE_ARRAY_TYPES and vm_map.key_size == 4 \
-                and vm_map.max_entries <= MAX_INLINE_ENTRIES:
+        if vm_map is None:
+            continue
+        if vm_map.type_name in INLINE_ARRAY_TYPES and vm_map.key_size == 4 and vm_map.max_entries <= MAX_INLINE_ENTRIES:
             cells.cell(cells.array_tables, handle.ref)
-            found[slot] = (handle.ref, vm_map.max_entries)
+            found[slot] = InlineLookup("array", handle.ref, entries=vm_map.max_entries)
+        elif vm_map.type_name in CACHED_TYPES and vm_map.key_size % 4 == 0 and vm_map.key_size <= MAX_CACHED_KEY:
+            cells.cell(cells.lookup_caches, handle.ref)
+            found[slot] = InlineLookup("cache", handle.ref, key_size=vm_map.key_size)
     return found

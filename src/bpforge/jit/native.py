@@ -32,7 +32,7 @@ from ..vm.memory import VmFault
 from ..vm.program import VmProgram
 from . import abi
 from .image import Image
-from .lower import MAP_LOOKUP_ELEM, lower
+from .lower import CACHE_SLOTS, MAP_LOOKUP_ELEM, cache_hash, lower
 from .x86_64.select import compile_x86_64
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64, *[ctypes.c_uint64] * 6)
@@ -147,6 +147,7 @@ class NativeRun:
         self._callback = _CALLBACK(self._call_back)  # kept alive as long as the run
         self._calling_program = machine.program
         self._array_tables: dict[int, tuple] = {}  # map handle -> (its table of value addresses, the map)
+        self._caches: dict[int, tuple] = {}  # map handle -> (its lookup cache, lower.InlineLookup)
         ctl = self.ctl
         ctl[abi.CALLBACK // 8] = ctypes.cast(self._callback, ctypes.c_void_p).value
         ctl[abi.R1_IN // 8], ctl[abi.R2_IN // 8] = inp.r1 & M64, inp.r2 & M64
@@ -244,14 +245,14 @@ class NativeRun:
                 self._fill_cells(target)
                 ctl[abi.TAIL_TARGET // 8] = target.function(0)
                 return abi.TAIL_CALL
+            if argument != MAP_LOOKUP_ELEM:
+                self._empty_caches()  # any other helper may change a map
             if result is not None:
                 ctl[abi.R0 // 8] = result
-                if argument == MAP_LOOKUP_ELEM and result and a1 in self._array_tables:
-                    table, vm_map = self._array_tables[a1]
-                    index = int.from_bytes(memory.read(a2, 4), "little")
-                    if index < len(table):
-                        table[index] = result  # an inlined lookup of this index now finds it natively
+                if argument == MAP_LOOKUP_ELEM:
+                    self._remember_lookup(a1, a2, result)
         elif category == abi.KFUNC:
+            self._empty_caches()
             btf_id, module = self.session.image(program).image.cells.kfuncs[argument]
             ctl[abi.R0 // 8] = call_kfunc(self, btf_id, module, a1, a2, a3, a4, a5) & M64
         elif category == abi.LOAD:
@@ -280,6 +281,29 @@ class NativeRun:
         elif category == abi.FAULT:
             raise VmFault(_fault_message(argument, a1))
         return abi.CONTINUE
+
+    def _remember_lookup(self, handle: int, key_ptr: int, result: int) -> None:
+        """What an inlined lookup finds natively next time: an array index's value address, or a hash-like
+        map's result for this key (0 included) in its cache."""
+        memory = self.machine.memory
+        if handle in self._array_tables:
+            table, _ = self._array_tables[handle]
+            index = int.from_bytes(memory.read(key_ptr, 4), "little")
+            if result and index < len(table):
+                table[index] = result
+        elif handle in self._caches:
+            cache, inline = self._caches[handle]
+            key = memory.read(key_ptr, inline.key_size)
+            words, at = [], 0
+            for size in inline.key_words:
+                words.append(int.from_bytes(key[at:at + size], "little"))
+                at += size
+            base = cache_hash(words) * inline.slot_size // 8
+            cache[base:base + 2 + len(words)] = [1, *words, result]
+
+    def _empty_caches(self) -> None:
+        for cache, _ in self._caches.values():
+            ctypes.memset(cache, 0, ctypes.sizeof(cache))
 
     def _resolve(self, what: int, program: VmProgram, value: int) -> None:
         ctl = self.ctl
@@ -315,6 +339,14 @@ class NativeRun:
             if handle not in self._array_tables:
                 self._array_tables[handle] = ((ctypes.c_uint64 * vm_map.max_entries)(), vm_map)
             self.ctl[cell // 8] = ctypes.addressof(self._array_tables[handle][0])
+        for slot, inline in loaded.image.lowered.lookups.items():
+            if inline.kind != "cache":
+                continue
+            handle = self.machine.map_handle(loaded.program.map_at(inline.ref))
+            if handle not in self._caches:
+                words = CACHE_SLOTS * inline.slot_size // 8
+                self._caches[handle] = ((ctypes.c_uint64 * words)(), inline)
+            self.ctl[cells.lookup_caches[inline.ref] // 8] = ctypes.addressof(self._caches[handle][0])
         for cell in [*cells.maps.values(), *cells.map_values.values(), *cells.functions.values()]:
             try:
                 self.ctl[cell // 8] = self._cell_value(loaded, cell)

@@ -20,7 +20,7 @@ from ...vm.interp import MAX_CALL_FRAMES, MAY_GOTO_BUDGET
 from .. import abi
 from ..emit import Assembler, Label
 from ..image import Image
-from ..lower import Lowered
+from ..lower import CACHE_MULTIPLIER, MAP_LOOKUP_ELEM, Lowered
 from ..mir import AtomicRmw, Branch, Call, Exit, Fetch, MayGoto, Node, SetReg, Store
 from . import encode as X
 from .encode import R8, R9, R10, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, Mem
@@ -706,8 +706,11 @@ class X86Compiler:
     def _call(self, effect: Call) -> None:
         asm = self.asm
         if effect.kind == "helper":
-            if self.slot in self.lw.array_lookups:
-                self._array_lookup(*self.lw.array_lookups[self.slot])
+            inline = self.lw.lookups.get(self.slot)
+            if inline is not None and inline.kind == "array":
+                self._array_lookup(inline.ref, inline.entries)
+            elif inline is not None:
+                self._cached_lookup(inline)
             else:
                 self._callout(self._kind(abi.HELPER, effect.target))
             return
@@ -732,7 +735,29 @@ class X86Compiler:
         self._jcc("ae", self._stub(lambda: asm.emit(X.alu_rr("xor", 32, RAX, RAX)), done))
         asm.emit(X.alu_rm("mov", 64, RAX, C(self.lw.cells.array_tables[ref])),
                  X.alu_rm("mov", 64, RAX, Mem(RAX, 0, TMP, 8)), X.alu_rr("test", 64, RAX, RAX))
-        self._jcc("e", self._stub(lambda: self._callout(self._kind(abi.HELPER, 1)), done))
+        self._jcc("e", self._stub(lambda: self._callout(self._kind(abi.HELPER, MAP_LOOKUP_ELEM)), done))
+        asm.label(done)
+
+    def _cached_lookup(self, inline) -> None:
+        """bpf_map_lookup_elem of a hash-like map through its cache: the key's words hashed
+        (`lower.cache_hash`) to one slot; the slot's key equal to ours: its result (a value address, or 0),
+        else the helper (whose result the run caches)."""
+        asm = self.asm
+        done = Label("looked up")
+        slow = self._stub(lambda: self._callout(self._kind(abi.HELPER, MAP_LOOKUP_ELEM)), done)
+        key = self._translate(2, 0)
+        asm.emit(X.lea(64, TMP, key), X.alu_rr("xor", 32, RAX, RAX), X.mov_imm64(R10, CACHE_MULTIPLIER))
+        words = inline.key_words
+        for i, size in enumerate(words):
+            asm.emit(X.load(R9, Mem(TMP, 8 * i), size), X.alu_rr("add", 64, RAX, R9), X.imul_rr(64, RAX, R10))
+        asm.emit(X.shift_imm("shr", 64, RAX, 56), X.imul_ri(64, RAX, RAX, inline.slot_size),
+                 X.alu_rm("add", 64, RAX, C(self.lw.cells.lookup_caches[inline.ref])),
+                 X.alu_ri("cmp", 64, Mem(RAX), 1))
+        self._jcc("ne", slow)
+        for i, size in enumerate(words):
+            asm.emit(X.load(R9, Mem(TMP, 8 * i), size), X.alu_rm("cmp", 64, R9, Mem(RAX, 8 + 8 * i)))
+            self._jcc("ne", slow)
+        asm.emit(X.alu_rm("mov", 64, RAX, Mem(RAX, 8 + 8 * len(words))))
         asm.label(done)
 
     def _local_call(self, target: int | None) -> None:
