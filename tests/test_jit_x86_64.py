@@ -327,7 +327,7 @@ exit
 
 @native
 @pytest.mark.parametrize("type_name, key_size", [("hash", 8), ("lru_hash", 8), ("percpu_hash", 8), ("hash", 4),
-                                                  ("lpm_trie", 8)])
+                                                  ("lpm_trie", 8), ("hash", 1), ("hash", 3), ("lru_hash", 6)])
 def test_cached_lookups_follow_updates_and_deletes(type_name, key_size):
     from vmdiff import md, run_asm, same
 
@@ -359,3 +359,51 @@ def test_inlined_lookups_are_compiled():
     assert facts.accepted, facts.message
     image = compile_program(program, facts)
     assert [inline.kind for inline in image.lowered.lookups.values()] == ["cache"] * 4
+
+
+# bpf_skb_load_bytes inside the packet (copied natively), reaching past its end, and at an offset no packet
+# has (both the helper's -EFAULT with the buffer zeroed): r0 mixes the results and the bytes read.
+SKB_LOAD_BYTES = """
+r6 = r1
+r7 = -1
+*(u64 *)(r10 - 8) = r7
+r1 = r6
+r2 = 10
+r3 = r10
+r3 += -8
+r4 = 8
+call bpf_skb_load_bytes
+r8 = *(u64 *)(r10 - 8)
+r8 += r0
+r1 = r6
+r2 = %d
+r3 = r10
+r3 += -8
+r4 = 8
+call bpf_skb_load_bytes
+r9 = *(u64 *)(r10 - 8)
+r8 ^= r9
+r8 += r0
+r1 = r6
+r2 = -1
+r3 = r10
+r3 += -8
+r4 = 3
+call bpf_skb_load_bytes
+r8 += r0
+r0 = r8
+r0 >>= 7
+exit
+"""
+
+
+@native
+@pytest.mark.parametrize("prog_type", ["socket_filter", "sched_cls"])
+@pytest.mark.parametrize("second", [0, 56, 57, 64])
+def test_skb_load_bytes_inline_agrees(prog_type, second):
+    from vmdiff import run_asm, same
+
+    data = bytes(range(14, 78))  # 64 bytes
+    outcomes = run_asm(SKB_LOAD_BYTES % second, prog_type, data, repeat=2)
+    assert "jit" in outcomes
+    same(outcomes)

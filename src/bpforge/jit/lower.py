@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..isa.helpers import helper_id
 from ..isa.ops import Call, Exit, Jump, Load, LoadImm64, MayGoto, Op, decode_ops, following
 from . import abi
 from .mir import Effect, effects_of
@@ -121,7 +122,7 @@ def lower(program, *, sandbox: bool, ctx_fields: dict[int, tuple[int, int]] | No
                    sandbox or program.has_may_goto, cells, fields, frozenset(checked), image, lookups)
 
 
-MAP_LOOKUP_ELEM = 1
+MAP_LOOKUP_ELEM = helper_id("bpf_map_lookup_elem")
 INLINE_ARRAY_TYPES = frozenset({"array", "percpu_array"})
 MAX_INLINE_ENTRIES = 1 << 20
 # Maps whose lookups change nothing a later lookup could see (an LRU lookup only sets the element's
@@ -129,6 +130,15 @@ MAX_INLINE_ENTRIES = 1 << 20
 CACHED_TYPES = frozenset({"hash", "percpu_hash", "lru_hash", "lru_percpu_hash", "lpm_trie", "hash_of_maps"})
 MAX_CACHED_KEY = 64
 CACHE_SLOTS = 256  # direct-mapped: a key hashes to one slot
+# Helpers that add, remove or replace no map element (what a cached lookup result depends on: they may
+# write through pointers into a map value, which moves nothing): the caches survive them.
+MAP_NEUTRAL_HELPERS: frozenset[int] = frozenset(helper_id("bpf_" + name) for name in (
+    "ktime_get_ns", "ktime_get_boot_ns", "ktime_get_coarse_ns", "ktime_get_tai_ns", "jiffies64",
+    "get_prandom_u32", "get_smp_processor_id", "get_numa_node_id", "trace_printk", "csum_diff", "csum_update",
+    "skb_load_bytes", "skb_load_bytes_relative", "xdp_load_bytes", "skb_store_bytes", "xdp_store_bytes",
+    "l3_csum_replace", "l4_csum_replace", "xdp_adjust_head", "xdp_adjust_meta", "xdp_adjust_tail",
+    "get_hash_recalc", "redirect"))
+SKB_LOAD_BYTES = helper_id("bpf_skb_load_bytes")
 
 
 @dataclass(frozen=True)
@@ -143,8 +153,10 @@ class InlineLookup:
 
     @property
     def key_words(self) -> list[int]:
-        """The cache key's 8-byte words (a last 4-byte word counts as one): their byte sizes."""
-        return [8] * (self.key_size // 8) + ([4] if self.key_size % 8 else [])
+        """The byte sizes of the words a cache key is read in: 8-byte words, then what is left as 4, 2 and
+        1 bytes (each zero-extended to a word)."""
+        rest = self.key_size % 8
+        return [8] * (self.key_size // 8) + [size for size in (4, 2, 1) if rest & size]
 
     @property
     def slot_size(self) -> int:
@@ -192,7 +204,7 @@ def _inline_lookups(program, ops, cells: Cells) -> dict[int, InlineLookup]:
         if vm_map.type_name in INLINE_ARRAY_TYPES and vm_map.key_size == 4 and vm_map.max_entries <= MAX_INLINE_ENTRIES:
             cells.cell(cells.array_tables, handle.ref)
             found[slot] = InlineLookup("array", handle.ref, entries=vm_map.max_entries)
-        elif vm_map.type_name in CACHED_TYPES and vm_map.key_size % 4 == 0 and vm_map.key_size <= MAX_CACHED_KEY:
+        elif vm_map.type_name in CACHED_TYPES and 0 < vm_map.key_size <= MAX_CACHED_KEY:
             cells.cell(cells.lookup_caches, handle.ref)
             found[slot] = InlineLookup("cache", handle.ref, key_size=vm_map.key_size)
     return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+import time
 from collections.abc import Callable
 
 from ..errors import BpforgeError
@@ -32,7 +33,7 @@ from ..vm.memory import VmFault
 from ..vm.program import VmProgram
 from . import abi
 from .image import Image
-from .lower import CACHE_SLOTS, MAP_LOOKUP_ELEM, cache_hash, lower
+from .lower import CACHE_SLOTS, MAP_LOOKUP_ELEM, MAP_NEUTRAL_HELPERS, cache_hash, lower
 from .x86_64.select import compile_x86_64
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64, *[ctypes.c_uint64] * 6)
@@ -245,8 +246,8 @@ class NativeRun:
                 self._fill_cells(target)
                 ctl[abi.TAIL_TARGET // 8] = target.function(0)
                 return abi.TAIL_CALL
-            if argument != MAP_LOOKUP_ELEM:
-                self._empty_caches()  # any other helper may change a map
+            if argument != MAP_LOOKUP_ELEM and argument not in MAP_NEUTRAL_HELPERS:
+                self._empty_caches()  # the helper may have added, removed or replaced map elements
             if result is not None:
                 ctl[abi.R0 // 8] = result
                 if argument == MAP_LOOKUP_ELEM:
@@ -421,11 +422,13 @@ def run_native(machine: Machine, session: JitSession, data: bytes = b"", prog_ty
     run = NativeRun(session, machine, inp)
     if not native_loop or repeat == 1 or inp.before_run is not None or inp.after_run is not None:
         return repeat_runs(machine, inp, run.once, repeat, stop)
-    done, chunk, retval, stopped = 0, 1, 0, None
+    done, chunk, retval, stopped, loop_ns = 0, 1, 0, None, 0
     try:
         while done < repeat:
             n = min(chunk, repeat - done)
+            started = time.perf_counter_ns()
             retval = run.repeat(n)
+            loop_ns += time.perf_counter_ns() - started
             done += n
             if done < repeat and stop is not None and stop(done):
                 stopped = "budget"
@@ -435,4 +438,5 @@ def run_native(machine: Machine, session: JitSession, data: bytes = b"", prog_ty
         if not done:
             raise
         stopped = "interrupted"
-    return RunResult(retval, inp.data_out(), inp.ctx_out(), run.ctl[abi.EXECUTED // 8], machine.trace, done, stopped)
+    return RunResult(retval, inp.data_out(), inp.ctx_out(), run.ctl[abi.EXECUTED // 8], machine.trace, done, stopped,
+                     loop_ns)

@@ -46,6 +46,7 @@ class RunResult:
     trace: list[str] = field(default_factory=list)  # bpf_trace_printk output
     runs: int = 1  # runs done (fewer than asked when `stopped`)
     stopped: str | None = None  # "budget" or "interrupted" when a repeat loop ended early
+    loop_ns: int | None = None  # the engine's own timing of its repeat loop alone, as test_run times it
 
 
 def repeat_runs(machine: Machine, inp: Input, once: Callable[[], tuple[int, int]], repeat: int,

@@ -323,6 +323,11 @@ def jcc(cond: str, rel: int, short: bool) -> bytes:
     return bytes([0x70 | code]) + _imm(rel, 1) if short else bytes([0x0F, 0x80 | code]) + _imm(rel, 4)
 
 
+def rep_movsb() -> bytes:
+    """Copy rcx bytes from [rsi] to [rdi] (the direction flag is clear, as the C ABI leaves it)."""
+    return b"\xf3\xa4"
+
+
 def ud2() -> bytes:
     return b"\x0f\x0b"
 

@@ -20,7 +20,7 @@ from ...vm.interp import MAX_CALL_FRAMES, MAY_GOTO_BUDGET
 from .. import abi
 from ..emit import Assembler, Label
 from ..image import Image
-from ..lower import CACHE_MULTIPLIER, MAP_LOOKUP_ELEM, Lowered
+from ..lower import CACHE_MULTIPLIER, MAP_LOOKUP_ELEM, SKB_LOAD_BYTES, Lowered
 from ..mir import AtomicRmw, Branch, Call, Exit, Fetch, MayGoto, Node, SetReg, Store
 from . import encode as X
 from .encode import R8, R9, R10, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, Mem
@@ -711,6 +711,8 @@ class X86Compiler:
                 self._array_lookup(inline.ref, inline.entries)
             elif inline is not None:
                 self._cached_lookup(inline)
+            elif effect.target == SKB_LOAD_BYTES and not self.lw.sandbox:
+                self._skb_load_bytes()
             else:
                 self._callout(self._kind(abi.HELPER, effect.target))
             return
@@ -748,16 +750,33 @@ class X86Compiler:
         key = self._translate(2, 0)
         asm.emit(X.lea(64, TMP, key), X.alu_rr("xor", 32, RAX, RAX), X.mov_imm64(R10, CACHE_MULTIPLIER))
         words = inline.key_words
-        for i, size in enumerate(words):
-            asm.emit(X.load(R9, Mem(TMP, 8 * i), size), X.alu_rr("add", 64, RAX, R9), X.imul_rr(64, RAX, R10))
+        offsets = [sum(words[:i]) for i in range(len(words))]
+        for at, size in zip(offsets, words):
+            asm.emit(X.load(R9, Mem(TMP, at), size), X.alu_rr("add", 64, RAX, R9), X.imul_rr(64, RAX, R10))
         asm.emit(X.shift_imm("shr", 64, RAX, 56), X.imul_ri(64, RAX, RAX, inline.slot_size),
                  X.alu_rm("add", 64, RAX, C(self.lw.cells.lookup_caches[inline.ref])),
                  X.alu_ri("cmp", 64, Mem(RAX), 1))
         self._jcc("ne", slow)
-        for i, size in enumerate(words):
-            asm.emit(X.load(R9, Mem(TMP, 8 * i), size), X.alu_rm("cmp", 64, R9, Mem(RAX, 8 + 8 * i)))
+        for i, (at, size) in enumerate(zip(offsets, words)):
+            asm.emit(X.load(R9, Mem(TMP, at), size), X.alu_rm("cmp", 64, R9, Mem(RAX, 8 + 8 * i)))
             self._jcc("ne", slow)
         asm.emit(X.alu_rm("mov", 64, RAX, Mem(RAX, 8 + 8 * len(words))))
+        asm.label(done)
+
+    def _skb_load_bytes(self) -> None:
+        """bpf_skb_load_bytes(skb, offset, to, len) of bytes inside skb->data..tail, copied natively (the
+        verifier proved `to` a buffer of `len` bytes, and r1-r5 dead after the call); anything else (out of
+        the packet, no socket buffer) goes to the helper, which zeroes the buffer and fails as the VM does."""
+        asm = self.asm
+        done = Label("loaded bytes")
+        slow = self._stub(lambda: self._callout(self._kind(abi.HELPER, SKB_LOAD_BYTES)), done)
+        asm.emit(X.alu_rr("mov", 32, R10, RSI), X.alu_rr("mov", 32, R9, RCX), X.alu_rr("add", 64, R9, R10),
+                 X.alu_rm("cmp", 64, R9, C(abi.PKT_LEN)))
+        self._jcc("a", slow)
+        asm.emit(X.alu_rr("mov", 64, TMP, RDX), X.shift_imm("shr", 64, TMP, 32),
+                 X.alu_rm("mov", 64, RDI, Mem(CTL, abi.DELTA - 8, TMP, 8)), X.alu_rr("add", 64, RDI, RDX),
+                 X.alu_rm("mov", 64, RSI, C(abi.PKT_DATA)), X.alu_rr("add", 64, RSI, R10),
+                 X.alu_rr("mov", 32, RCX, RCX), X.rep_movsb(), X.alu_rr("xor", 32, RAX, RAX))
         asm.label(done)
 
     def _local_call(self, target: int | None) -> None:
