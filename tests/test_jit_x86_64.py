@@ -164,7 +164,8 @@ def _both(text_: str, data: bytes, prog_type: str = "mem", **jit):
             if engine == "interp":
                 result = machine.run(data, prog_type)
             else:
-                result = run_native(machine, JitSession(True, lambda p: None), data, prog_type)
+                session = JitSession(True, lambda p: None, blind=jit.get("blind", False))
+                result = run_native(machine, session, data, prog_type)
             out.append((result.retval, result.data_out))
         except BpforgeError as err:
             out.append(str(err))
@@ -213,8 +214,9 @@ def test_sandbox_faults_as_the_interpreter(name):
      "r0 = cmpxchg_64(r1 + 0, r0, r5)\nr0 += r3\nr0 += r4\nexit\n", bytes(8)),
     ("r0 = 0\nr6 = 3\ncall f\nr0 += r6\nexit\nf:\nr6 = 10\nr0 = r6\nexit\n", b""),
 ], ids=["loop", "byte swaps", "division", "division edge cases", "shifts", "atomics", "bpf2bpf"])
-def test_sandbox_results_as_the_interpreter(program, data):
-    interp, jit = _both(program, data)
+@pytest.mark.parametrize("blind", [False, True], ids=["plain", "blinded"])
+def test_sandbox_results_as_the_interpreter(program, data, blind):
+    interp, jit = _both(program, data, blind=blind)
     assert not isinstance(interp, str), interp
     assert jit == interp
 
@@ -407,3 +409,56 @@ def test_skb_load_bytes_inline_agrees(prog_type, second):
     outcomes = run_asm(SKB_LOAD_BYTES % second, prog_type, data, repeat=2)
     assert "jit" in outcomes
     same(outcomes)
+
+
+# ---- constant blinding ---------------------------------------------------------------------------------
+
+CONSTANTS = """
+r0 = 0x5a5a1234
+r2 = 0x1122334455667788 ll
+*(u32 *)(r10 - 4) = 0x7e7e4321
+r3 = *(u32 *)(r10 - 4)
+r0 += r3
+r0 ^= r2
+r0 &= 0x3c3c6789
+exit
+"""
+
+
+@pytest.mark.parametrize("sandbox", [False, True], ids=["verified", "sandboxed"])
+def test_blinded_constants_are_not_in_the_code(sandbox):
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.jit import compile_program
+    from bpforge.jit.facts import facts_of_insns
+
+    insns = parse(CONSTANTS).sections[0].insns
+    facts = None if sandbox else facts_of_insns(insns, "xdp", [])
+    written = [(0x5a5a1234).to_bytes(4, "little"), (0x7e7e4321).to_bytes(4, "little"),
+               (0x3c3c6789).to_bytes(4, "little"), (0x11223344).to_bytes(4, "little"),
+               (0x55667788).to_bytes(4, "little")]
+    plain = compile_program(vm.from_insns(insns, []), facts).code
+    blinded = [compile_program(vm.from_insns(insns, []), facts, blind=True).code for _ in range(2)]
+    assert all(c in plain for c in written)
+    assert not any(c in code for code in blinded for c in written)
+    assert blinded[0] != blinded[1]  # a fresh key for every compile
+
+
+@native
+@pytest.mark.parametrize("name", ["xdp_counter", "xdp_lb", "tc_classifier", "socket_filter"])
+def test_blinded_examples_agree_with_the_interpreter(name):
+    from bpforge import load
+
+    program = load(EXAMPLES / "obj" / f"{name}.o")
+    interp = program.run(bytes.fromhex(IPV4_TCP), engine="interp", repeat=3, dump_maps=True)
+    jit = program.run(bytes.fromhex(IPV4_TCP), engine="jit", repeat=3, dump_maps=True, blind=True)
+    assert (jit.retval, jit.data_out, jit.maps) == (interp.retval, interp.data_out, interp.maps)
+
+
+@native
+def test_cli_blind():
+    path = EXAMPLES / "obj" / "xdp_counter.o"
+    out = json.loads(bpforge("run", path, "--data", IPV4_TCP, "--engine", "jit", "--blind", "--json").stdout)
+    assert out["engine"] == "jit"
+    listing = bpforge("jit", path, "--blind").stdout
+    assert "xor" in listing

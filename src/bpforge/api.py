@@ -83,10 +83,10 @@ class Program:
             preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None, dump_maps: bool = False,
             seed: int = 0, budget: int | None = None, time_budget: float | None = DEFAULT_TIME_BUDGET,
             progress: Callable[[int, int], None] | None = None, arch: str = "x86_64",
-            sandbox: bool = False) -> RunReport:
+            sandbox: bool = False, blind: bool = False) -> RunReport:
         """Run the program `repeat` times on one input as BPF_PROG_TEST_RUN does, in the fast tier, the
         reference interpreter, the JIT (`engine="jit"`: native x86-64; `sandbox` checks every access, for
-        programs our verifier does not accept) or the kernel (root). The report is what `bpforge run --json` prints
+        programs our verifier does not accept; `blind` blinds the program's constants) or the kernel (root). The report is what `bpforge run --json` prints
         (`RunReport.as_json()`).
 
         `ctx`: the context bytes (xdp_md, __sk_buff, ...); `preload`: map name -> (key, value) entries to
@@ -100,7 +100,7 @@ class Program:
         try:
             return run_loaded(self.loaded, data, engine=engine, repeat=repeat, ctx=ctx, preload=preload,
                               dump_maps=dump_maps, seed=seed, budget=budget, time_budget=time_budget,
-                              progress=progress, arch=arch, sandbox=sandbox)
+                              progress=progress, arch=arch, sandbox=sandbox, blind=blind)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
@@ -119,10 +119,11 @@ class Program:
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
-    def jit(self, *, arch: str = "x86_64", sandbox: bool = False, output: str | Path | None = None) -> JitListing:
+    def jit(self, *, arch: str = "x86_64", sandbox: bool = False, blind: bool = False,
+            output: str | Path | None = None) -> JitListing:
         """The program compiled by the JIT for `arch`, as `bpforge jit` lists it (`.text()`, `.as_json()`):
         every native instruction under the BPF instruction it came from. Verified (our verifier's facts,
-        accesses unchecked) unless `sandbox`; `output`: write the image (raw code) and `output`.json (entry
+        accesses unchecked) unless `sandbox`; `blind`: constants blinded (never in the code as written); `output`: write the image (raw code) and `output`.json (entry
         points, relocations, control-block layout)."""
         from . import vm
         from .jit import compile_program, plan
@@ -131,7 +132,7 @@ class Program:
         try:
             facts = plan(self.loaded, sandbox=sandbox)
             program = vm.from_loaded(self.loaded)
-            image = compile_program(program, facts, arch=arch)
+            image = compile_program(program, facts, arch=arch, blind=blind)
             mode = "sandbox" if facts is None else "verified"
             if output is not None:
                 write_image(image, str(output), mode)

@@ -116,6 +116,8 @@ def run(prog: Prog,
         arch: Annotated[str, typer.Option(help="The jit engine's architecture.")] = "x86_64",
         sandbox: Annotated[bool, typer.Option("--sandbox", help="jit: check every memory access (programs our "
                                               "verifier does not accept).")] = False,
+        blind: Annotated[bool, typer.Option("--blind", help="jit: blind the program's constants (loaded xor a "
+                                            "random key, as the kernel's bpf_jit_harden does).")] = False,
         repeat: Annotated[int, typer.Option(help="Runs on the same input; maps carry over, time is averaged.")] = 1,
         ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context (xdp_md / __sk_buff) in hex.")] = None,
         map_files: Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE",
@@ -141,7 +143,7 @@ def run(prog: Prog,
         report = program.run(packet, engine=engine, repeat=repeat,
                              ctx=_hex(ctx, "--ctx") if ctx is not None else None, preload=preload,
                              dump_maps=dump_maps, seed=seed, time_budget=budget, progress=progress, arch=arch,
-                             sandbox=sandbox)
+                             sandbox=sandbox, blind=blind)
     if report.stopped:
         why = f"--budget of {budget:g} s reached" if report.stopped == "budget" else "interrupted"
         _note(f"{prog}: stopped after {report.repeat} of {report.requested} runs ({why}); the results are "
@@ -246,9 +248,12 @@ def jit(prog: Prog,
             "relocations, control-block layout).")] = None,
         sandbox: Annotated[bool, typer.Option("--sandbox", help="Check every memory access (programs our "
                                               "verifier does not accept).")] = False,
+        blind: Annotated[bool, typer.Option("--blind", help="Blind the program's constants (loaded xor a "
+                                            "random key, as the kernel's bpf_jit_harden does).")] = False,
         section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
     """Compile a program with the JIT and list the native code under the BPF instruction it came from."""
-    result = load(prog, section=section, prog_type=prog_type).jit(arch=arch, sandbox=sandbox, output=output)
+    result = load(prog, section=section, prog_type=prog_type).jit(arch=arch, sandbox=sandbox, blind=blind,
+                                                                  output=output)
     if json_out:
         _emit_json(result.as_json())
     else:

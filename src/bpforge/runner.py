@@ -84,13 +84,13 @@ def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repe
                dump_maps: bool = False, seed: int = 0, budget: int | None = None,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
                progress: Callable[[int, int], None] | None = None, arch: str = "x86_64",
-               sandbox: bool = False) -> RunReport:
+               sandbox: bool = False, blind: bool = False) -> RunReport:
     """Run a loaded program `repeat` times (1 to 2^32-1, as the kernel takes it) on one input.
 
     The jit engine compiles it for `arch` (x86-64: native code in this process). A program our verifier
     accepts runs with its accesses unchecked, as the kernel's JIT runs it; `sandbox` (the default for the
     userspace `mem` convention, which no verifier checks) checks every access and counts instructions,
-    so a program that did not pass the verifier faults as the interpreter does.
+    so a program that did not pass the verifier faults as the interpreter does; `blind` blinds its constants.
 
     The VM engines stop a repeat loop early, with the runs done so far, when `time_budget` seconds have
     passed or on Ctrl-C (`RunReport.stopped` says which); `progress(done, total)` is called along the way.
@@ -108,13 +108,13 @@ def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repe
         report = _run_kernel(loaded, data, repeat, ctx, preload or {}, dump_maps)
     else:
         report = _run_vm(loaded, data, engine, repeat, ctx, preload or {}, dump_maps, seed, budget, time_budget,
-                         progress, arch, sandbox)
+                         progress, arch, sandbox, blind)
     report.requested = repeat
     return report
 
 
 def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget, time_budget,
-            progress, arch="x86_64", sandbox=False) -> RunReport:
+            progress, arch="x86_64", sandbox=False, blind=False) -> RunReport:
     from . import vm
     from .kernel.maps import possible_cpus
     from .vm.fast import compile_all
@@ -128,7 +128,7 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
     if engine == "fast":
         compile_all(program)  # translated before the clock starts
     elif engine == "jit":
-        session = jit_session(loaded, program, arch=arch, sandbox=sandbox)  # compiled before the clock starts
+        session = jit_session(loaded, program, arch=arch, sandbox=sandbox, blind=blind)  # compiled before the clock starts
     start = time.perf_counter_ns()
     deadline = None if time_budget is None else time.monotonic() + time_budget
     next_report = [0.0]
@@ -156,7 +156,8 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
                      result.stopped)
 
 
-def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox: bool = False):
+def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox: bool = False,
+                blind: bool = False):
     """The JIT session that runs `program` (the VM's linking of `loaded`): verified with our verifier's
     facts, or sandboxed (`jit.plan`). Tail-call targets are compiled with their loads checked."""
     from .jit import ARCHES, plan
@@ -164,7 +165,7 @@ def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox
 
     if arch not in ARCHES:
         raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(ARCHES)} here")
-    return JitSession.of(program, plan(loaded, sandbox=sandbox))
+    return JitSession.of(program, plan(loaded, sandbox=sandbox), blind=blind)
 
 
 def _run_kernel(loaded, data, repeat, ctx, preload, dump_maps) -> RunReport:

@@ -131,7 +131,7 @@ def _vm_engine(runner: str) -> Engine:
             elif runner == "fast":
                 result = vm.run_fast(machine, packet, program.prog_type)
             else:
-                result = _run_jit(last, program, machine, packet, sandbox=runner == "jit_sandbox")
+                result = _run_jit(last, program, machine, packet, sandbox=runner != "jit", blind=runner == "jit_blind")
         except BpforgeError as err:
             return Outcome(None, error=f"{type(err).__name__}: {err}")
         return Outcome(result.retval & 0xFFFFFFFF, result.data_out, _contents(program, maps),
@@ -141,17 +141,17 @@ def _vm_engine(runner: str) -> Engine:
     return run
 
 
-def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbox: bool):
+def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbox: bool, blind: bool = False):
     """The native x86-64 JIT: verified (our verifier's facts; a program it does not accept runs sandboxed)
-    or sandboxed. One session per program, as its images are compiled once."""
+    or sandboxed, its constants blinded or not. One session per program, as its images are compiled once."""
     from bpforge.jit.facts import facts_of_insns, facts_of_object
     from bpforge.jit.native import JitSession, run_native
 
-    key = "jit_sandbox" if sandbox else "jit"
+    key = "jit_blind" if blind else "jit_sandbox" if sandbox else "jit"
     if last.get(key + "_program") is not program:
         facts = None if sandbox else facts_of_object(program.obj, program.obj_program, program.prog_type) \
             if program.obj is not None else facts_of_insns(program.insns, program.prog_type, program.maps)
-        last[key + "_program"], last[key] = program, JitSession.of(last["vmprog"], facts)
+        last[key + "_program"], last[key] = program, JitSession.of(last["vmprog"], facts, blind=blind)
     return run_native(machine, last[key], packet, program.prog_type)
 
 
@@ -159,6 +159,7 @@ interp = _vm_engine("interp")
 fast = _vm_engine("fast")
 jit = _vm_engine("jit")
 jit_sandbox = _vm_engine("jit_sandbox")
+jit_blind = _vm_engine("jit_blind")  # sandboxed, constants blinded: every constant path and the checked stores
 
 
 # ---- the kernel ------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def vm_engines() -> list[Engine]:
     from bpforge.jit.native import native_available
 
     found = [interp, fast] if hasattr(vm, "run_fast") else [interp]
-    return found + ([jit, jit_sandbox] if native_available() is None else [])
+    return found + ([jit, jit_sandbox, jit_blind] if native_available() is None else [])
 
 
 # ---- comparing --------------------------------------------------------------------------------------------

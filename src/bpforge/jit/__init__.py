@@ -25,15 +25,15 @@ def plan(loaded, *, sandbox: bool = False) -> Facts | None:
     return facts
 
 
-def compile_program(program, facts: Facts | None, *, arch: str = "x86_64") -> Image:
-    """The image of a `vm.VmProgram` (`facts` from `plan`)."""
+def compile_program(program, facts: Facts | None, *, arch: str = "x86_64", blind: bool = False) -> Image:
+    """The image of a `vm.VmProgram` (`facts` from `plan`); `blind`: the program's constants blinded."""
     if arch not in ARCHES:
         raise BpforgeError(f"--arch {arch}: the JIT compiles for {', '.join(ARCHES)} so far")
     from .x86_64.select import compile_x86_64
 
     lowered = lower(program, sandbox=facts is None, ctx_fields=facts.ctx_fields if facts else None,
                     checked=facts.checked if facts else frozenset())
-    return compile_x86_64(lowered)
+    return compile_x86_64(lowered, blind=blind)
 
 
 __all__ = ["ARCHES", "Facts", "Image", "compile_program", "facts_of", "plan"]

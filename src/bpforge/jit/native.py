@@ -88,23 +88,27 @@ class JitSession:
     layout of control-block cells. `facts(program)`: (ctx_fields, checked) for a verified program's loads,
     or None to check every load; ignored in sandbox mode."""
 
-    def __init__(self, sandbox: bool, facts: Callable[[VmProgram], tuple[dict, frozenset] | None]) -> None:
+    def __init__(self, sandbox: bool, facts: Callable[[VmProgram], tuple[dict, frozenset] | None], *,
+                 blind: bool = False) -> None:
         reason = native_available()
         if reason is not None:
             raise JitError(reason)
         self.sandbox = sandbox
         self.facts = facts
+        self.blind = blind
         self.images: list[LoadedImage] = []
         self._by_program: dict[int, LoadedImage] = {}
         self.next_cell = abi.CELLS
 
     @classmethod
-    def of(cls, main: VmProgram, facts) -> "JitSession":
+    def of(cls, main: VmProgram, facts, *, blind: bool = False) -> "JitSession":
         """A session for `main` with our verifier's `facts` (`jit.facts.Facts`; None or not accepted:
-        sandboxed). Other programs (tail-call targets) are compiled with every load checked."""
+        sandboxed). Other programs (tail-call targets) are compiled with every load checked. `blind`: every
+        image's constants blinded."""
         if facts is None or not facts.accepted:
-            return cls(True, lambda program: None)
-        return cls(False, lambda program: (facts.ctx_fields, facts.checked) if program is main else None)
+            return cls(True, lambda program: None, blind=blind)
+        return cls(False, lambda program: (facts.ctx_fields, facts.checked) if program is main else None,
+                   blind=blind)
 
     def image(self, program: VmProgram) -> LoadedImage:
         loaded = self._by_program.get(id(program))
@@ -120,7 +124,7 @@ class JitSession:
         lowered = lower(program, sandbox=self.sandbox, ctx_fields=ctx_fields, checked=checked,
                         image=len(self.images), first_cell=self.next_cell)
         self.next_cell = lowered.cells.next
-        loaded = LoadedImage(compile_x86_64(lowered), program)
+        loaded = LoadedImage(compile_x86_64(lowered, blind=self.blind), program)
         self.images.append(loaded)
         self._by_program[id(program)] = loaded
         return loaded

@@ -13,6 +13,7 @@ only feeds an operation of that width or narrower costs nothing either.
 
 from __future__ import annotations
 
+import secrets
 from contextlib import contextmanager
 
 from ...isa.numbers import M64
@@ -48,8 +49,9 @@ def _signed64(value: int) -> int:
 
 
 class X86Compiler:
-    def __init__(self, lowered: Lowered) -> None:
+    def __init__(self, lowered: Lowered, *, blind: bool = False) -> None:
         self.lw = lowered
+        self.blind = blind
         self.asm = Assembler()
         self.labels: dict[int, Label] = {}
         self.functions: dict[int, Label] = {entry: Label(f"function {entry}") for entry in lowered.entries}
@@ -330,7 +332,7 @@ class X86Compiler:
         asm = self.asm
         op, w = node.op, node.width
         if op == "const":
-            asm.emit(X.mov_const(target, node.value))
+            self._constant(target, node.value)
         elif op == "reg" or node in self.fetched:
             source = self._leaf_reg(node)
             if source != target:
@@ -387,6 +389,23 @@ class X86Compiler:
         else:
             raise ValueError(f"no x86-64 selection for {op}")
 
+    def _constant(self, target: int, value: int) -> None:
+        """target = a program's constant. Blinded (the kernel's bpf_jit_blind_constants), the constant never
+        appears in the code as written: it is loaded xor a fresh random key, and the key xored out again."""
+        value &= M64
+        asm = self.asm
+        if not self.blind or value == 0:
+            asm.emit(X.mov_const(target, value))
+            return
+        low = secrets.randbits(31) | 1  # positive: as a sign-extended imm32 it leaves the upper half alone
+        if X.fits_imm32(_signed64(value)):
+            asm.emit(X.mov_const(target, value ^ low), X.alu_ri("xor", 64, target, low))
+            return
+        high = secrets.randbits(31) | 1
+        asm.emit(X.mov_imm64(target, value ^ (high << 32 | low)), X.alu_ri("xor", 64, target, low),
+                 X.shift_imm("ror", 64, target, 32), X.alu_ri("xor", 64, target, high),
+                 X.shift_imm("ror", 64, target, 32))
+
     def _zero_upper(self, reg: int, width: int) -> None:
         if width == 32:
             self.asm.emit(X.alu_rr("mov", 32, reg, reg))
@@ -395,8 +414,9 @@ class X86Compiler:
 
     def _operand(self, node: Node, width: int, avoid: int | None = None):
         """A source operand for a `width`-bit operation: ("imm", value) or ("reg", register); a register
-        taken from the scratch pool is returned third, to be given back."""
-        if node.is_const:
+        taken from the scratch pool is returned third, to be given back. Blinded, constants are never
+        immediates."""
+        if node.is_const and not self.blind:
             value = node.value if width == 64 else node.value & 0xFFFFFFFF
             signed = _signed64(value) if width == 64 else value - (1 << 32) if value >> 31 else value
             if X.fits_imm32(signed):
@@ -634,6 +654,9 @@ class X86Compiler:
         asm = self.asm
         base, off = self._base_offset(effect.addr)
         size, value = effect.size, effect.value
+        if self.blind and value.is_const and self.lw.sandbox:
+            self._blinded_checked_store(base, off, size, value.value)
+            return
         kind, operand, scratch = self._operand(value, 64 if size == 8 else 32)
         if not self.lw.sandbox:
             mem = self._translate(base, off)
@@ -653,6 +676,21 @@ class X86Compiler:
         self._store_to(mem, size, kind, operand)
         asm.label(resume)
         self._release(scratch)
+
+    def _blinded_checked_store(self, base: int, off: int, size: int, value: int) -> None:
+        """A sandboxed store of a blinded constant: made after the access checks, which use the scratch
+        registers."""
+        asm = self.asm
+
+        def slow() -> None:
+            def setup() -> None:
+                self._constant(RSI, value)
+                asm.emit(X.alu_rr("mov", 64, RDI, TMP))
+            self._callout(self._kind(abi.STORE, size), setup)
+        mem, resume = self._checked(base, off, size, True, slow)
+        self._constant(R9, value)
+        asm.emit(X.store(mem, R9, size))
+        asm.label(resume)
 
     def _store_to(self, mem: Mem, size: int, kind: str, operand: int) -> None:
         if kind == "imm":
@@ -816,5 +854,5 @@ def _uses(effect, node: Node) -> bool:
     return False
 
 
-def compile_x86_64(lowered: Lowered) -> Image:
-    return X86Compiler(lowered).compile()
+def compile_x86_64(lowered: Lowered, *, blind: bool = False) -> Image:
+    return X86Compiler(lowered, blind=blind).compile()
