@@ -113,7 +113,8 @@ def run(prog: Prog,
         data_file: Annotated[str | None, typer.Option("--data-file", metavar="FILE", help="Packet bytes from a file.")] = None,
         engine: Annotated[str, typer.Option(help="fast (compiled interpreter), interp (reference), jit (native code) "
                                             "or kernel.")] = "fast",
-        arch: Annotated[str, typer.Option(help="The jit engine's architecture.")] = "x86_64",
+        arch: Annotated[str, typer.Option(help="The jit engine's architecture: x86_64 (native), arm64 or riscv64 (an "
+                                          "emulated device).")] = "x86_64",
         sandbox: Annotated[bool, typer.Option("--sandbox", help="jit: check every memory access (programs our "
                                               "verifier does not accept).")] = False,
         blind: Annotated[bool, typer.Option("--blind", help="jit: blind the program's constants (loaded xor a "

@@ -140,7 +140,11 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
             next_report[0] = now + 0.1
         return deadline is not None and now > deadline
 
-    if engine == "jit":
+    if engine == "jit" and arch != "x86_64":
+        from .jit.device import run_device
+
+        execute = lambda *a, **k: run_device(machine, session, *a, **k)  # noqa: E731
+    elif engine == "jit":
         from .jit.native import run_native
 
         execute = lambda *a, **k: run_native(machine, session, *a, native_loop=True, **k)  # noqa: E731
@@ -159,12 +163,20 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
 def jit_session(loaded: LoadedProgram, program, *, arch: str = "x86_64", sandbox: bool = False,
                 blind: bool = False):
     """The JIT session that runs `program` (the VM's linking of `loaded`): verified with our verifier's
-    facts, or sandboxed (`jit.plan`). Tail-call targets are compiled with their loads checked."""
+    facts, or sandboxed (`jit.plan`). Tail-call targets are compiled with their loads checked. x86-64
+    runs natively, arm64 and riscv64 on an emulated device."""
     from .jit import ARCHES, plan
-    from .jit.native import JitSession
 
     if arch not in ARCHES:
         raise BpforgeError(f"--arch {arch}: the jit engine runs {', '.join(ARCHES)} here")
+    if arch != "x86_64":
+        from .jit.device import DeviceSession
+
+        if blind:
+            raise BpforgeError(f"--blind: constant blinding is implemented for x86_64 only so far, not {arch}")
+        return DeviceSession.of(program, plan(loaded, sandbox=sandbox), arch)
+    from .jit.native import JitSession
+
     return JitSession.of(program, plan(loaded, sandbox=sandbox), blind=blind)
 
 

@@ -130,6 +130,9 @@ def _vm_engine(runner: str) -> Engine:
                 result = machine.run(packet, program.prog_type)
             elif runner == "fast":
                 result = vm.run_fast(machine, packet, program.prog_type)
+            elif runner.startswith("jit_") and runner.split("_")[1] in DEVICE_ENGINES:
+                result = _run_device(last, program, machine, packet, arch=runner.split("_")[1],
+                                     sandbox=runner.endswith("_sandbox"))
             else:
                 result = _run_jit(last, program, machine, packet, sandbox=runner != "jit", blind=runner == "jit_blind")
         except BpforgeError as err:
@@ -144,15 +147,39 @@ def _vm_engine(runner: str) -> Engine:
 def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbox: bool, blind: bool = False):
     """The native x86-64 JIT: verified (our verifier's facts; a program it does not accept runs sandboxed)
     or sandboxed, its constants blinded or not. One session per program, as its images are compiled once."""
-    from bpforge.jit.facts import facts_of_insns, facts_of_object
     from bpforge.jit.native import JitSession, run_native
 
     key = "jit_blind" if blind else "jit_sandbox" if sandbox else "jit"
     if last.get(key + "_program") is not program:
-        facts = None if sandbox else facts_of_object(program.obj, program.obj_program, program.prog_type) \
-            if program.obj is not None else facts_of_insns(program.insns, program.prog_type, program.maps)
+        facts = None if sandbox else _facts(last, program)
         last[key + "_program"], last[key] = program, JitSession.of(last["vmprog"], facts, blind=blind)
     return run_native(machine, last[key], packet, program.prog_type)
+
+
+DEVICE_ENGINES = ("arm64", "riscv64")
+
+
+def _facts(last: dict, program: DiffProgram):
+    """Our verifier's facts for the JITs, once per program for every JIT engine."""
+    from bpforge.jit.facts import facts_of_insns, facts_of_object
+
+    if last.get("facts_program") is not program:
+        last["facts_program"], last["facts"] = program, (
+            facts_of_object(program.obj, program.obj_program, program.prog_type) if program.obj is not None
+            else facts_of_insns(program.insns, program.prog_type, program.maps))
+    return last["facts"]
+
+
+def _run_device(last: dict, program: DiffProgram, machine, packet: bytes, *, arch: str, sandbox: bool):
+    """The arm64/riscv64 JIT on its emulated device, verified or sandboxed as `_run_jit`. One session
+    (one device, its images compiled once) per program."""
+    from bpforge.jit.device import DeviceSession, run_device
+
+    key = f"jit_{arch}" + ("_sandbox" if sandbox else "")
+    if last.get(key + "_program") is not program:
+        last[key + "_program"], last[key] = program, DeviceSession.of(last["vmprog"], None if sandbox else
+                                                                      _facts(last, program), arch)
+    return run_device(machine, last[key], packet, program.prog_type)
 
 
 interp = _vm_engine("interp")
@@ -160,6 +187,10 @@ fast = _vm_engine("fast")
 jit = _vm_engine("jit")
 jit_sandbox = _vm_engine("jit_sandbox")
 jit_blind = _vm_engine("jit_blind")  # sandboxed, constants blinded: every constant path and the checked stores
+jit_arm64 = _vm_engine("jit_arm64")
+jit_riscv64 = _vm_engine("jit_riscv64")
+jit_arm64_sandbox = _vm_engine("jit_arm64_sandbox")
+jit_riscv64_sandbox = _vm_engine("jit_riscv64_sandbox")
 
 
 # ---- the kernel ------------------------------------------------------------------------------------------
@@ -272,14 +303,18 @@ class KernelEngine:
             self._loaded = None
 
 
-def vm_engines() -> list[Engine]:
-    """The engines that need no kernel: the interpreter, and the fast tier where it exists."""
+def vm_engines(devices: bool = True) -> list[Engine]:
+    """The engines that need no kernel: the interpreter, the fast tier where it exists, the native JIT
+    where it runs, and (`devices`, where unicorn is installed) the arm64 and riscv64 JITs on their emulated
+    devices, verified (their sandboxed code is the same selector's, tested in tests/test_jit_devices.py)."""
     from bpforge import vm
 
+    from bpforge.jit.device import unicorn_available
     from bpforge.jit.native import native_available
 
     found = [interp, fast] if hasattr(vm, "run_fast") else [interp]
-    return found + ([jit, jit_sandbox, jit_blind] if native_available() is None else [])
+    found += [jit, jit_sandbox, jit_blind] if native_available() is None else []
+    return found + ([jit_arm64, jit_riscv64] if devices and unicorn_available() is None else [])
 
 
 # ---- comparing --------------------------------------------------------------------------------------------

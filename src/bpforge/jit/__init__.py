@@ -1,15 +1,15 @@
 """The JITs: one lowering layer (`mir`, `lower`, `emit`, `abi`) and per-architecture backends that only
-encode and select (`x86_64/`; arm64 and riscv64 encoders for the device backends). `native` runs x86-64
-images in this process; `listing` shows an image beside the BPF it came from."""
+encode and select (`x86_64/`; `arm64/` and `riscv64/` over the shared load/store selector `risc`).
+`native` runs x86-64 images in this process, `device` arm64 and riscv64 images on an emulated device
+(unicorn), both serving call-backs through `serve`; `listing` shows an image beside the BPF it came from."""
 
 from __future__ import annotations
 
 from ..errors import BpforgeError
+from .backends import ARCHES, compile_lowered
 from .facts import Facts, facts_of
 from .image import Image
 from .lower import lower
-
-ARCHES = ("x86_64",)
 
 
 def plan(loaded, *, sandbox: bool = False) -> Facts | None:
@@ -29,11 +29,9 @@ def compile_program(program, facts: Facts | None, *, arch: str = "x86_64", blind
     """The image of a `vm.VmProgram` (`facts` from `plan`); `blind`: the program's constants blinded."""
     if arch not in ARCHES:
         raise BpforgeError(f"--arch {arch}: the JIT compiles for {', '.join(ARCHES)} so far")
-    from .x86_64.select import compile_x86_64
-
     lowered = lower(program, sandbox=facts is None, ctx_fields=facts.ctx_fields if facts else None,
                     checked=facts.checked if facts else frozenset())
-    return compile_x86_64(lowered, blind=blind)
+    return compile_lowered(lowered, arch, blind=blind)
 
 
 __all__ = ["ARCHES", "Facts", "Image", "compile_program", "facts_of", "plan"]

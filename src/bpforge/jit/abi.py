@@ -19,18 +19,43 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RegisterMap:
     """`bpf[n]`: the native register of BPF register n; `ctl`: the control block's base; `scratch`: free for
-    expression values; `tmp`: the selector's own temporary (addresses, divisors, saved shift counts)."""
+    expression values; `tmp`: the selector's own temporary (addresses, divisors, saved shift counts).
+    The load/store machines also name `temps` (more temporaries: region-table lookups, counters, compare
+    operands), `tables` (the base of the region tables, ctl + DELTA, kept in a register because DELTA is
+    too far for their load offsets), `internal` (what the machine ops use inside one native sequence:
+    a large offset or immediate, a remainder's quotient), `kind` (the call-back's sixth C argument),
+    `saved` (callee-saved registers the repeat loop keeps its state in) and `link`."""
 
     arch: str
     bpf: tuple[int, ...]
     ctl: int
     scratch: tuple[int, ...]
     tmp: int
+    temps: tuple[int, ...] = ()
+    tables: int = -1
+    internal: tuple[int, ...] = ()
+    kind: int = -1
+    saved: tuple[int, ...] = ()
+    link: int = -1
 
 
 # x86-64 as the kernel maps it (arch/x86/net/bpf_jit_comp.c): r1-r5 are the C argument registers, so a helper
 # call needs no moves; r6-r9 and the frame pointer are callee-saved. r12 holds the control block.
 X86_64 = RegisterMap("x86_64", bpf=(0, 7, 6, 2, 1, 8, 3, 13, 14, 15, 5), ctl=12, scratch=(9, 10), tmp=11)
+
+# arm64 as the kernel maps it (arch/arm64/net/bpf_jit_comp.c): r0 in x7, r1-r5 in the argument registers
+# x0-x4, r6-r9 in the callee-saved x19-x22 and the frame pointer in x25; x26/x27 (callee-saved, as the
+# kernel keeps its tail-call counter and arena base there) hold the control block and the region tables;
+# x9-x15 are temporaries, x16/x17 (IP0/IP1) the machine ops' own.
+ARM64 = RegisterMap("arm64", bpf=(7, 0, 1, 2, 3, 4, 19, 20, 21, 22, 25), ctl=26, scratch=(13, 14, 15), tmp=9,
+                    temps=(10, 11, 12), tables=27, internal=(16, 17), kind=5, saved=(23, 24), link=30)
+
+# riscv64 as the kernel maps it (arch/riscv/net/bpf_jit_comp64.c): r0 in a5, r1-r5 in a0-a4, r6-r9 in
+# s1-s4, the frame pointer in s5; s6/s7 hold the control block and the region tables; t0-t6, a6 and a7
+# are temporaries. The call-back's sixth argument is a5, which holds r0: a call-out saves r0 in its cell
+# first, as every call-out does.
+RISCV64 = RegisterMap("riscv64", bpf=(15, 10, 11, 12, 13, 14, 9, 18, 19, 20, 21), ctl=22, scratch=(29, 30, 31),
+                      tmp=5, temps=(6, 7, 17), tables=23, internal=(28, 16), kind=15, saved=(24, 25), link=1)
 
 # ---- the control block ---------------------------------------------------------------------------------
 

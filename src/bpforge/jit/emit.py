@@ -26,6 +26,7 @@ class _Branch:
     long_size: int
     slot: int
     short: bool = True
+    reach: Callable[[int], bool] | None = None
 
 
 @dataclass
@@ -57,8 +58,12 @@ class Assembler:
     def label(self, label: Label) -> None:
         self.items.append(label)
 
-    def branch(self, label: Label, encode: Callable[[int, bool], bytes], short_size: int, long_size: int) -> None:
-        self.items.append(_Branch(label, encode, short_size, long_size, self.slot, short=short_size > 0))
+    def branch(self, label: Label, encode: Callable[[int, bool], bytes], short_size: int, long_size: int,
+               reach: Callable[[int], bool] | None = None) -> None:
+        """`reach(rel)`: whether the short form reaches `rel` bytes past its end (default: a signed byte,
+        x86's short jumps)."""
+        self.items.append(_Branch(label, encode, short_size, long_size, self.slot, short=short_size > 0,
+                                  reach=reach))
 
     def _layout(self) -> tuple[dict[Label, int], list[int]]:
         labels: dict[Label, int] = {}
@@ -83,7 +88,7 @@ class Assembler:
                     if item.label not in labels:
                         raise ValueError(f"branch to label {item.label.name}, which is never placed")
                     rel = labels[item.label] - (start + item.short_size)
-                    if not -128 <= rel < 128:
+                    if not (item.reach(rel) if item.reach is not None else -128 <= rel < 128):
                         item.short, grew = False, True
             if not grew:
                 break

