@@ -8,16 +8,13 @@ The random-program and example differentials (tests/test_differential.py) run th
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import pytest
 
 from bpforge.jit.device import DEVICE_ARCHES, unicorn_available
 
-from conftest import EXAMPLES
-from test_jit_x86_64 import FAULTS, IPV4_TCP
+from test_jit_x86_64 import FAULTS
 
 pytestmark = pytest.mark.skipif(unicorn_available() is not None, reason=str(unicorn_available()))
 BPFORGE = [sys.executable, "-m", "bpforge.cli"]
