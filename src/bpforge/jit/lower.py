@@ -162,6 +162,11 @@ class InlineLookup:
     def slot_size(self) -> int:
         return 8 * (2 + len(self.key_words))  # valid, key words, result
 
+    @property
+    def cache_words(self) -> int:
+        """The u64 words of the whole cache."""
+        return CACHE_SLOTS * self.slot_size // 8
+
 
 def cache_hash(words: list[int]) -> int:
     """The slot of a key in a lookup cache (what native code computes): h = (h + w) * K per word, top bits."""

@@ -23,7 +23,7 @@ from ..vm.maps.arena import addr_space_cast
 from ..vm.memory import Region, VmFault
 from ..vm.program import VmProgram
 from . import abi
-from .lower import CACHE_SLOTS, MAP_LOOKUP_ELEM, MAP_NEUTRAL_HELPERS, cache_hash
+from .lower import MAP_LOOKUP_ELEM, MAP_NEUTRAL_HELPERS, cache_hash
 
 
 class JitError(BpforgeError):
@@ -230,7 +230,7 @@ class RunBase:
 
     def _empty_caches(self) -> None:
         for cache, inline in self._caches.values():
-            self._table_clear(cache, CACHE_SLOTS * inline.slot_size // 8)
+            self._table_clear(cache, inline.cache_words)
 
     def _resolve(self, what: int, program: VmProgram, value: int) -> None:
         ctl = self.ctl
@@ -271,7 +271,7 @@ class RunBase:
                 continue
             handle = self.machine.map_handle(loaded.program.map_at(inline.ref))
             if handle not in self._caches:
-                self._caches[handle] = (self._new_table(CACHE_SLOTS * inline.slot_size // 8), inline)
+                self._caches[handle] = (self._new_table(inline.cache_words), inline)
             self.ctl[cells.lookup_caches[inline.ref] // 8] = self._caches[handle][0]
         for cell in [*cells.maps.values(), *cells.map_values.values(), *cells.functions.values()]:
             try:
