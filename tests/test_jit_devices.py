@@ -165,3 +165,35 @@ def test_device_counts_its_instructions():
         assert run_device(vm.Machine(vm.from_insns(insns, [])), session, b"", "mem").retval == 5050
         counts[arch] = session.last_executed
     assert all(300 < count < 3000 for count in counts.values()), counts  # the loop: 3 x 100 BPF instructions
+
+
+@arches
+@pytest.mark.parametrize("sandbox", [False, True], ids=["verified", "sandbox"])
+def test_tail_calls_on_the_device(arch, sandbox):
+    """A program that counts its runs and tail-calls itself stops after 33 tail calls, as the interpreter's;
+    then one tail call into another program (compiled mid-run, placed in the device's code memory)."""
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.isa.maptypes import MAP_TYPE_IDS, MapSpec
+    from bpforge.jit.device import DeviceSession, run_device
+    from bpforge.vm.maps import create_map
+
+    text = ("r6 = r1\nr1 = 0\n*(u32 *)(r10 - 4) = r1\nr2 = r10\nr2 += -4\nr1 = map_fd(1) ll\ncall bpf_map_lookup_elem\n"
+            "if r0 == 0 goto +3\nr1 = 1\nlock *(u64 *)(r0 + 0) += r1\nr1 = r6\nr2 = map_fd(0) ll\nr3 = {slot}\n"
+            "call bpf_tail_call\nr0 = 7\nexit\n")
+    for slot, expected_runs, expected_r0 in ((0, 34, 7), (1, 1, 42)):
+        outcomes = []
+        for engine in ("interp", arch):
+            jumps = create_map(MapSpec("jumps", MAP_TYPE_IDS["prog_array"], 4, 4, 2))
+            counter = create_map(MapSpec("counter", MAP_TYPE_IDS["array"], 4, 8, 1))
+            program = vm.from_insns(parse(text.format(slot=slot)).sections[0].insns, [jumps, counter])
+            jumps.set(0, program)
+            jumps.set(1, vm.from_insns(parse("r0 = 42\nexit\n").sections[0].insns, []))
+            machine = vm.Machine(program)
+            if engine == "interp":
+                result = machine.run(bytes(64), "xdp")
+            else:
+                session = DeviceSession(sandbox, (lambda p: None), arch)
+                result = run_device(machine, session, bytes(64), "xdp")
+            outcomes.append((result.retval, counter.lookup(bytes(4))))
+        assert outcomes[0] == outcomes[1] == (expected_r0, expected_runs.to_bytes(8, "little"))
