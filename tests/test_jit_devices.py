@@ -101,3 +101,96 @@ def test_results_as_the_interpreter(name, arch):
     interp, device = _both(program, data, arch)
     assert not isinstance(interp, str), interp
     assert device == interp
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------
+
+def bpforge(*args, check=True):
+    result = subprocess.run([*BPFORGE, *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@arches
+def test_run_engine_jit_arch_agrees_with_the_interpreter(arch):
+    path = EXAMPLES / "obj" / "xdp_counter.o"
+    outs = [json.loads(bpforge("run", path, "--data", IPV4_TCP, "--engine", e, "--arch", arch, "--repeat", "3",
+                               "--dump-maps", "--json").stdout) for e in ("interp", "jit")]
+    assert outs[0]["retval"] == outs[1]["retval"] and outs[0]["data_out"] == outs[1]["data_out"]
+    assert outs[0]["maps"] == outs[1]["maps"] and outs[1]["engine"] == "jit" and outs[1]["repeat"] == 3
+
+
+@arches
+def test_sandbox_fault_on_the_device_is_the_interpreters(tmp_path, arch):
+    src = tmp_path / "bad.s"
+    src.write_text("r0 = *(u32 *)(r1 + 100)\nexit\n")
+    args = ("run", src, "--type", "xdp", "--data", "00" * 20)
+    faulted = bpforge(*args, "--engine", "jit", "--arch", arch, "--sandbox", check=False)
+    interp = bpforge(*args, "--engine", "interp", check=False)
+    assert faulted.returncode == interp.returncode == 2 and faulted.stderr == interp.stderr
+
+
+@arches
+def test_listing_maps_every_native_instruction(tmp_path, arch):
+    pytest.importorskip("capstone", reason="capstone not installed (pip install 'bpforge[jit]')")
+    path = EXAMPLES / "obj" / "xdp_lb.o"
+    image = tmp_path / "xdp_lb.bin"
+    listing = json.loads(bpforge("jit", path, "--arch", arch, "-o", image, "--json").stdout)
+    assert listing["mode"] == "verified" and listing["arch"] == arch
+    native = [n for entry in listing["insns"] for n in entry["native"]]
+    assert sum(len(n["bytes"]) // 2 for n in native) == listing["code_bytes"] == image.stat().st_size
+    assert all(len(n["bytes"]) == 8 for n in native)  # fixed-width: every 4 bytes decoded as one instruction
+    bpf_with_code = [e for e in listing["insns"] if e["slot"] >= 0 and e["native"]]
+    assert len(bpf_with_code) == listing["bpf_insns"]
+    meta = json.loads((tmp_path / "xdp_lb.bin.json").read_text())
+    assert meta["arch"] == arch and {r["kind"] for r in meta["relocations"]} >= {"map", "ctx_field", "callback"}
+    assert sum(o["length"] for o in meta["origins"]) == listing["code_bytes"]
+    text = bpforge("jit", path, "--arch", arch, "--sandbox").stdout
+    assert arch in text.splitlines()[0] and "sandbox" in text.splitlines()[0] and "<function at slot 0>" in text
+
+
+def test_device_counts_its_instructions():
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.jit.device import DeviceSession, run_device
+
+    insns = parse("r0 = 0\nr2 = 100\nl:\nr0 += r2\nr2 -= 1\nif r2 != 0 goto l\nexit\n").sections[0].insns
+    counts = {}
+    for arch in DEVICE_ARCHES:
+        session = DeviceSession(True, lambda p: None, arch)
+        assert run_device(vm.Machine(vm.from_insns(insns, [])), session, b"", "mem").retval == 5050
+        counts[arch] = session.last_executed
+    assert all(300 < count < 3000 for count in counts.values()), counts  # the loop: 3 x 100 BPF instructions
+
+
+@arches
+@pytest.mark.parametrize("sandbox", [False, True], ids=["verified", "sandbox"])
+def test_tail_calls_on_the_device(arch, sandbox):
+    """A program that counts its runs and tail-calls itself stops after 33 tail calls, as the interpreter's;
+    then one tail call into another program (compiled mid-run, placed in the device's code memory)."""
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.isa.maptypes import MAP_TYPE_IDS, MapSpec
+    from bpforge.jit.device import DeviceSession, run_device
+    from bpforge.vm.maps import create_map
+
+    text = ("r6 = r1\nr1 = 0\n*(u32 *)(r10 - 4) = r1\nr2 = r10\nr2 += -4\nr1 = map_fd(1) ll\ncall bpf_map_lookup_elem\n"
+            "if r0 == 0 goto +3\nr1 = 1\nlock *(u64 *)(r0 + 0) += r1\nr1 = r6\nr2 = map_fd(0) ll\nr3 = {slot}\n"
+            "call bpf_tail_call\nr0 = 7\nexit\n")
+    for slot, expected_runs, expected_r0 in ((0, 34, 7), (1, 1, 42)):
+        outcomes = []
+        for engine in ("interp", arch):
+            jumps = create_map(MapSpec("jumps", MAP_TYPE_IDS["prog_array"], 4, 4, 2))
+            counter = create_map(MapSpec("counter", MAP_TYPE_IDS["array"], 4, 8, 1))
+            program = vm.from_insns(parse(text.format(slot=slot)).sections[0].insns, [jumps, counter])
+            jumps.set(0, program)
+            jumps.set(1, vm.from_insns(parse("r0 = 42\nexit\n").sections[0].insns, []))
+            machine = vm.Machine(program)
+            if engine == "interp":
+                result = machine.run(bytes(64), "xdp")
+            else:
+                session = DeviceSession(sandbox, (lambda p: None), arch)
+                result = run_device(machine, session, bytes(64), "xdp")
+            outcomes.append((result.retval, counter.lookup(bytes(4))))
+        assert outcomes[0] == outcomes[1] == (expected_r0, expected_runs.to_bytes(8, "little"))

@@ -22,9 +22,12 @@ from bpforge.errors import BpforgeError
 from bpforge.isa.maptypes import MAP_TYPE_IDS, MapError
 
 def _engines() -> tuple[str, ...]:
+    from bpforge.jit.device import unicorn_available
     from bpforge.jit.native import native_available
 
-    return ("interp", "fast") + (("jit",) if native_available() is None else ()) + ("kernel",)
+    wanted = os.environ.get("DIFF_DEVICES", "1") != "0"  # DIFF_DEVICES=0: leave the device JITs out
+    devices = ("jit_arm64", "jit_riscv64") if wanted and unicorn_available() is None else ()
+    return ("interp", "fast") + (("jit",) if native_available() is None else ()) + devices + ("kernel",)
 
 
 # The jit engine runs what our verifier accepts as verified native code (with its facts), the rest sandboxed.
@@ -87,6 +90,10 @@ def _vm_run(program, named_maps, engine: str, data: bytes, prog_type: str, ctx: 
             from bpforge.jit.native import JitSession, run_native
 
             result = run_native(machine, JitSession.of(program, facts), data, prog_type, ctx, repeat)
+        elif engine.startswith("jit_"):  # arm64 / riscv64 on the emulated device
+            from bpforge.jit.device import DeviceSession, run_device
+
+            result = run_device(machine, DeviceSession.of(program, facts, engine[4:]), data, prog_type, ctx, repeat)
         else:
             result = vm.run_fast(machine, data, prog_type, ctx, repeat)
     except BpforgeError as err:
@@ -120,7 +127,7 @@ def run_asm(text: str, prog_type: str, data: bytes, *, maps: Iterable[MapSpec] =
         for i, key, value in setup:
             vmaps[i].update(key, value)
         program = vm.from_insns(insns, vmaps)
-        facts = _facts(lambda: facts_of_insns(insns, prog_type, defs)) if engine == "jit" else None
+        facts = _facts(lambda: facts_of_insns(insns, prog_type, defs)) if engine.startswith("jit") else None
         out[engine] = _vm_run(program, [(d.name, m) for d, m in zip(defs, vmaps)], engine, data, prog_type, ctx,
                               repeat, machine_options, facts)
     return out
@@ -190,7 +197,7 @@ def run_object(path: Path, data: bytes, *, section: str | None = None, prog_type
                 prepare(name, m)
             for key, value in (setup or {}).get(name, ()):
                 m.update(key, value)
-        facts = _facts(lambda: facts_of(loaded)) if engine == "jit" else None
+        facts = _facts(lambda: facts_of(loaded)) if engine.startswith("jit") else None
         out[engine] = _vm_run(program, named, engine, data, ptype, ctx, repeat, None, facts)
     return out
 

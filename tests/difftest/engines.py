@@ -151,7 +151,7 @@ def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbo
 
     key = "jit_blind" if blind else "jit_sandbox" if sandbox else "jit"
     if last.get(key + "_program") is not program:
-        facts = None if sandbox else _facts(last, program)
+        facts = None if sandbox else _facts(program)
         last[key + "_program"], last[key] = program, JitSession.of(last["vmprog"], facts, blind=blind)
     return run_native(machine, last[key], packet, program.prog_type)
 
@@ -159,15 +159,18 @@ def _run_jit(last: dict, program: DiffProgram, machine, packet: bytes, *, sandbo
 DEVICE_ENGINES = ("arm64", "riscv64")
 
 
-def _facts(last: dict, program: DiffProgram):
+_FACTS: dict = {}  # the program whose facts were computed last, and its facts: one verification for every JIT
+
+
+def _facts(program: DiffProgram):
     """Our verifier's facts for the JITs, once per program for every JIT engine."""
     from bpforge.jit.facts import facts_of_insns, facts_of_object
 
-    if last.get("facts_program") is not program:
-        last["facts_program"], last["facts"] = program, (
+    if _FACTS.get("program") is not program:
+        _FACTS["program"], _FACTS["facts"] = program, (
             facts_of_object(program.obj, program.obj_program, program.prog_type) if program.obj is not None
             else facts_of_insns(program.insns, program.prog_type, program.maps))
-    return last["facts"]
+    return _FACTS["facts"]
 
 
 def _run_device(last: dict, program: DiffProgram, machine, packet: bytes, *, arch: str, sandbox: bool):
@@ -178,7 +181,7 @@ def _run_device(last: dict, program: DiffProgram, machine, packet: bytes, *, arc
     key = f"jit_{arch}" + ("_sandbox" if sandbox else "")
     if last.get(key + "_program") is not program:
         last[key + "_program"], last[key] = program, DeviceSession.of(last["vmprog"], None if sandbox else
-                                                                      _facts(last, program), arch)
+                                                                      _facts(program), arch)
     return run_device(machine, last[key], packet, program.prog_type)
 
 
@@ -314,6 +317,7 @@ def vm_engines(devices: bool = True) -> list[Engine]:
 
     found = [interp, fast] if hasattr(vm, "run_fast") else [interp]
     found += [jit, jit_sandbox, jit_blind] if native_available() is None else []
+    devices = devices and os.environ.get("DIFF_DEVICES", "1") != "0"
     return found + ([jit_arm64, jit_riscv64] if devices and unicorn_available() is None else [])
 
 

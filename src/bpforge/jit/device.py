@@ -103,7 +103,7 @@ class Device:
         uc.hook_add(unicorn.UC_HOOK_CODE, self._firmware, begin=FIRMWARE, end=FIRMWARE)
         uc.hook_add(unicorn.UC_HOOK_BLOCK, self._count)
         self.code_next = CODE
-        self.executed = 0  # device instructions since `begin`
+        self.executed = 0  # device instructions of the current run (a block hook adds each block's)
         self.run: DeviceRun | None = None
         self.depth = 0
         self._regions: dict[int, list] = {}  # region index -> [address, capacity, buf, last copy]
@@ -305,6 +305,7 @@ class DeviceRun(RunBase):
 
     def _enter(self) -> int:
         self._push()  # what the VM changed since (a run's before_run, the previous run's helpers)
+        self.device.executed = 0
         try:
             return self.device.call(self.main.address + self.main.image.entry, CONTROL)
         finally:
