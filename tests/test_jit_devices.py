@@ -8,13 +8,16 @@ The random-program and example differentials (tests/test_differential.py) run th
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import pytest
 
 from bpforge.jit.device import DEVICE_ARCHES, unicorn_available
 
-from test_jit_x86_64 import FAULTS
+from conftest import EXAMPLES
+from test_jit_x86_64 import FAULTS, IPV4_TCP
 
 pytestmark = pytest.mark.skipif(unicorn_available() is not None, reason=str(unicorn_available()))
 BPFORGE = [sys.executable, "-m", "bpforge.cli"]
