@@ -1,7 +1,8 @@
 """JIT benchmark: per example program, ns per run of our x86-64 JIT (the repeat loop in native code, as
 BPF_PROG_TEST_RUN's loop runs in the kernel) against the kernel's JIT (BPF_PROG_TEST_RUN with repeat) and
 our fast tier, all on the same frame in this one run; native instructions per BPF instruction; and the
-JIT's compile time per 1,000 BPF instructions.
+JIT's compile time per 1,000 BPF instructions; per device arch (arm64, riscv64 on the emulated device),
+native instructions per BPF instruction and the device instructions one run executes, beside x86-64's.
 
     .venv/bin/python bench/jit.py [--repeat 200000] [--only NAME ...] [--json FILE]
 
@@ -20,7 +21,8 @@ from pathlib import Path
 from bpforge import load, vm
 from bpforge.errors import BpforgeError
 from bpforge.isa.ops import Call, decode_ops
-from bpforge.jit import compile_program, plan
+from bpforge.jit import ARCHES, compile_program, plan
+from bpforge.jit.device import DeviceSession, run_device, unicorn_available
 from bpforge.jit.listing import listing
 from bpforge.kernel import kernel_available
 
@@ -73,8 +75,29 @@ def main() -> None:
             print(f"\njit/kernel ns per run: median {ratios[len(ratios) // 2]:.2f}x, best {ratios[0]:.2f}x, worst "
                   f"{ratios[-1]:.2f}x over {len(timed)} programs; fast tier / jit: median "
                   f"{sorted(r['fast_ns'] / r['jit_ns'] for r in rows)[len(rows) // 2]:.0f}x")
+        devices(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def devices(rows: list[dict]) -> None:
+    """The per-arch table: native instructions per BPF instruction (listing) and device instructions per
+    run (the emulated core's count), each device's result checked against the fast tier's."""
+    arches = [a for a in ARCHES if a != "x86_64"]
+    if unicorn_available() is not None:
+        print(f"\n(no device rows: {unicorn_available()})")
+        return
+    print(f"\n{'program':<32}" + "".join(f"{a + ' native/insn':>22}" for a in ARCHES)
+          + "".join(f"{a + ' insns/run':>20}" for a in arches))
+    for row in rows:
+        per = [f"{row['native_per_insn']:>22.2f}"] + [f"{row[a]['native_per_insn']:>22.2f}" for a in arches]
+        runs = [f"{row[a]['device_insns_per_run']:>20}" + ("" if row[a]["agree_with_fast"] else " DISAGREES")
+                for a in arches]
+        print(f"{row['program']:<32}" + "".join(per) + "".join(runs))
+    for a in arches:
+        ratios = sorted(row[a]["native_per_insn"] / row["native_per_insn"] for row in rows)
+        print(f"{a} native instructions / x86-64's: median {ratios[len(ratios) // 2]:.2f}x, "
+              f"range {ratios[0]:.2f}-{ratios[-1]:.2f}x")
 
 
 def measure(name: str, program, repeat: int, with_kernel: bool) -> dict:
@@ -93,11 +116,24 @@ def measure(name: str, program, repeat: int, with_kernel: bool) -> dict:
     fast = program.run(FRAME, engine="fast", repeat=max(repeat // 100, 10), time_budget=None)
     row.update(jit_ns=jit.ns_per_run, fast_ns=fast.ns_per_run, retval=jit.retval,
                agree_with_fast=(jit.retval, jit.data_out) == (fast.retval, fast.data_out))
+    for arch in ARCHES:
+        if arch != "x86_64" and unicorn_available() is None:
+            row[arch] = measure_device(program, arch, facts, insns, (fast.retval, fast.data_out))
     if with_kernel:
         kern = program.run(FRAME, engine="kernel", repeat=repeat)
         row.update(kernel_ns=kern.ns_per_run, agree_with_kernel=(jit.retval, jit.data_out) == (kern.retval,
                                                                                                   kern.data_out))
     return row
+
+
+def measure_device(program, arch: str, facts, insns, expected) -> dict:
+    """One arch's code for the emulated device: its listing's density and one run's device instructions."""
+    shown = listing(compile_program(vm.from_loaded(program.loaded), facts, arch=arch), insns, "verified")
+    machine = vm.Machine(vm.from_loaded(program.loaded))
+    session = DeviceSession.of(machine.program, facts, arch)
+    result = run_device(machine, session, FRAME, program.loaded.prog_type)
+    return {"native_per_insn": shown.native_per_bpf, "device_insns_per_run": session.last_executed,
+            "agree_with_fast": (result.retval & 0xFFFFFFFF, result.data_out) == expected}
 
 
 if __name__ == "__main__":
