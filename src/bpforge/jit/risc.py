@@ -22,43 +22,27 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ..isa.numbers import M64
+from ..isa.semantics import NEGATED
 from ..vm.interp import MAX_CALL_FRAMES, MAY_GOTO_BUDGET
 from . import abi
-from .emit import Assembler, Label
+from .emit import Label
 from .image import Image
 from .lower import Lowered
-from .mir import AtomicRmw, Branch, Call, Exit, Fetch, MayGoto, Node, SetReg, Store
+from .mir import AtomicRmw, Call, Node, Store
+from .selector import Selector
 
 _BINARY = frozenset({"add", "sub", "mul", "and", "or", "xor", "shl", "lshr", "ashr", "udiv", "urem", "sdiv", "srem"})
 _SHIFTS = frozenset({"shl", "lshr", "ashr"})
-NEGATED = {"eq": "ne", "ne": "eq", "ult": "uge", "uge": "ult", "ule": "ugt", "ugt": "ule", "slt": "sge",
-           "sge": "slt", "sle": "sgt", "sgt": "sle", "set": "clear", "clear": "set"}
 
 
-def _signed64(value: int) -> int:
-    value &= M64
-    return value - (1 << 64) if value >> 63 else value
-
-
-class RiscCompiler:
+class RiscCompiler(Selector):
     def __init__(self, lowered: Lowered, ops) -> None:
-        self.lw = lowered
-        self.ops = ops
         regs = ops.regs
-        self.H = regs.bpf
+        super().__init__(lowered, regs.bpf, regs.scratch)
+        self.ops = ops
         self.CTL, self.TMP, self.TABLES, self.LINK = regs.ctl, regs.tmp, regs.tables, regs.link
         self.T1, self.T2, self.T3 = regs.temps
         self.ARGS = tuple(regs.bpf[1:6])  # r1-r5: the C argument registers
-        self.asm = Assembler()
-        self.labels: dict[int, Label] = {}
-        self.functions: dict[int, Label] = {entry: Label(f"function {entry}") for entry in lowered.entries}
-        self.epilogue = Label("epilogue")
-        self.dispatch = Label("dispatch")
-        self.stubs: list = []
-        self.free: list[int] = list(regs.scratch)
-        self.fetched: dict[Node, int] = {}
-        self.slot = -1
 
     # ---- small helpers -----------------------------------------------------------------------------------
 
@@ -151,14 +135,7 @@ class RiscCompiler:
         asm.label(done)
         self.emit(ops.pop([self.LINK, ctl_saved, count]), ops.ret())
 
-        for sc in self.lw.code:
-            self.labels[sc.slot] = Label(f"slot {sc.slot}")
-        for entry_slot in self.lw.entries:
-            self._function(entry_slot)
-        code = asm.assemble()
-        return Image(ops.arch, self.lw.name, code.data, code.labels[entry], code.labels[callfn], code.labels[repeat],
-                     {slot: code.labels[label] for slot, label in self.functions.items()}, code.origins,
-                     self.lw.cells, self.lw)
+        return self._image(ops.arch, entry, callfn, repeat)
 
     def _callee_saved(self) -> list[int]:
         H = self.H
@@ -181,25 +158,6 @@ class RiscCompiler:
         self.emit(ops.add_const(self.T1, self.T1, 1))
         self.cell_store(self.T1, abi.DEPTH)
         self.emit(ops.add_shifted(self.T2, self.CTL, self.T1, 3), ops.load(8, self.H[10], self.T2, abi.STACK_TOP))
-
-    def _function(self, entry: int) -> None:
-        lo, hi = self.lw.bounds[entry]
-        asm = self.asm
-        asm.slot = entry
-        asm.label(self.functions[entry])
-        for sc in self.lw.code:
-            if not lo <= sc.slot < hi:
-                continue
-            self.slot = asm.slot = sc.slot
-            asm.label(self.labels[sc.slot])
-            if self.lw.count and sc.slot in self.lw.leaders:
-                self._charge(self.lw.leaders[sc.slot])
-            self._instruction(sc)
-        self.slot, asm.slot = hi, -1
-        self._fault(abi.FAULT_CONTROL, hi)  # falling off the end of the function
-        stubs, self.stubs = self.stubs, []
-        for stub in stubs:
-            stub()
 
     # ---- branches and labels ---------------------------------------------------------------------------
 
@@ -225,39 +183,7 @@ class RiscCompiler:
             return inverse(8) + ops.jump(rel + 4)  # rel is from the end of the 8-byte pair
         self.asm.branch(label, encode, 4, 8, lambda rel: ops.fits_cond(rel + 4))
 
-    def _target(self, slot: int, function: int) -> Label:
-        lo, hi = self.lw.bounds[function]
-        if lo <= slot < hi and slot in self.labels:
-            return self.labels[slot]
-        return self._control_fault(slot)
-
-    def _control_fault(self, slot: int) -> Label:
-        label = Label(f"control reaches {slot}")
-
-        def stub() -> None:
-            self.slot = self.asm.slot = slot
-            self.asm.label(label)
-            self._fault(abi.FAULT_CONTROL, slot)
-        self.stubs.append(stub)
-        return label
-
-    def _stub(self, body, resume: Label | None = None) -> Label:
-        label = Label("stub")
-        at = self.slot
-
-        def emit() -> None:
-            self.slot = self.asm.slot = at
-            self.asm.label(label)
-            body()
-            if resume is not None:
-                self._jmp(resume)
-        self.stubs.append(emit)
-        return label
-
     # ---- call-outs to the run ----------------------------------------------------------------------------
-
-    def _kind(self, category: int, argument: int) -> int:
-        return abi.kind(category, argument, self.lw.image)
 
     def _callout(self, kind: int, setup=None) -> None:
         """Call the run with `kind`, r1-r5 and the link register preserved; `setup()` puts the C arguments
@@ -279,6 +205,26 @@ class RiscCompiler:
         if self.ARGS[i] != reg:
             self.emit(self.ops.mov(self.ARGS[i], reg))
 
+    def _branch_if(self, cond, label: Label) -> None:
+        self._condition(cond, label)
+
+    def _extend(self, reg: int, from_width: int) -> None:
+        self.emit(self.ops.sext(reg, reg, from_width, 64))
+
+    def _set_reg(self, n: int, value: Node) -> None:
+        self._into(value, self.H[n])
+
+    def _may_goto(self, target: Label) -> None:
+        self.cell_load(self.T1, abi.MAY_GOTO)
+        self._cond_branch("eq", 64, self.T1, None, 0, target)
+        self.cell_load(self.T2, abi.EXPIRED)
+        self._cond_branch("ne", 64, self.T2, None, 0, target)
+        self.emit(self.ops.add_const(self.T1, self.T1, -1))
+        self.cell_store(self.T1, abi.MAY_GOTO)
+
+    def _exit(self) -> None:
+        self.emit(self.ops.ret())
+
     def _fault(self, what: int, value: int = 0) -> None:
         self._callout(self._kind(abi.FAULT, what), lambda: self.emit(self.ops.li(self.ARGS[0], value)))
         self.emit(self.ops.trap())  # the run raises: control never comes back
@@ -292,75 +238,6 @@ class RiscCompiler:
         self.asm.label(resume)
 
     # ---- instructions ------------------------------------------------------------------------------------
-
-    def _instruction(self, sc) -> None:
-        effects = sc.effects
-        self.fetched.clear()
-        self.free = list(self.ops.regs.scratch)
-        function = self.lw.function_of(sc.slot)
-        skip: set[int] = set()
-        for i, effect in enumerate(effects):
-            if i in skip:
-                continue
-            if isinstance(effect, Fetch):
-                target = self._fused_target(effects, i)
-                if target is not None:
-                    reg, index, extend = target
-                    self._fetch(effect.node, reg)
-                    if extend is not None:
-                        self.emit(self.ops.sext(reg, reg, extend, 64))
-                    skip.add(index)
-                else:
-                    reg = self.free.pop(0)
-                    self._fetch(effect.node, reg)
-                    self.fetched[effect.node] = reg
-            elif isinstance(effect, SetReg):
-                self._into(effect.value, self.H[effect.n])
-            elif isinstance(effect, Store):
-                self._store(effect)
-            elif isinstance(effect, AtomicRmw):
-                self._atomic(effect)
-            elif isinstance(effect, Branch):
-                self._branch(effect, function)
-            elif isinstance(effect, MayGoto):
-                target = self._target(effect.target, function)
-                self.cell_load(self.T1, abi.MAY_GOTO)
-                self._cond_branch("eq", 64, self.T1, None, 0, target)
-                self.cell_load(self.T2, abi.EXPIRED)
-                self._cond_branch("ne", 64, self.T2, None, 0, target)
-                self.emit(self.ops.add_const(self.T1, self.T1, -1))
-                self.cell_store(self.T1, abi.MAY_GOTO)
-            elif isinstance(effect, Call):
-                self._call(effect)
-            elif isinstance(effect, Exit):
-                self.emit(self.ops.ret())
-            else:  # pragma: no cover - every effect type is handled above
-                raise TypeError(effect)
-
-    def _fused_target(self, effects, i):
-        """A fetched value only the next effect uses, to set a register (possibly sign-extended): fetch it
-        straight into that register."""
-        node = effects[i].node
-        if i + 1 >= len(effects) or not isinstance(effects[i + 1], SetReg):
-            return None
-        nxt = effects[i + 1]
-        if any(_uses(e, node) for e in effects[i + 2:]):
-            return None
-        if nxt.value == node:
-            return self.H[nxt.n], i + 1, None
-        if nxt.value.op == "sext" and nxt.value.args[0] == node and nxt.value.width == 64:
-            return self.H[nxt.n], i + 1, nxt.value.value
-        return None
-
-    @contextmanager
-    def _scratch(self):
-        if not self.free:
-            raise ValueError("expression too deep for the scratch registers")
-        reg = self.free.pop(0)
-        try:
-            yield reg
-        finally:
-            self.free.insert(0, reg)
 
     # ---- values ----------------------------------------------------------------------------------------
 
@@ -481,26 +358,11 @@ class RiscCompiler:
                 with self._in_reg(rhs) as right:
                     self._cond_branch(name, w, left, right, 0, label)
 
-    def _branch(self, effect: Branch, function: int) -> None:
-        target = self._target(effect.target, function)
-        if effect.cond is None:
-            self._jmp(target)
-        else:
-            self._condition(effect.cond, target)
-
     def _resolve_cell(self, cell: int, target: int) -> None:
         self._callout(self._kind(abi.RESOLVE, abi.RESOLVE_CELL), lambda: self.emit(self.ops.li(self.ARGS[0], cell)))
         self.cell_load(target, cell)
 
     # ---- memory ----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _base_offset(addr: Node) -> tuple[int, int]:
-        if addr.op == "reg":
-            return addr.value, 0
-        if addr.op == "add" and addr.args[0].op == "reg" and addr.args[1].is_const:
-            return addr.args[0].value, _signed64(addr.args[1].value)
-        raise ValueError("a memory address that is not register + offset")
 
     def _translate(self, base: int) -> int:
         """Verified access: TMP = the native address of BPF register `base`'s VM address (its region's delta,
@@ -635,24 +497,12 @@ class RiscCompiler:
 
     # ---- calls -----------------------------------------------------------------------------------------
 
-    def _call(self, effect: Call) -> None:
-        if effect.kind == "helper":
-            inline = self.lw.lookups.get(self.slot)
-            if inline is not None and inline.kind == "array":  # cached hash lookups: x86-64 only so far
-                self._array_lookup(inline.ref, inline.entries)
-            else:
-                self._callout(self._kind(abi.HELPER, effect.target))
-            return
-        if effect.kind == "kfunc":
-            index = self.lw.cells.kfuncs.index((effect.target, effect.module))
-            self._callout(self._kind(abi.KFUNC, index))
-            return
-        if effect.kind == "indirect":
-            reg = self._leaf_reg(effect.addr)
-            self._callout(self._kind(abi.RESOLVE, abi.RESOLVE_CALLX), lambda: self._arg(0, reg))
-            self._local_call(None)
-            return
-        self._local_call(effect.target)
+    def _inline_helper(self, effect: Call) -> bool:
+        inline = self.lw.lookups.get(self.slot)
+        if inline is None or inline.kind != "array":  # cached hash lookups: x86-64 only so far
+            return False
+        self._array_lookup(inline.ref, inline.entries)
+        return True
 
     def _array_lookup(self, ref: int, entries: int) -> None:
         """bpf_map_lookup_elem of an array map, inlined: the u32 key, its bounds, then the value's address
@@ -687,21 +537,6 @@ class RiscCompiler:
         self.cell_add(abi.DEPTH, -1, self.T1)
         self.emit(ops.pop(saved))
         self.cell_store(self.T2, abi.MAY_GOTO)
-
-
-def _uses(effect, node: Node) -> bool:
-    def within(n) -> bool:
-        return n == node or isinstance(n, Node) and any(within(a) for a in n.args)
-
-    if isinstance(effect, SetReg):
-        return within(effect.value)
-    if isinstance(effect, Store):
-        return within(effect.addr) or within(effect.value)
-    if isinstance(effect, Branch) and effect.cond is not None:
-        return within(effect.cond.lhs) or within(effect.cond.rhs)
-    if isinstance(effect, Call) and effect.addr is not None:
-        return within(effect.addr)
-    return False
 
 
 def compile_risc(lowered: Lowered, ops) -> Image:

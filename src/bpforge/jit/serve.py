@@ -11,6 +11,8 @@ inlined array lookups, and how to enter code (`_enter`, `_enter_function`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ..errors import BpforgeError
 from ..isa.helpers import CHANGES_PACKET_DATA
 from ..isa.numbers import M64, s32
@@ -34,7 +36,7 @@ class _Aborted(Exception):
     """A run ended early without an error (a failed LD_ABS: r0 = 0)."""
 
 
-class RunBase:
+class RunBase(ABC):
     """One input's runs of JIT code: the `vm` the VM's helpers receive (.machine, .input, .tail_calls,
     .call_function). `session.image(program)` gives a loaded image with `.image`, `.program` and
     `.function(slot)` (the address code calls a function at)."""
@@ -69,27 +71,29 @@ class RunBase:
 
     # ---- where things live (subclasses) ---------------------------------------------------------------
 
+    @abstractmethod
     def _bytes_address(self, region: Region) -> int:
         """The address code reaches `region`'s bytes at (valid until the tables are synced again)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _new_table(self, entries: int) -> int:
         """A zeroed table of `entries` u64 (an inlined array lookup's value addresses): its address."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _table_store(self, table: int, index: int, value: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _table_clear(self, table: int, entries: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _enter(self) -> int:
         """Run the main image's entry once: r0."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _enter_function(self, loaded, address: int) -> int:
         """Run `loaded`'s call_function for the function at `address`: its r0."""
-        raise NotImplementedError
 
     # ---- the helpers' view -------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ swaps, and the LSE atomics (LDADD/LDCLR/LDSET/LDEOR/SWP/CAS; the device's core i
 
 from __future__ import annotations
 
+from ...isa.numbers import signed
 from .. import abi
 from ..image import Image
 from ..lower import Lowered
@@ -19,11 +20,6 @@ _INVERSE = {"eq": "ne", "ne": "eq", "lo": "hs", "hs": "lo", "ls": "hi", "hi": "l
 _LOGICAL = {"and": "and", "or": "orr", "xor": "eor"}
 _VARIABLE_SHIFT = {"shl": "lslv", "lshr": "lsrv", "ashr": "asrv"}
 _LSE = {"add": "ldadd", "or": "ldset", "xor": "ldeor", "xchg": "swp"}
-
-
-def _signed(value: int, w: int) -> int:
-    value &= (1 << w) - 1
-    return value - (1 << w) if value >> (w - 1) else value
 
 
 class Arm64Ops:
@@ -52,7 +48,7 @@ class Arm64Ops:
 
     def add_const(self, rd: int, rn: int, value: int) -> bytes:
         """rd = rn + value, any 64-bit value (rn never SP here)."""
-        value = _signed(value, 64)
+        value = signed(value, 64)
         if value == 0:
             return self.mov(rd, rn)
         if A.fits_add_imm(value):
@@ -93,7 +89,7 @@ class Arm64Ops:
         if op in ("add", "sub"):
             if rn == ZR:  # register 31 is SP in the immediate forms
                 return None
-            value = _signed(imm, w) if op == "add" else -_signed(imm, w)
+            value = signed(imm, w) if op == "add" else -signed(imm, w)
             if A.fits_add_imm(value):
                 return A.add_imm(w, rd, rn, value)
             if A.fits_add_imm(-value):
@@ -206,8 +202,8 @@ class Arm64Ops:
                 test = A.tst_reg(w, a, b)
         elif b is None and A.fits_add_imm(imm):
             test = A.cmp_imm(w, a, imm)
-        elif b is None and A.fits_add_imm(-_signed(imm, w)):
-            test = A.cmn_imm(w, a, -_signed(imm, w))
+        elif b is None and A.fits_add_imm(-signed(imm, w)):
+            test = A.cmn_imm(w, a, -signed(imm, w))
         else:
             if b is None:
                 prefix, b = self.li(self.I1, imm), self.I1

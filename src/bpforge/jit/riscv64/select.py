@@ -7,6 +7,8 @@ extension: AMOs, and an LR/SC loop for cmpxchg."""
 
 from __future__ import annotations
 
+from ...isa.numbers import signed
+from ...isa.semantics import NEGATED
 from .. import abi
 from ..image import Image
 from ..lower import Lowered
@@ -23,14 +25,7 @@ _SHIFT_IMM = {"shl": "slli", "lshr": "srli", "ashr": "srai"}
 _BRANCH = {"eq": ("beq", False), "ne": ("bne", False), "ult": ("bltu", False), "uge": ("bgeu", False),
            "ugt": ("bltu", True), "ule": ("bgeu", True), "slt": ("blt", False), "sge": ("bge", False),
            "sgt": ("blt", True), "sle": ("bge", True)}
-_NEGATED = {"eq": "ne", "ne": "eq", "ult": "uge", "uge": "ult", "ule": "ugt", "ugt": "ule", "slt": "sge",
-            "sge": "slt", "sle": "sgt", "sgt": "sle"}
 _AMO = {"add": "amoadd", "and": "amoand", "or": "amoor", "xor": "amoxor", "xchg": "amoswap"}
-
-
-def _signed(value: int, w: int) -> int:
-    value &= (1 << w) - 1
-    return value - (1 << w) if value >> (w - 1) else value
 
 
 class Riscv64Ops:
@@ -58,7 +53,7 @@ class Riscv64Ops:
         return R.mv(SP, rs)
 
     def add_const(self, rd: int, rn: int, value: int) -> bytes:
-        value = _signed(value, 64)
+        value = signed(value, 64)
         if value == 0:
             return self.mov(rd, rn)
         if R.fits_imm12(value):
@@ -81,7 +76,7 @@ class Riscv64Ops:
         imm &= (1 << w) - 1
         if op in _SHIFT_IMM:
             return R.shift_imm(_SHIFT_IMM[op], rd, rn, imm & (w - 1), word=w == 32)
-        value = _signed(imm, w)
+        value = signed(imm, w)
         if op == "sub":
             op, value = "add", -value
         if op not in _IMM or not R.fits_imm12(value):
@@ -170,7 +165,7 @@ class Riscv64Ops:
         I0, I1 = self.I0, self.I1
         prefix = b""
         if b is None:
-            value = _signed(imm, w)
+            value = signed(imm, w)
             if value == 0:
                 b = ZERO
             else:
@@ -189,7 +184,7 @@ class Riscv64Ops:
                 prefix += R.addiw(I1, b, 0)
                 b = I1
         test, swap = _BRANCH[name]
-        inverse, inverse_swap = _BRANCH[_NEGATED[name]]
+        inverse, inverse_swap = _BRANCH[NEGATED[name]]
         x, y = (b, a) if swap else (a, b)
         ix, iy = (b, a) if inverse_swap else (a, b)
         return prefix, lambda off: R.branch(test, x, y, off), lambda off: R.branch(inverse, ix, iy, off)

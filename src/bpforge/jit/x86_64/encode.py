@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...isa.numbers import signed
+
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
 NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -139,14 +141,9 @@ def alu_ri(op: str, width: int, dst: int | Mem, imm: int) -> bytes:
     digit = _GROUP1[op]
     if width == 8:
         return _insn(b"\x80", digit, dst, width, byte_regs=regs, imm=_imm(imm, 1))
-    if fits_imm8(_signed(imm, width)):
+    if fits_imm8(signed(imm, width)):
         return _insn(b"\x83", digit, dst, width, imm=_imm(imm, 1))
     return _insn(b"\x81", digit, dst, width, imm=_imm(imm, isize))
-
-
-def _signed(value: int, width: int) -> int:
-    value &= (1 << width) - 1
-    return value - (1 << width) if value >> (width - 1) else value
 
 
 def mov_imm32(dst: int, imm: int) -> bytes:
@@ -168,8 +165,8 @@ def mov_const(dst: int, value: int) -> bytes:
         return alu_rr("xor", 32, dst, dst)
     if value < 1 << 32:
         return mov_imm32(dst, value)
-    if fits_imm32(_signed(value, 64)):
-        return alu_ri("mov", 64, dst, _signed(value, 64))
+    if fits_imm32(signed(value, 64)):
+        return alu_ri("mov", 64, dst, signed(value, 64))
     return mov_imm64(dst, value)
 
 
@@ -244,7 +241,7 @@ def store(dst: Mem, src: int, size: int) -> bytes:
 
 
 def store_imm(dst: Mem, imm: int, size: int) -> bytes:
-    return alu_ri("mov", size * 8, dst, _signed(imm, min(size * 8, 32)))
+    return alu_ri("mov", size * 8, dst, signed(imm, min(size * 8, 32)))
 
 
 # ---- atomics -------------------------------------------------------------------------------------------

@@ -14,15 +14,15 @@ only feeds an operation of that width or narrower costs nothing either.
 from __future__ import annotations
 
 import secrets
-from contextlib import contextmanager
 
-from ...isa.numbers import M64
+from ...isa.numbers import M64, s64
 from ...vm.interp import MAX_CALL_FRAMES, MAY_GOTO_BUDGET
 from .. import abi
-from ..emit import Assembler, Label
+from ..emit import Label
 from ..image import Image
 from ..lower import CACHE_MULTIPLIER, MAP_LOOKUP_ELEM, SKB_LOAD_BYTES, Lowered
-from ..mir import AtomicRmw, Branch, Call, Exit, Fetch, MayGoto, Node, SetReg, Store
+from ..mir import AtomicRmw, Call, Node, Store
+from ..selector import Selector
 from . import encode as X
 from .encode import R8, R9, R10, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP, Mem
 
@@ -43,24 +43,10 @@ def C(offset: int) -> Mem:
     return Mem(CTL, offset)
 
 
-def _signed64(value: int) -> int:
-    value &= M64
-    return value - (1 << 64) if value >> 63 else value
-
-
-class X86Compiler:
+class X86Compiler(Selector):
     def __init__(self, lowered: Lowered, *, blind: bool = False) -> None:
-        self.lw = lowered
+        super().__init__(lowered, H, REGS.scratch)
         self.blind = blind
-        self.asm = Assembler()
-        self.labels: dict[int, Label] = {}
-        self.functions: dict[int, Label] = {entry: Label(f"function {entry}") for entry in lowered.entries}
-        self.epilogue = Label("epilogue")
-        self.dispatch = Label("dispatch")
-        self.stubs: list = []
-        self.free: list[int] = list(REGS.scratch)
-        self.fetched: dict[Node, int] = {}
-        self.slot = -1
 
     # ---- the image -------------------------------------------------------------------------------------
 
@@ -123,14 +109,7 @@ class X86Compiler:
         asm.label(done)
         asm.emit(X.pop(R13), X.pop(R12), X.pop(RBX), X.ret())
 
-        for sc in self.lw.code:
-            self.labels[sc.slot] = Label(f"slot {sc.slot}")
-        for entry_slot in self.lw.entries:
-            self._function(entry_slot)
-        code = asm.assemble()
-        return Image("x86_64", self.lw.name, code.data, code.labels[entry], code.labels[callfn], code.labels[repeat],
-                     {slot: code.labels[label] for slot, label in self.functions.items()}, code.origins,
-                     self.lw.cells, self.lw)
+        return self._image("x86_64", entry, callfn, repeat)
 
     def _prologue(self) -> None:
         for r in (RBX, RBP, R12, R13, R14, R15):
@@ -138,25 +117,6 @@ class X86Compiler:
         self.asm.emit(X.alu_ri("sub", 64, RSP, 8), X.alu_rr("mov", 64, CTL, RDI),
                       X.alu_rm("mov", 64, TMP, C(abi.SAVED_SP)), X.alu_rr("mov", 64, Mem(RSP), TMP),
                       X.alu_rr("mov", 64, C(abi.SAVED_SP), RSP))
-
-    def _function(self, entry: int) -> None:
-        lo, hi = self.lw.bounds[entry]
-        asm = self.asm
-        asm.slot = entry
-        asm.label(self.functions[entry])
-        for sc in self.lw.code:
-            if not lo <= sc.slot < hi:
-                continue
-            self.slot = asm.slot = sc.slot
-            asm.label(self.labels[sc.slot])
-            if self.lw.count and sc.slot in self.lw.leaders:
-                self._charge(self.lw.leaders[sc.slot])
-            self._instruction(sc)
-        self.slot, asm.slot = hi, -1  # the image's own code, at no instruction
-        self._fault(abi.FAULT_CONTROL, hi)  # falling off the end of the function
-        stubs, self.stubs = self.stubs, []
-        for stub in stubs:
-            stub()
 
     # ---- branches and labels ---------------------------------------------------------------------------
 
@@ -169,41 +129,10 @@ class X86Compiler:
     def _call_label(self, label: Label) -> None:
         self.asm.branch(label, lambda rel, short: X.call_rel32(rel), 0, 5)
 
-    def _target(self, slot: int, function: int) -> Label:
-        """The label of a jump target: the slot's, or a fault where the VM would fault on reaching it."""
-        lo, hi = self.lw.bounds[function]
-        if lo <= slot < hi and slot in self.labels:
-            return self.labels[slot]
-        return self._control_fault(slot)
-
-    def _control_fault(self, slot: int) -> Label:
-        label = Label(f"control reaches {slot}")
-
-        def stub() -> None:
-            self.slot = self.asm.slot = slot  # the interpreter faults at the slot control reached
-            self.asm.label(label)
-            self._fault(abi.FAULT_CONTROL, slot)
-        self.stubs.append(stub)
-        return label
-
-    def _stub(self, body, resume: Label | None = None) -> Label:
-        """Out-of-line code: `body()` emitted after the function, then a jump back to `resume`."""
-        label = Label("stub")
-        at = self.slot
-
-        def emit() -> None:
-            self.slot = self.asm.slot = at
-            self.asm.label(label)
-            body()
-            if resume is not None:
-                self._jmp(resume)
-        self.stubs.append(emit)
-        return label
+    def _branch_if(self, cond, label: Label) -> None:
+        self._jcc(self._condition(cond), label)
 
     # ---- call-outs to the run ----------------------------------------------------------------------------
-
-    def _kind(self, category: int, argument: int) -> int:
-        return abi.kind(category, argument, self.lw.image)
 
     def _callout(self, kind: int, setup=None) -> None:
         """Call the run with `kind`, r1-r5 preserved (a helper's result comes back in r0); `setup()` puts
@@ -221,6 +150,10 @@ class X86Compiler:
         self._jcc("ne", self.dispatch)
         asm.emit(X.alu_rm("mov", 64, RAX, C(abi.R0)))
 
+    def _arg(self, i: int, reg: int) -> None:
+        if ARG_REGS[i] != reg:
+            self.asm.emit(X.alu_rr("mov", 64, ARG_REGS[i], reg))
+
     def _fault(self, what: int, value: int = 0) -> None:
         self._callout(self._kind(abi.FAULT, what), lambda: self.asm.emit(X.mov_const(RDI, value)))
         self.asm.emit(X.ud2())  # the run raises: control never comes back
@@ -235,77 +168,18 @@ class X86Compiler:
 
     # ---- instructions ------------------------------------------------------------------------------------
 
-    def _instruction(self, sc) -> None:
-        effects = sc.effects
-        self.fetched.clear()
-        self.free = list(REGS.scratch)
-        function = self.lw.function_of(sc.slot)
-        skip: set[int] = set()
-        for i, effect in enumerate(effects):
-            if i in skip:
-                continue
-            if isinstance(effect, Fetch):
-                target = self._fused_target(effects, i)
-                if target is not None:
-                    reg, index, extend = target
-                    self._fetch(effect.node, reg)
-                    if extend is not None:
-                        self._extend(reg, extend)
-                    skip.add(index)
-                else:
-                    reg = self.free.pop(0)
-                    self._fetch(effect.node, reg)
-                    self.fetched[effect.node] = reg
-            elif isinstance(effect, SetReg):
-                self._set_reg(effect.n, effect.value)
-            elif isinstance(effect, Store):
-                self._store(effect)
-            elif isinstance(effect, AtomicRmw):
-                self._atomic(effect)
-            elif isinstance(effect, Branch):
-                self._branch(effect, function)
-            elif isinstance(effect, MayGoto):
-                target = self._target(effect.target, function)
-                self.asm.emit(X.alu_ri("cmp", 64, C(abi.MAY_GOTO), 0))
-                self._jcc("e", target)
-                self.asm.emit(X.alu_ri("cmp", 64, C(abi.EXPIRED), 0))
-                self._jcc("ne", target)
-                self.asm.emit(X.inc_dec("dec", 64, C(abi.MAY_GOTO)))
-            elif isinstance(effect, Call):
-                self._call(effect)
-            elif isinstance(effect, Exit):
-                self.asm.emit(X.ret())
-            else:  # pragma: no cover - every effect type is handled above
-                raise TypeError(effect)
-
-    def _fused_target(self, effects, i):
-        """A fetched value that only the next effect uses, to set a register (possibly sign-extended):
-        fetch it straight into that register."""
-        node = effects[i].node
-        if i + 1 >= len(effects) or not isinstance(effects[i + 1], SetReg):
-            return None
-        nxt = effects[i + 1]
-        rest = effects[i + 2:]
-        if any(_uses(e, node) for e in rest):
-            return None
-        if nxt.value == node:
-            return H[nxt.n], i + 1, None
-        if nxt.value.op == "sext" and nxt.value.args[0] == node and nxt.value.width == 64:
-            return H[nxt.n], i + 1, nxt.value.value
-        return None
-
     def _extend(self, reg: int, from_width: int) -> None:
         self.asm.emit(X.movsx(reg, reg, from_width))
 
-    @contextmanager
-    def _scratch(self):
-        if not self.free:
-            raise ValueError("expression too deep for the scratch registers")
-        reg = self.free.pop(0)
-        try:
-            yield reg
-        finally:
-            self.free.insert(0, reg)
+    def _may_goto(self, target: Label) -> None:
+        self.asm.emit(X.alu_ri("cmp", 64, C(abi.MAY_GOTO), 0))
+        self._jcc("e", target)
+        self.asm.emit(X.alu_ri("cmp", 64, C(abi.EXPIRED), 0))
+        self._jcc("ne", target)
+        self.asm.emit(X.inc_dec("dec", 64, C(abi.MAY_GOTO)))
+
+    def _exit(self) -> None:
+        self.asm.emit(X.ret())
 
     # ---- values ----------------------------------------------------------------------------------------
 
@@ -398,7 +272,7 @@ class X86Compiler:
             asm.emit(X.mov_const(target, value))
             return
         low = secrets.randbits(31) | 1  # positive: as a sign-extended imm32 it leaves the upper half alone
-        if X.fits_imm32(_signed64(value)):
+        if X.fits_imm32(s64(value)):
             asm.emit(X.mov_const(target, value ^ low), X.alu_ri("xor", 64, target, low))
             return
         high = secrets.randbits(31) | 1
@@ -418,7 +292,7 @@ class X86Compiler:
         immediates."""
         if node.is_const and not self.blind:
             value = node.value if width == 64 else node.value & 0xFFFFFFFF
-            signed = _signed64(value) if width == 64 else value - (1 << 32) if value >> 31 else value
+            signed = s64(value) if width == 64 else value - (1 << 32) if value >> 31 else value
             if X.fits_imm32(signed):
                 return "imm", signed, None
         reg = self._leaf_reg(node)
@@ -554,26 +428,11 @@ class X86Compiler:
         cc = _CC[name]
         return _NEG_CC[cc] if negate else cc
 
-    def _branch(self, effect: Branch, function: int) -> None:
-        target = self._target(effect.target, function)
-        if effect.cond is None:
-            self._jmp(target)
-        else:
-            self._jcc(self._condition(effect.cond), target)
-
     def _resolve_cell(self, cell: int, target: int) -> None:
         self._callout(self._kind(abi.RESOLVE, abi.RESOLVE_CELL), lambda: self.asm.emit(X.mov_const(RDI, cell)))
         self.asm.emit(X.alu_rm("mov", 64, target, C(cell)))
 
     # ---- memory ----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _base_offset(addr: Node) -> tuple[int, int]:
-        if addr.op == "reg":
-            return addr.value, 0
-        if addr.op == "add" and addr.args[0].op == "reg" and addr.args[1].is_const:
-            return addr.args[0].value, _signed64(addr.args[1].value)
-        raise ValueError("a memory address that is not register + offset")
 
     def _translate(self, base: int, off: int) -> Mem:
         """Verified access: the region's delta added to the VM address."""
@@ -741,30 +600,17 @@ class X86Compiler:
 
     # ---- calls -----------------------------------------------------------------------------------------
 
-    def _call(self, effect: Call) -> None:
-        asm = self.asm
-        if effect.kind == "helper":
-            inline = self.lw.lookups.get(self.slot)
-            if inline is not None and inline.kind == "array":
-                self._array_lookup(inline.ref, inline.entries)
-            elif inline is not None:
-                self._cached_lookup(inline)
-            elif effect.target == SKB_LOAD_BYTES and not self.lw.sandbox:
-                self._skb_load_bytes()
-            else:
-                self._callout(self._kind(abi.HELPER, effect.target))
-            return
-        if effect.kind == "kfunc":
-            index = self.lw.cells.kfuncs.index((effect.target, effect.module))
-            self._callout(self._kind(abi.KFUNC, index))
-            return
-        if effect.kind == "indirect":
-            reg = self._leaf_reg(effect.addr)
-            self._callout(self._kind(abi.RESOLVE, abi.RESOLVE_CALLX),
-                          lambda: asm.emit(X.alu_rr("mov", 64, RDI, reg)) if reg != RDI else None)
-            self._local_call(None)
-            return
-        self._local_call(effect.target)
+    def _inline_helper(self, effect: Call) -> bool:
+        inline = self.lw.lookups.get(self.slot)
+        if inline is not None and inline.kind == "array":
+            self._array_lookup(inline.ref, inline.entries)
+        elif inline is not None:
+            self._cached_lookup(inline)
+        elif effect.target == SKB_LOAD_BYTES and not self.lw.sandbox:
+            self._skb_load_bytes()
+        else:
+            return False
+        return True
 
     def _array_lookup(self, ref: int, entries: int) -> None:
         """bpf_map_lookup_elem of an array map, inlined: the u32 key, its bounds, then the value's address
@@ -837,21 +683,6 @@ class X86Compiler:
         asm.emit(X.inc_dec("dec", 64, C(abi.DEPTH)), X.alu_ri("add", 64, RSP, 8), X.pop_mem(C(abi.MAY_GOTO)))
         for r in (RBP, R15, R14, R13, RBX):
             asm.emit(X.pop(r))
-
-
-def _uses(effect, node: Node) -> bool:
-    def within(n) -> bool:
-        return n == node or isinstance(n, Node) and any(within(a) for a in n.args)
-
-    if isinstance(effect, SetReg):
-        return within(effect.value)
-    if isinstance(effect, Store):
-        return within(effect.addr) or within(effect.value)
-    if isinstance(effect, Branch) and effect.cond is not None:
-        return within(effect.cond.lhs) or within(effect.cond.rhs)
-    if isinstance(effect, Call) and effect.addr is not None:
-        return within(effect.addr)
-    return False
 
 
 def compile_x86_64(lowered: Lowered, *, blind: bool = False) -> Image:
