@@ -88,6 +88,11 @@ RESULTS = {
                    "w5 = 8\nw5 = xchg32_32(r1 + 4, w5)\nr0 = -1\nw0 = 3\nr6 = 0x77\nw0 = cmpxchg32_32(r1 + 0, w0, w6)\n"
                    "r7 = r0\nr0 = 0x100000008 ll\nw0 = cmpxchg32_32(r1 + 0, w0, w6)\nr0 <<= 8\nr0 += r7\nr0 += r3\n"
                    "r0 += r4\nr0 += r5\nexit\n", bytes(8)),
+    # 32-bit results read whole (zero-extended on every machine) beside ones only 32-bit consumers read
+    # (riscv64 leaves their zero-extension out: analysis.upper)
+    "upper halves": ("w2 = -1\nr0 = r2\nw3 = -1\nw3 += 1\nw4 = -8\n*(u32 *)(r1 + 0) = r4\nw5 = 0x80000000\n"
+                     "if w5 s< 0 goto +1\nr0 = 0\nw6 = -3\nw6 s>>= 1\nw0 += w6\nw0 += w3\n"
+                     "r7 = *(u32 *)(r1 + 0)\nr0 += r7\nw8 = -1\nr8 <<= 0\nr0 ^= r8\nexit\n", bytes(8)),
     "bpf2bpf": ("r0 = 0\nr6 = 3\ncall f\nr0 += r6\nexit\nf:\nr6 = 10\nr1 = 5\ncall g\nr0 += r6\nexit\ng:\nr0 = r1\nexit\n",
                 b""),
     "stack and large offsets": ("r2 = 0x1234\n*(u64 *)(r10 - 512) = r2\n*(u16 *)(r10 - 300) = r2\n"
@@ -197,3 +202,17 @@ def test_tail_calls_on_the_device(arch, sandbox):
                 result = run_device(machine, session, bytes(64), "xdp")
             outcomes.append((result.retval, counter.lookup(bytes(4))))
         assert outcomes[0] == outcomes[1] == (expected_r0, expected_runs.to_bytes(8, "little"))
+
+
+def test_riscv64_leaves_out_zero_extensions_no_one_reads(monkeypatch):
+    from bpforge import vm
+    from bpforge.isa.asm import parse
+    from bpforge.jit import compile_program, risc
+
+    text = "w2 = w1\nw2 += 3\nw2 *= 5\n*(u32 *)(r10 - 4) = r2\nw0 = w2\nw0 <<= 1\nexit\n"
+    program = vm.from_insns(parse(text).sections[0].insns, [])
+    lean = len(compile_program(program, None, arch="riscv64").code)
+    monkeypatch.setattr(risc, "_upper_dead", lambda lowered: frozenset())
+    full = len(compile_program(program, None, arch="riscv64").code)
+    # no slli+srli pair after w2 += 3 and w2 *= 5, a plain mv for w2 = w1 and w0 = w2; w0 <<= 1 is read at exit
+    assert full - lean == 4 * (2 + 2 + 1 + 1)

@@ -16,7 +16,7 @@ them out for callers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -123,16 +123,19 @@ class Liveness:
 
 def liveness(cfg: ProgramCfg, function: int = 0, wto: Wto | None = None,
              arguments: Mapping[int, int] | None = None,
-             stack_reads: Mapping[int, frozenset[int]] | None = None) -> Liveness:
+             stack_reads: Mapping[int, frozenset[int]] | None = None,
+             uses: Callable[[object], tuple[int, int]] = use_kill) -> Liveness:
     """Liveness in one function. `arguments` (callee entry slot -> mask of r1-r5 it reads, as
     `argument_uses` computes) narrows what a local call uses; without it a call uses all of r1-r5.
     `stack_reads` (slot -> the stack slots it reads, as `frame.stack_reads` knows them for helper calls and
-    loads through copies of r10) narrows "unknown memory" there to those slots."""
+    loads through copies of r10) narrows "unknown memory" there to those slots. `uses(op)`: the (read,
+    overwritten) masks of one op — another location set on the same solver (`upper` tracks registers'
+    upper halves)."""
     blocks = cfg.blocks
     table = {}
     for b in cfg.functions[function].blocks:
         for slot, op in blocks[b].ops:
-            use, kill = use_kill(op)
+            use, kill = uses(op)
             if arguments is not None and op.__class__ is Call and op.kind == "local" and op.target in arguments:
                 use = (use & ~_ARGUMENTS) | arguments[op.target]
             if stack_reads is not None and slot in stack_reads:

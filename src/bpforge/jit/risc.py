@@ -15,13 +15,19 @@ Values are computed three-address style: an operation's operands are leaf regist
 and only the last instruction of a node writes the register it is computed into, so a node may be
 computed into a register its operands read. A value narrower than 64 bits is "exact" when the bits above
 its width are zero: arm64's W operations give that for free, riscv64's W operations sign-extend, so there a
-zero-extension the MIR asks for costs an instruction pair (`ops.alu32_exact`).
+zero-extension the MIR asks for costs an instruction pair (`ops.alu32_exact`), which is left out where no
+path reads the destination's upper half before overwriting it (`analysis.upper`, as the kernel's verifier
+marks the zero-extensions its riscv64 JIT must emit).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+from ..analysis.cfg import cfg_of_ops
+from ..analysis.upper import upper_dead_after
+from ..errors import BpforgeError
+from ..isa.ops import LoadImm64
 from ..isa.semantics import NEGATED
 from ..vm.interp import MAX_CALL_FRAMES, MAY_GOTO_BUDGET
 from . import abi
@@ -43,6 +49,7 @@ class RiscCompiler(Selector):
         self.CTL, self.TMP, self.TABLES, self.LINK = regs.ctl, regs.tmp, regs.tables, regs.link
         self.T1, self.T2, self.T3 = regs.temps
         self.ARGS = tuple(regs.bpf[1:6])  # r1-r5: the C argument registers
+        self.upper_dead = frozenset() if ops.alu32_exact else _upper_dead(lowered)
 
     # ---- small helpers -----------------------------------------------------------------------------------
 
@@ -212,7 +219,10 @@ class RiscCompiler(Selector):
         self.emit(self.ops.sext(reg, reg, from_width, 64))
 
     def _set_reg(self, n: int, value: Node) -> None:
-        self._into(value, self.H[n])
+        if value.op == "zext" and value.value == 32 and self.slot in self.upper_dead:
+            self._into(value.args[0], self.H[n], exact=False)  # bits 32-63 are never read as they are
+        else:
+            self._into(value, self.H[n])
 
     def _may_goto(self, target: Label) -> None:
         self.cell_load(self.T1, abi.MAY_GOTO)
@@ -537,6 +547,19 @@ class RiscCompiler(Selector):
         self.cell_add(abi.DEPTH, -1, self.T1)
         self.emit(ops.pop(saved))
         self.cell_store(self.T2, abi.MAY_GOTO)
+
+
+def _upper_dead(lowered: Lowered) -> frozenset[int]:
+    """The 32-bit results whose zero-extension no one needs (`analysis.upper`); none where the program has
+    no CFG (a sandboxed program may jump anywhere: its code faults there)."""
+    ends = [sc.slot + (2 if isinstance(sc.op, LoadImm64) else 1) for sc in lowered.code]
+    ops: list = [None] * max(ends, default=0)
+    for sc in lowered.code:
+        ops[sc.slot] = sc.op
+    try:
+        return upper_dead_after(cfg_of_ops(ops, lowered.entries))
+    except BpforgeError:
+        return frozenset()
 
 
 def compile_risc(lowered: Lowered, ops) -> Image:
