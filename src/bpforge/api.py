@@ -18,6 +18,8 @@ from .views import Info, disasm_rows, disasm_text, info_of
 
 if TYPE_CHECKING:
     from .jit.listing import JitListing
+    from .offload.check import OffloadReport
+    from .offload.device import DeviceRunReport
     from .opt.report import OptimizeReport
     from .verifier.report import VerifyReport
 
@@ -160,6 +162,40 @@ class Program:
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
+    def offload_check(self, device: str) -> OffloadReport:
+        """Can `device` (a shipped profile's name or a profile file) run this program: the verdict
+        (offloadable / partly / host only), a reason with instruction and source line for everything it
+        cannot take, suggested rewrites, where each map lives (`.text()`, `.as_json()`)."""
+        from .offload.check import check
+        from .offload.profile import profile
+
+        try:
+            return check(self.loaded, profile(device))
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
+    def offload_run(self, device: str, data: bytes = b"", *, ctx: bytes | None = None,
+                    preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None) -> DeviceRunReport:
+        """Run once on `device`'s emulated core (JIT for its ISA, maps placed on it): retval, packet, maps
+        and the device cycles by its profile. What the host runs instead (the host profile, a packet larger
+        than the device holds) runs natively here and says why."""
+        from .offload.check import check
+        from .offload.device import DeviceRunReport, host_reason, run_on_device
+        from .offload.profile import profile
+
+        try:
+            chosen = profile(device)
+            report = check(self.loaded, chosen)
+            why = host_reason(chosen, data)
+            if why is None:
+                return run_on_device(self.loaded, chosen, data, ctx=ctx, preload=preload, report=report)
+            host = run_loaded(self.loaded, data, engine="jit", ctx=ctx, preload=preload, dump_maps=True,
+                              time_budget=None)
+            return DeviceRunReport(chosen.name, report.verdict, "host", host.retval, host.data_out, host.maps, None,
+                                   None, None, host.ns_per_run, why)
+        except BpforgeError as err:
+            raise err.at(file=self.filename) from None
+
     def _listed_sections(self) -> list:
         # Given a section, a listing shows that program's section; else every program section of the file.
         return [s for s in self.loaded.sections if not self._section_given or s.name == self.loaded.section]
@@ -184,4 +220,11 @@ def optimize(path: str | Path, *, section: str | None = None, prog_type: str | N
     return load(path, section=section, prog_type=prog_type).optimize(**options)
 
 
-__all__ = ["Info", "Program", "RunReport", "load", "optimize"]
+def devices() -> list:
+    """The device profiles the package ships (`offload.profile.DeviceProfile`: name, ISA, limits, costs)."""
+    from .offload.profile import all_profiles
+
+    return all_profiles()
+
+
+__all__ = ["Info", "Program", "RunReport", "devices", "load", "optimize"]

@@ -121,8 +121,7 @@ def run(prog: Prog,
                                             "random key, as the kernel's bpf_jit_harden does).")] = False,
         repeat: Annotated[int, typer.Option(help="Runs on the same input; maps carry over, time is averaged.")] = 1,
         ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context (xdp_md / __sk_buff) in hex.")] = None,
-        map_files: Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE",
-                             help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')] = None,
+        map_files: MapFiles = None,
         dump_maps: Annotated[bool, typer.Option("--dump-maps", help="Print every map's contents after the run.")] = False,
         seed: Annotated[int, typer.Option(help="Seed of bpf_get_prandom_u32 in the interpreter.")] = 0,
         budget: Annotated[float, typer.Option(
@@ -131,12 +130,7 @@ def run(prog: Prog,
         section: Section = None, prog_type: ProgType = None, json_out: Json = False) -> None:
     """Run a program on a packet in the interpreter or the kernel; print retval, data_out and time per run."""
     packet = _input_bytes(data, data_file)
-    preload = {}
-    for item in map_files or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name:
-            raise BpforgeError(f"--map takes NAME=FILE, not '{item}'")
-        preload[name] = read_map_file(path)
+    preload = _preload(map_files)
     if not budget > 0:
         raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
     program = load(prog, section=section, prog_type=prog_type)
@@ -162,6 +156,21 @@ def run(prog: Prog,
         lines.append(f"map {m['name']} ({m['type']}): {len(m['entries'])} entries")
         lines += [f"  {e['key']}: {e['value']}" for e in m["entries"]]
     _emit_lines(lines)
+
+
+def _preload(map_files: list[str] | None) -> dict[str, list[tuple[bytes, bytes]]]:
+    """--map NAME=FILE options: the entries to write into each map before the run."""
+    preload = {}
+    for item in map_files or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise BpforgeError(f"--map takes NAME=FILE, not '{item}'")
+        preload[name] = read_map_file(path)
+    return preload
+
+
+MapFiles = Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE",
+                     help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')]
 
 
 def _hex(text: str, what: str) -> bytes:
@@ -259,6 +268,66 @@ def jit(prog: Prog,
         _emit_json(result.as_json())
     else:
         _emit_text(result.text())
+
+
+# ---- offload -----------------------------------------------------------------------------------------------
+
+offload_app = typer.Typer(help="Offload to devices: their profiles, what a device can run, runs on a device.",
+                          no_args_is_help=True)
+app.add_typer(offload_app, name="offload")
+Device = Annotated[str, typer.Option("--device", "-d", metavar="D",
+                                     help="A device: a profile's name (bpforge offload devices) or a .toml file.")]
+
+
+@offload_app.command("devices")
+def offload_devices(json_out: Json = False) -> None:
+    """List the device profiles: name, ISA, limits."""
+    from . import devices
+
+    found = devices()
+    if json_out:
+        _emit_json([d.as_json() for d in found])
+        return
+    lines = [f"{'device':<18}{'isa':<9}{'kind':<6}{'insns':>8}{'stack':>7}{'map memory':>12}  maps / prog types"]
+    for d in found:
+        memory = f"{d.limits.map_memory >> 20} MiB" if d.limits.map_memory else "-"
+        lines.append(f"{d.name:<18}{d.isa:<9}{d.kind:<6}{d.limits.insns:>8}{d.limits.stack:>7}{memory:>12}  "
+                     f"{','.join(sorted(d.map_types))} / {','.join(sorted(d.prog_types))}")
+        lines.append(f"{'':<18}{d.description}")
+    _emit_lines(lines)
+
+
+@offload_app.command("check")
+def offload_check(prog: Prog, device: Device, section: Section = None, prog_type: ProgType = None,
+                  json_out: Json = False) -> int:
+    """Can the device run the program: a reason (instruction, source line) for everything it cannot take,
+    suggested rewrites, where each map lives. Exit 0 offloadable, 1 partly or host only, 2 bad input."""
+    report = load(prog, section=section, prog_type=prog_type).offload_check(device)
+    if json_out:
+        _emit_json(report.as_json())
+    else:
+        _emit_text(report.text() + "\n")
+    return 0 if report.verdict == "offloadable" else EXIT_REJECTED
+
+
+@offload_app.command("run")
+def offload_run(prog: Prog, device: Device,
+                data: Annotated[str | None, typer.Option("--data", metavar="HEX", help="Packet bytes in hex.")] = None,
+                data_file: Annotated[str | None, typer.Option("--data-file", metavar="FILE",
+                                                              help="Packet bytes from a file.")] = None,
+                ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context in hex.")] = None,
+                map_files: MapFiles = None, section: Section = None, prog_type: ProgType = None,
+                json_out: Json = False) -> None:
+    """Run the program once on the device's emulated core (JIT for its ISA, maps placed on it): retval,
+    packet, maps, and the device cycles by its profile."""
+    packet = _input_bytes(data, data_file)
+    program = load(prog, section=section, prog_type=prog_type)
+    report = program.offload_run(device, packet, ctx=_hex(ctx, "--ctx") if ctx is not None else None,
+                                 preload=_preload(map_files))
+    if json_out:
+        _emit_json(report.as_json())
+    else:
+        _emit_text(report.text() + "\n")
 
 
 # ---- optimize ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BpforgeError, FormatError
-from .isa.maptypes import MapError
+from .isa.maptypes import dump_map, preload_maps
 from .files import MAX_DATA_FILE, read_input
 from .formats import LoadedProgram
 from .isa.contexts import ONE_SHOT_KINDS, TEST_RUN_KINDS
@@ -55,28 +55,6 @@ def read_map_file(path: str | Path) -> list[tuple[bytes, bytes]]:
         raise FormatError("map entries nest too deeply to be a list of entries", file=str(path)) from None
     except (ValueError, KeyError, TypeError) as err:
         raise FormatError(f'expected a JSON list of {{"key": hex, "value": hex}}: {err}', file=str(path)) from None
-
-
-def dump_map(name: str, bpf_map) -> dict:
-    """A map's entries as bpf() lists them (BPF_MAP_GET_NEXT_KEY + LOOKUP). Types bpf() cannot list that
-    way (queues, stacks, bloom filters, perf event arrays, ...) give no entries and say why, in every engine."""
-    try:
-        entries = [{"key": k.hex(), "value": v.hex()} for k, v in bpf_map.items()]
-    except MapError as err:
-        return {"name": name, "type": bpf_map.type_name, "entries": [],
-                "unlisted": f"bpf() does not list the entries of {bpf_map.type_name} maps ({err.message})"}
-    return {"name": name, "type": bpf_map.type_name, "entries": entries}
-
-
-def _preload(maps: Mapping[str, object], preload: Mapping[str, list[tuple[bytes, bytes]]]) -> None:
-    for name, entries in preload.items():
-        if name not in maps:
-            raise BpforgeError(f"the program uses no map named '{name}' (its maps: {', '.join(maps) or 'none'})")
-        for key, value in entries:
-            try:
-                maps[name].update(key, value)
-            except BpforgeError as err:
-                raise BpforgeError(f"preloading map '{name}': {err.message}") from None
 
 
 def run_loaded(loaded: LoadedProgram, data: bytes, *, engine: str = "fast", repeat: int = 1,
@@ -123,7 +101,7 @@ def _run_vm(loaded, data, engine, repeat, ctx, preload, dump_maps, seed, budget,
     # As many CPUs as the kernel's per-CPU maps have, so map files and dumps mean the same in every engine.
     program = vm.from_loaded(loaded, num_cpus=possible_cpus())
     maps = {name: m for name, m in zip(program.map_names, program.maps) if m is not None}
-    _preload(maps, preload)
+    preload_maps(maps, preload)
     machine = vm.Machine(program, seed=seed, budget=budget or DEFAULT_BUDGET)
     if engine == "fast":
         compile_all(program)  # translated before the clock starts
@@ -184,7 +162,7 @@ def _run_kernel(loaded, data, repeat, ctx, preload, dump_maps) -> RunReport:
     from .kernel.program import load_loaded
 
     with load_loaded(loaded) as prog:
-        _preload(prog.maps, preload)
+        preload_maps(prog.maps, preload)
         result = prog.test_run(data, ctx=ctx, repeat=repeat)
         dumped = [dump_map(n, m) for n, m in prog.maps.items()] if dump_maps else []
     return RunReport(result.retval, result.data_out, result.duration_ns, "kernel", repeat, result.ctx_out, dumped)

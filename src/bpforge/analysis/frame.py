@@ -23,7 +23,7 @@ from ..isa.helpers import HELPER_SIGNATURES
 from ..isa.maptypes import MapSpec
 from ..isa.numbers import M32, M64, s64
 from ..isa.ops import Alu, Atomic, Call, LegacyLoad, Load, LoadImm64, Op, Reg, Unary
-from .cfg import ProgramCfg
+from .cfg import CfgError, ProgramCfg, cfg_of_ops
 from .dataflow import FORWARD, Problem, solve
 from .effects import FRAME_POINTER, StackAccess, effects_of
 
@@ -243,6 +243,19 @@ def access_reads(op: Load | Atomic, regs: Registers) -> frozenset[int] | None:
     return _slots(base.offset + op.off, op.size)
 
 
+def program_frame_states(ops) -> dict[int, Registers]:
+    """`frame_states` of every function of a decoded slot table, by slot; empty when the program has no
+    CFG (jumps out of range and the like: nothing is known of it)."""
+    try:
+        cfg = cfg_of_ops(list(ops))
+    except CfgError:
+        return {}
+    states: dict[int, Registers] = {}
+    for function in range(len(cfg.functions)):
+        states.update(frame_states(cfg, function))
+    return states
+
+
 def maps_by_ref(maps: Mapping[int, MapSpec] | Sequence[MapSpec] | None) -> dict[int, MapSpec]:
     """Map specs by the reference an `lddw map_fd` carries (a list is numbered from 0, as linking numbers it)."""
     if not maps:
@@ -271,4 +284,4 @@ def stack_reads(cfg: ProgramCfg, function: int, maps: Mapping[int, MapSpec]) -> 
     return out
 
 
-__all__ = ["NOT_STACK", "Const", "Frame", "MapHandle", "Region", "access_reads", "entry_registers", "call_reads", "frame_states", "maps_by_ref", "stack_reads", "step_frame"]
+__all__ = ["NOT_STACK", "Const", "Frame", "MapHandle", "Region", "access_reads", "entry_registers", "call_reads", "frame_states", "maps_by_ref", "program_frame_states", "stack_reads", "step_frame"]

@@ -157,3 +157,26 @@ class BpfMap(Protocol):
     def keys(self) -> Iterator[bytes]: ...
 
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+def dump_map(name: str, bpf_map) -> dict:
+    """A map's entries as bpf() lists them (BPF_MAP_GET_NEXT_KEY + LOOKUP). Types bpf() cannot list that
+    way (queues, stacks, bloom filters, perf event arrays, ...) give no entries and say why, in every engine."""
+    try:
+        entries = [{"key": k.hex(), "value": v.hex()} for k, v in bpf_map.items()]
+    except MapError as err:
+        return {"name": name, "type": bpf_map.type_name, "entries": [],
+                "unlisted": f"bpf() does not list the entries of {bpf_map.type_name} maps ({err.message})"}
+    return {"name": name, "type": bpf_map.type_name, "entries": entries}
+
+
+def preload_maps(maps: Mapping[str, object], preload: Mapping[str, list[tuple[bytes, bytes]]]) -> None:
+    """Write `preload`'s entries (map name -> (key, value) pairs) into the maps of those names."""
+    for name, entries in preload.items():
+        if name not in maps:
+            raise BpforgeError(f"the program uses no map named '{name}' (its maps: {', '.join(maps) or 'none'})")
+        for key, value in entries:
+            try:
+                maps[name].update(key, value)
+            except BpforgeError as err:
+                raise BpforgeError(f"preloading map '{name}': {err.message}") from None

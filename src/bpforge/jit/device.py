@@ -104,6 +104,11 @@ class Device:
         uc.hook_add(unicorn.UC_HOOK_BLOCK, self._count)
         self.code_next = CODE
         self.executed = 0  # device instructions of the current run (a block hook adds each block's)
+        # Where each BPF instruction's code starts (address -> (image, slot)), and how often each started in
+        # the current run: what a profile's per-instruction costs are charged on (`offload`).
+        self.starts: dict[int, tuple[int, int]] = {}
+        self.slot_counts: dict[tuple[int, int], int] | None = None
+        self._block_starts: dict[tuple[int, int], tuple] = {}
         self.run: DeviceRun | None = None
         self.depth = 0
         self._regions: dict[int, list] = {}  # region index -> [address, capacity, buf, last copy]
@@ -120,9 +125,23 @@ class Device:
         self.code_next = _align(address + len(code), 64)
         return address
 
+    def count_slots(self, image: Image, address: int, index: int) -> None:
+        """Count the BPF instructions of `image` (placed at `address`, the session's image `index`) as
+        they start, from the next run on."""
+        first: dict[int, int] = {}
+        for offset, _, slot in image.origins:
+            if slot >= 0:
+                first[slot] = min(offset, first.get(slot, offset))
+        self.starts.update({address + offset: (index, slot) for slot, offset in first.items()})
+        self._block_starts.clear()
+        if self.slot_counts is None:
+            self.slot_counts = {}
+
     def begin(self, run: "DeviceRun") -> None:
         self.run = run
         self.executed = 0
+        if self.slot_counts is not None:
+            self.slot_counts = {}
         self._regions.clear()
         self._region_next, self._table_next = REGIONS, TABLES
         self.uc.mem_write(CONTROL, bytes(abi.DELTA))  # the cells; the region tables are written as mapped
@@ -215,6 +234,14 @@ class Device:
 
     def _count(self, uc, address, size, user) -> None:
         self.executed += size // 4
+        if self.slot_counts is not None:
+            started = self._block_starts.get((address, size))
+            if started is None:  # the instructions whose code starts in this block, once per block
+                started = tuple(self.starts[a] for a in range(address, address + size, 4) if a in self.starts)
+                self._block_starts[(address, size)] = started
+            counts = self.slot_counts
+            for key in started:
+                counts[key] = counts.get(key, 0) + 1
 
     def _firmware(self, uc, address, size, user) -> None:
         """The call-back: the run serves it with the six C arguments; the status goes back in the first
@@ -251,13 +278,15 @@ class DeviceSession(JitSession):
     """`JitSession` for an emulated device: images compiled for `arch` and placed in the device's code
     memory; one device for the session's runs."""
 
-    def __init__(self, sandbox: bool, facts, arch: str = "arm64") -> None:
+    def __init__(self, sandbox: bool, facts, arch: str = "arm64", *, count_slots: bool = False) -> None:
         if arch not in DEVICE_ARCHES:
             raise JitError(f"no emulated device for {arch} (devices: {', '.join(DEVICE_ARCHES)})")
         self.arch = arch
         super().__init__(sandbox, facts)
         self.device = Device(arch)
+        self.count_slots = count_slots
         self.last_executed = 0  # device instructions of the last run (what a cycle model would start from)
+        self.last_counts: dict[tuple[int, int], int] = {}  # (image index, slot) -> starts in the last run
 
     @staticmethod
     def unavailable() -> str | None:
@@ -267,13 +296,19 @@ class DeviceSession(JitSession):
         return compile_lowered(lowered, self.arch)
 
     def load(self, image: Image, program: VmProgram) -> DeviceImage:
-        return DeviceImage(image, program, self.device.place(image.code))
+        address = self.device.place(image.code)
+        if self.count_slots:
+            self.device.count_slots(image, address, len(self.images))
+        return DeviceImage(image, program, address)
 
     @classmethod
-    def of(cls, main: VmProgram, facts, arch: str = "arm64") -> "DeviceSession":
+    def of(cls, main: VmProgram, facts, arch: str = "arm64", *, count_slots: bool = False) -> "DeviceSession":
+        """A session for `main` (see `JitSession.of`); `count_slots`: how often each BPF instruction ran
+        in the last run (`last_counts`)."""
         if facts is None or not facts.accepted:
-            return cls(True, lambda program: None, arch)
-        return cls(False, lambda program: (facts.ctx_fields, facts.checked) if program is main else None, arch)
+            return cls(True, lambda program: None, arch, count_slots=count_slots)
+        return cls(False, lambda program: (facts.ctx_fields, facts.checked) if program is main else None, arch,
+                   count_slots=count_slots)
 
 
 class DeviceRun(RunBase):
@@ -311,6 +346,7 @@ class DeviceRun(RunBase):
         finally:
             self.device.pull()
             self.session.last_executed = self.device.executed
+            self.session.last_counts = dict(self.device.slot_counts or {})
 
     def _enter_function(self, loaded, address: int) -> int:
         self._push()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..analysis.frame import MapHandle, program_frame_states
 from ..isa.helpers import helper_id
 from ..isa.ops import Call, Exit, Jump, Load, LoadImm64, MayGoto, Op, decode_ops, following
 from . import abi
@@ -184,20 +185,11 @@ def _inline_lookups(program, ops, cells: Cells) -> dict[int, InlineLookup]:
     path): array and per-CPU array lookups are inlined as the kernel inlines them (array_map_gen_lookup),
     through a table of each index's value address the run fills as lookups first reach an index; lookups
     of hash-like maps go through a cache of earlier results the run fills and empties."""
-    from ..analysis.cfg import CfgError, cfg_of_ops
-    from ..analysis.frame import MapHandle, frame_states
-
     calls = [slot for slot, op in enumerate(ops)
              if isinstance(op, Call) and op.kind == "helper" and op.target == MAP_LOOKUP_ELEM]
     if not calls:
         return {}
-    try:
-        cfg = cfg_of_ops(list(ops))
-    except CfgError:
-        return {}
-    states: dict = {}
-    for function in range(len(cfg.functions)):
-        states.update(frame_states(cfg, function))
+    states = program_frame_states(ops)
     found = {}
     for slot in calls:
         handle = states.get(slot, (None,) * 11)[1]

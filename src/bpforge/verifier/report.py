@@ -220,7 +220,7 @@ def verify_loaded(loaded: LoadedProgram, *, kernel: bool = False, budget: float 
                            "verifier checks (give --type a kernel program type such as xdp)", file=loaded.filename)
     limits = Limits(deadline=None if budget is None else time.monotonic() + budget, progress=progress)
     attach, prog_flags = _load_options(loaded)
-    insns, maps, lines = _inputs(loaded)
+    insns, maps, lines = program_inputs(loaded)
     slot_lines = {slot: where(lines[i]) if lines is not None else None
                   for i, slot in enumerate(slot_starts(insns))}
     report = VerifyReport(loaded.filename, loaded.section, loaded.name, prog_type, UNKNOWN)
@@ -250,7 +250,7 @@ def verdict_of(loaded: LoadedProgram, *, collect=(), limits: Limits | None = Non
         if obj is not None:
             return verify_linked_program(obj, obj.linked(loaded.name), loaded.prog_type, attach=attach,
                                          limits=limits, collect=collect)
-        insns, maps, _ = _inputs(loaded)
+        insns, maps, _ = program_inputs(loaded)
         return verify_program(insns, loaded.prog_type, maps, attach=attach, prog_flags=prog_flags, limits=limits,
                               collect=collect)
     except BpforgeError as err:
@@ -265,7 +265,7 @@ def _load_options(loaded: LoadedProgram) -> tuple[int, int]:
     return 0, 0
 
 
-def _inputs(loaded: LoadedProgram) -> tuple[list[Insn], dict[int, MapSpec] | list[MapSpec], list | None]:
+def program_inputs(loaded: LoadedProgram) -> tuple[list[Insn], dict[int, MapSpec] | list[MapSpec], list | None]:
     """The instructions our verifier walks (map references as the maps' numbers), the maps by those
     numbers, and the source line of each instruction (None without line info)."""
     obj = loaded.object
