@@ -13,10 +13,11 @@ __version__ = "0.1.0"
 
 # The API (api.py) is imported on first use, not with the package: every `import bpforge.isa` (and the
 # command's --version) imports this file first, and should not pay for the ELF reader and the formats.
-_LAZY = {"load": "api", "optimize": "api", "devices": "api", "Program": "api", "Info": "views", "RunReport": "runner"}
+_LAZY = {"load": "api", "optimize": "api", "devices": "api", "Program": "api", "Info": "views",
+         "RunReport": "runner", "kernel_programs": "api", "kernel_maps": "api", "kernel_map_entries": "api"}
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from .api import Program, devices, load, optimize
+    from .api import Program, devices, kernel_map_entries, kernel_maps, kernel_programs, load, optimize
     from .runner import RunReport
     from .views import Info
 
@@ -33,4 +34,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["BpforgeError", "Info", "Program", "RunReport", "__version__", "devices", "load", "optimize"]
+__all__ = ["BpforgeError", "Info", "Program", "RunReport", "__version__", "devices", "kernel_map_entries",
+           "kernel_maps", "kernel_programs", "load", "optimize"]

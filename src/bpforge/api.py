@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .jit.listing import JitListing
     from .offload.check import OffloadReport
     from .offload.device import DeviceRunReport
+    from .kernel.info import MapEntry, MapInfo, ProgInfo
     from .opt.report import OptimizeReport
     from .verifier.report import VerifyReport
 
@@ -227,4 +228,33 @@ def devices() -> list:
     return all_profiles()
 
 
-__all__ = ["Info", "Program", "RunReport", "devices", "load", "optimize"]
+def kernel_programs(*, prog_id: int | None = None, pinned: str | Path | None = None, name: str | None = None,
+                    code: bool = False) -> list[ProgInfo]:
+    """The programs loaded in the running kernel (root), as `bpforge prog show` lists them: all, or the one
+    with `prog_id`, the one pinned at `pinned`, those named `name`. `code`: with their xlated and jited
+    code, function and line info and BTF, for `offload.introspect.xlated_text` / `jited_text`."""
+    from .kernel.info import find_programs
+
+    return find_programs(prog_id=prog_id, pinned=None if pinned is None else str(pinned), name=name, code=code,
+                         symbols=code)
+
+
+def kernel_maps(*, map_id: int | None = None, pinned: str | Path | None = None,
+                name: str | None = None) -> list[MapInfo]:
+    """The maps in the running kernel, as `bpforge map show` lists them (selection as for kernel_programs)."""
+    from .kernel.info import find_maps
+
+    return [info for info, _ in find_maps(map_id=map_id, pinned=None if pinned is None else str(pinned), name=name)]
+
+
+def kernel_map_entries(map_id: int) -> list[MapEntry]:
+    """Every element of kernel map `map_id` (`bpforge map dump id N`): key and value bytes; a per-CPU
+    value holds one 8-byte-aligned slot per possible CPU."""
+    from .kernel.info import find_maps
+
+    [(_, entries)] = find_maps(map_id=map_id, entries=True)
+    return entries
+
+
+__all__ = ["Info", "Program", "RunReport", "devices", "kernel_map_entries", "kernel_maps", "kernel_programs", "load",
+           "optimize"]

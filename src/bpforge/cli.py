@@ -420,6 +420,159 @@ def rules_rebuild(
     return 0
 
 
+# ---- prog / map: bpftool-style introspection of the running kernel -----------------------------------------
+
+prog_app = typer.Typer(help="Programs loaded in the running kernel (bpftool's prog show / dump).",
+                       no_args_is_help=True)
+map_app = typer.Typer(help="Maps in the running kernel (bpftool's map show / dump).", no_args_is_help=True)
+app.add_typer(prog_app, name="prog")
+app.add_typer(map_app, name="map")
+
+Selector = Annotated[list[str] | None, typer.Argument(
+    metavar="[id N | pinned PATH | name NAME]", show_default=False,
+    help="Which one, as bpftool names it (default: all).")]
+Opcodes = Annotated[bool, typer.Option("--opcodes", help="Also print each instruction's bytes.")]
+_SELECTORS = ("id", "pinned", "name")
+
+
+def _selector(words: list[str] | None, what: str, *, required: bool = False) -> dict:
+    """`id N` / `pinned PATH` / `name NAME` as keyword arguments of the kernel.info finders."""
+    words = list(words or [])
+    if not words:
+        if required:
+            raise BpforgeError(f"name the {what}: id N, pinned PATH or name NAME")
+        return {}
+    if len(words) != 2 or words[0] not in _SELECTORS:
+        raise BpforgeError(f"expected id N, pinned PATH or name NAME, got '{' '.join(words)}'")
+    kind, value = words
+    if kind == "id":
+        try:
+            return {f"{what}_id": int(value, 0)}
+        except ValueError:
+            raise BpforgeError(f"can't parse {value!r} as an id") from None
+    return {kind: value}
+
+
+def _one_or_many(items: list, selector: dict):
+    # bpftool prints one object for `id N` / `pinned P` or a single name match, else an array
+    return items[0] if selector and len(items) == 1 else items
+
+
+@prog_app.command("show")
+def prog_show(which: Selector = None, json_out: Json = False) -> None:
+    """Show loaded programs: `ID: TYPE  name NAME  tag TAG  gpl`, load time, sizes, maps, BTF."""
+    from .kernel.info import find_programs
+    from .offload import introspect
+
+    selector = _selector(which, "prog")
+    progs = find_programs(**selector)
+    if json_out:
+        _emit_json(_one_or_many([introspect.prog_show_json(p) for p in progs], selector))
+    else:
+        _emit_text("".join(introspect.prog_show_text(p) for p in progs))
+
+
+@prog_app.command("dump")
+def prog_dump(
+        mode: Annotated[str, typer.Argument(metavar="xlated|jited", show_default=False,
+                                            help="The kernel's rewritten instructions, or its native code.")],
+        which: Annotated[list[str], typer.Argument(
+            metavar="id N | pinned PATH | name NAME | PROG_FILE", show_default=False,
+            help="A program in the kernel, or a program file (xlated: our linked instructions in the kernel's "
+                 "spelling; jited: our JIT's listing).")],
+        json_out: Json = False, opcodes: Opcodes = False,
+        arch: Annotated[str | None, typer.Option(help="jited: the architecture to disassemble for (default: this "
+                                                 "machine's; for a file x86_64).")] = None,
+        section: Section = None, prog_type: ProgType = None) -> None:
+    """Dump a program's xlated instructions (bpftool's syntax) or its JITed code (capstone)."""
+    from .offload import introspect
+
+    if mode not in ("xlated", "jited"):
+        raise BpforgeError(f"expected 'xlated' or 'jited', got '{mode}'")
+    if len(which) == 1 and which[0] not in _SELECTORS:
+        _dump_file(mode, which[0], json_out=json_out, arch=arch, section=section, prog_type=prog_type)
+        return
+    from .kernel.info import find_programs
+
+    selector = _selector(which, "prog", required=True)
+    progs = find_programs(**selector, code=True, symbols=True)
+    parts = []
+    for p in progs:
+        if mode == "xlated":
+            body = introspect.xlated_json(p, opcodes=opcodes) if json_out else introspect.xlated_text(p, opcodes=opcodes)
+        else:
+            body = (introspect.jited_json(p, arch=arch, opcodes=opcodes) if json_out
+                    else introspect.jited_text(p, arch=arch, opcodes=opcodes))
+        if len(progs) == 1:
+            parts.append(body)
+        elif json_out:
+            parts.append({**introspect.prog_header_json(p), "insns": body})
+        else:
+            parts.append(introspect.prog_header_text(p) + "\n" + body)
+    if json_out:
+        _emit_json(parts[0] if len(progs) == 1 else parts)
+    else:
+        _emit_text("\n".join(parts))
+
+
+def _dump_file(mode: str, path: str, *, json_out: bool, arch: str | None, section: str | None,
+               prog_type: str | None) -> None:
+    """`prog dump` of a program file: its linked instructions, or our JIT's listing of it."""
+    from .isa import encode
+    from .offload import introspect
+
+    program = load(path, section=section, prog_type=prog_type)
+    if mode == "jited":
+        listing = program.jit(arch=arch or "x86_64")
+        if json_out:
+            _emit_json(listing.as_json())
+        else:
+            _emit_text(listing.text() + "\n")
+        return
+    code = encode(program.insns)
+    if json_out:
+        _emit_json([{"disasm": line.split(": ", 1)[1]} for line in introspect.insns_text(code).splitlines()])
+    else:
+        _emit_text(introspect.insns_text(code))
+
+
+@map_app.command("show")
+def map_show(which: Selector = None, json_out: Json = False) -> None:
+    """Show maps: `ID: TYPE  name NAME  flags F`, key/value sizes, entries, memlock, frozen."""
+    from .kernel.info import find_maps
+    from .offload import introspect
+
+    selector = _selector(which, "map")
+    maps = [info for info, _ in find_maps(**selector)]
+    if json_out:
+        _emit_json(_one_or_many([introspect.map_show_json(m) for m in maps], selector))
+    else:
+        _emit_text("".join(introspect.map_show_text(m) for m in maps))
+
+
+@map_app.command("dump")
+def map_dump(which: Annotated[list[str], typer.Argument(
+                 metavar="id N | pinned PATH | name NAME", show_default=False, help="Which map.")],
+             json_out: Json = False) -> None:
+    """Dump a map's entries: key and value bytes (per-CPU maps: every possible CPU's value)."""
+    from .kernel.info import find_maps
+    from .offload import introspect
+
+    found = find_maps(**_selector(which, "map", required=True), entries=True)
+    if json_out:
+        if len(found) == 1:
+            _emit_json(introspect.map_dump_json(*found[0]))
+        else:
+            _emit_json([{**introspect.map_header_json(info), "elements": introspect.map_dump_json(info, entries)}
+                        for info, entries in found])
+        return
+    if len(found) == 1:
+        _emit_text(introspect.map_dump_text(*found[0]))
+    else:
+        _emit_text("\n".join(introspect.map_header_text(info) + "\n" + introspect.map_dump_text(info, entries)
+                             for info, entries in found))
+
+
 # ---- output and errors -------------------------------------------------------------------------------------
 
 def _emit_text(text: str) -> None:

@@ -21,6 +21,11 @@ _KERNEL_PROG_TYPES = (
 PROG_TYPES: dict[str, int | None] = {name: i for i, name in enumerate(_KERNEL_PROG_TYPES) if i} | {"mem": None}
 DEFAULT_PROG_TYPE = "xdp"
 
+
+def prog_type_name(number: int) -> str | None:
+    """The kernel's (and libbpf's, bpftool's) name of program type `number`; None past the table."""
+    return _KERNEL_PROG_TYPES[number] if 0 <= number < len(_KERNEL_PROG_TYPES) else None
+
 # enum bpf_attach_type, in order (value = index), lower-cased without the BPF_ prefix.
 ATTACH_TYPES = (
     "cgroup_inet_ingress", "cgroup_inet_egress", "cgroup_inet_sock_create", "cgroup_sock_ops",
@@ -206,7 +211,7 @@ def prog_type_of_section(section: str | None) -> str | None:
     return row.prog_type if row else None
 
 
-__all__ = ["ATTACH_TYPES", "ATTACH_TYPE_IDS", "DEFAULT_PROG_TYPE", "PROG_TYPES", "SECTION_DEFS", "SectionDef",
+__all__ = ["ATTACH_TYPES", "prog_type_name", "ATTACH_TYPE_IDS", "DEFAULT_PROG_TYPE", "PROG_TYPES", "SECTION_DEFS", "SectionDef",
            "check_prog_type", "default_attach_type", "prog_type_of_section", "required_prog_flags", "section_def"]
 
 

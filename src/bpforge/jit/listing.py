@@ -23,6 +23,8 @@ class NativeInsn:
     offset: int
     data: bytes
     text: str
+    mnemonic: str = ""
+    operands: str = ""  # capstone's op_str
 
 
 @dataclass
@@ -74,19 +76,28 @@ def control_block_layout() -> dict:
 
 
 def disassemble(image: Image) -> list[NativeInsn]:
+    out = disassemble_code(image.code, image.arch)
+    if sum(len(n.data) for n in out) != len(image.code):
+        raise BpforgeError(f"capstone could not decode all of the {image.arch} image (a JIT bug)")
+    return out
+
+
+def disassemble_code(code: bytes, arch: str) -> list[NativeInsn]:
+    """`code` for `arch` (x86_64, arm64, riscv64) disassembled by capstone from offset 0; it stops where
+    capstone meets bytes it cannot decode (the caller compares the lengths)."""
     try:
         import capstone
     except ImportError:
         raise BpforgeError("listing native code needs capstone (pip install 'bpforge[jit]')") from None
-    found = [(a, m) for a, m in _CAPSTONE_ARCH[image.arch] if hasattr(capstone, a) and hasattr(capstone, m)]
+    if arch not in _CAPSTONE_ARCH:
+        raise BpforgeError(f"unknown architecture {arch!r} (known: {', '.join(_CAPSTONE_ARCH)})")
+    found = [(a, m) for a, m in _CAPSTONE_ARCH[arch] if hasattr(capstone, a) and hasattr(capstone, m)]
     if not found:
-        raise BpforgeError(f"this capstone ({capstone.__version__}) cannot disassemble {image.arch}")
-    arch, mode = found[0]
-    md = capstone.Cs(getattr(capstone, arch), getattr(capstone, mode))
-    out = [NativeInsn(i.address, bytes(i.bytes), f"{i.mnemonic} {i.op_str}".strip()) for i in md.disasm(image.code, 0)]
-    if sum(len(n.data) for n in out) != len(image.code):
-        raise BpforgeError(f"capstone could not decode all of the {image.arch} image (a JIT bug)")
-    return out
+        raise BpforgeError(f"this capstone ({capstone.__version__}) cannot disassemble {arch}")
+    arch_id, mode = found[0]
+    md = capstone.Cs(getattr(capstone, arch_id), getattr(capstone, mode))
+    return [NativeInsn(i.address, bytes(i.bytes), f"{i.mnemonic} {i.op_str}".strip(), i.mnemonic, i.op_str)
+            for i in md.disasm(code, 0)]
 
 
 def listing(image: Image, insns: list[Insn], mode: str) -> JitListing:

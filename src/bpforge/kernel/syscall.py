@@ -23,8 +23,12 @@ from ..isa.progtypes import PROG_TYPES, check_prog_type
 # enum bpf_cmd (the ones bpforge issues).
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = range(5)
 BPF_PROG_LOAD = 5
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_NEXT_ID, BPF_MAP_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID = 11, 12, 13, 14
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_LOAD = 18
+BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_FREEZE = 22
 
 BPF_OBJ_NAME_LEN = 16
@@ -86,6 +90,22 @@ class TestRunAttr(ctypes.Structure):
 class BtfLoadAttr(ctypes.Structure):
     _fields_ = [("btf", _u64), ("btf_log_buf", _u64), ("btf_size", _u32), ("btf_log_size", _u32),
                 ("btf_log_level", _u32)]
+
+
+class GetIdAttr(ctypes.Structure):
+    # BPF_*_GET_NEXT_ID (start_id -> next_id) and BPF_*_GET_FD_BY_ID (the id in the same first field).
+    _fields_ = [("start_id", _u32), ("next_id", _u32), ("open_flags", _u32)]
+
+
+class ObjGetAttr(ctypes.Structure):
+    # BPF_OBJ_GET: the fd of what is pinned at `pathname` in a bpffs.
+    _fields_ = [("pathname", _u64), ("bpf_fd", _u32), ("file_flags", _u32)]
+
+
+class ObjInfoAttr(ctypes.Structure):
+    # BPF_OBJ_GET_INFO_BY_FD: the kernel fills `info` (a struct bpf_prog_info / bpf_map_info / bpf_btf_info
+    # of info_len bytes) and writes back the length it filled.
+    _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
 
 
 @lru_cache(maxsize=1)
