@@ -100,19 +100,24 @@ def test_paths_with_their_state_and_offloadability():
     ("return p.hex()", "p.hex(...)", "a library call"),
     ("import json\n    return json.dumps(p)", "json.dumps(...)", "a library call"),
     ("cache.clear()\n    return None", "cache.clear", "get/pop/[]/del/in"),
+    ("store[p] = 1\n    return None", "module state store", "not a typed map: it lives in user space"),
+    ("return LIMIT + p[0] if store else None", "module state store", "not a typed map"),
     ("x = 2 ** len(p)\n    return None", "2 ** len(p)", "variable exponent"),
 ])
 def test_constructs_outside_the_subset(body, what, why):
     source = textwrap.dedent('''
         import bpforge
         cache = bpforge.HashMap(key=bpforge.U32, value=bpforge.U32, max_entries=8)
+        store = {}
+        LIMIT = 64
 
         @bpforge.offload(hook="xdp")
         def handle(p: bytes):
         ''') + "    " + body + "\n"
     found = analyze_source(source).findings
     assert any(f.what == what and why in f.why for f in found), [(f.what, f.why) for f in found]
-    assert all(f.line >= 6 for f in found)
+    assert all(f.line >= 8 for f in found)
+    assert not any("LIMIT" in f.what for f in found)  # a module constant is compiled in
 
 
 def test_the_subset_itself_has_no_findings():

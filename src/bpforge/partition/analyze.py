@@ -129,11 +129,12 @@ def analyze_source(text: str, filename: str = "<app>", handler: str | None = Non
         raise PartitionError(f"{filename}:{err.lineno}: {err.msg}") from None
     functions = {node.name: node for node in module.body if isinstance(node, ast.FunctionDef)}
     maps = _map_decls(module)
+    constants, state = _module_names(module, maps, functions)
     chosen, hook, port = _handler(functions, handler, filename)
     order = _callees(chosen, functions)
     findings: list[Finding] = []
     for name in order:
-        findings += _Checker(name, functions, maps).check(functions[name])
+        findings += _Checker(name, functions, maps, constants, state).check(functions[name])
     findings += _recursion(order, functions)
     paths, truncated = _paths(functions[chosen], functions, maps, findings)
     return Analysis(filename, chosen, hook, port, maps, order, findings, paths, truncated)
@@ -197,6 +198,29 @@ def _map_decls(module: ast.Module) -> dict[str, MapDecl]:
     return found
 
 
+def _module_names(module: ast.Module, maps, functions) -> tuple[dict[str, object], set[str]]:
+    """Module-level names: constants (an int or bytes literal assigned once: compiled in) and the rest of
+    the module's state (a dict, a socket, an object: user space only)."""
+    assigned: dict[str, list[ast.expr]] = {}
+    for node in module.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign) else []
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name):
+                    assigned.setdefault(name.id, []).append(getattr(node, "value", None))
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                assigned.setdefault((alias.asname or alias.name).split(".")[0], []).append(None)
+    constants = {}
+    for name, values in assigned.items():
+        if name in maps or name in functions:
+            continue
+        if len(values) == 1 and isinstance(values[0], ast.Constant) and isinstance(values[0].value, int | bytes) \
+                and not isinstance(values[0].value, bool):
+            constants[name] = values[0].value
+    return constants, set(assigned) - set(constants) - set(maps) - set(functions)
+
+
 def _called_names(fn: ast.FunctionDef) -> list[str]:
     return [node.func.id for node in ast.walk(fn) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
 
@@ -236,12 +260,17 @@ def _recursion(order: list[str], functions: dict[str, ast.FunctionDef]) -> list[
 class _Checker(ast.NodeVisitor):
     """Every construct of one function outside the subset, as a Finding."""
 
-    def __init__(self, function: str, functions: dict[str, ast.FunctionDef], maps: dict[str, MapDecl]) -> None:
+    def __init__(self, function: str, functions: dict[str, ast.FunctionDef], maps: dict[str, MapDecl],
+                 constants: dict[str, object], state: set[str]) -> None:
         self.function, self.functions, self.maps = function, functions, maps
+        self.constants, self.state = constants, state
         self.found: list[Finding] = []
+        self.local: set[str] = set()
 
     def check(self, fn: ast.FunctionDef) -> list[Finding]:
         self.parents = {id(child): node for node in ast.walk(fn) for child in ast.iter_child_nodes(node)}
+        self.local = {a.arg for a in fn.args.args} | {n.id for n in ast.walk(fn)
+                                                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         for stmt in fn.body:
             self.visit(stmt)
         return self.found
@@ -301,6 +330,11 @@ class _Checker(ast.NodeVisitor):
     visit_Await = visit_Yield
 
     # expressions
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in self.state and node.id not in self.local and node.id not in ("bpforge",):
+            self._no(node, f"module state {node.id}", "not a typed map: it lives in user space (declare it "
+                     "bpforge.HashMap/ArrayMap to share it with BPF)")
+
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, float | complex):
             self._no(node, f"float {node.value!r}", "BPF has no floating point")
@@ -363,7 +397,11 @@ class _Checker(ast.NodeVisitor):
                 self._no(node, f"{ast.unparse(func)}(...)", "a library call BPF cannot make")
         else:
             self._no(node, ast.unparse(node)[:60], "an indirect call")
-        self.generic_visit(node)
+        # The arguments, and a receiver that is itself an expression; a named receiver was judged above.
+        if isinstance(func, ast.Attribute) and not isinstance(func.value, ast.Name):
+            self.visit(func.value)
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            self.visit(arg)
 
 
 def _bounded_range(node: ast.expr) -> bool:
