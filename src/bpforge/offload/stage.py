@@ -816,8 +816,10 @@ def _restore(prog: _Program, cut: Cut) -> list[str]:
         elif q.kind == "ctx":
             out.append(f"r{t} = *(u64 *)(r10 {S:+d})")
         built.add(t)
-    out += [f"goto L{cut.point}", "stage_orig:", f"r1 = *(u64 *)(r10 {S:+d})", "goto L0", "stage_pass:",
-            f"w0 = {XDP_PASS}", "exit"]
+    out.append(f"goto L{cut.point}")
+    if any("stage_orig" in line for line in out):  # the kernel refuses unreachable code
+        out += ["stage_orig:", f"r1 = *(u64 *)(r10 {S:+d})", "goto L0"]
+    out += ["stage_pass:", f"w0 = {XDP_PASS}", "exit"]
     return out
 
 
@@ -836,7 +838,8 @@ def _generate(prog: _Program, cut: Cut) -> tuple[list[Insn], list[Insn]]:
             device.append("goto stage_exit")
         else:
             device.append(_line(prog, s))
-    device += _tag_exit(cut)
+    if "goto stage_exit" in device:  # the kernel refuses unreachable code
+        device += _tag_exit(cut)
     called = prog.callees(cut.device_slots)
     for s in others:
         if prog.cfg.block_at(s).function in called:
