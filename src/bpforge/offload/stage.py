@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from .. import vm
 from ..analysis.cfg import ProgramCfg, build_cfg
 from ..analysis.dominators import DominatorTree, dominators
-from ..analysis.frame import Frame, frame_states
+from ..analysis.frame import Frame, MapHandle, frame_states
 from ..analysis.liveness import LiveSet, program_liveness
 from ..errors import BpforgeError
 from ..isa import Insn, assemble, format_insn, slot_starts
@@ -282,7 +282,7 @@ class _Program:
         for s in self.slots_of(0):
             op = self.ops[s]
             if s in self.blocked:
-                why[s] = _what(op)
+                why[s] = self.what(s)
             elif _is_helper(op, TAIL_CALL):
                 why[s] = "bpf_tail_call (its target's exits cannot tag the metadata)"
             elif _local_call(op) and holds(self.cfg.function_entered_at(op.target).index):
@@ -295,6 +295,14 @@ class _Program:
                 if op.__class__ is LoadImm64 and op.kind in ("map", "map_value") and op.value not in self.device_maps:
                     inside[index] = True
         return why
+
+    def what(self, slot: int) -> str:
+        """A blocked slot as the explanation names it: the helper, and the map its r1 holds."""
+        op = self.ops[slot]
+        if op.__class__ is not Call or op.kind != "helper":
+            return "blocked by the profile"
+        handle = self.frames.get(slot, (None,) * 11)[1]
+        return helper_name(op.target) + (f" on {self.map_name(handle.ref)}" if isinstance(handle, MapHandle) else "")
 
     def map_name(self, index: int) -> str:
         return self.maps[index].name if 0 <= index < len(self.maps) and self.maps[index].name else str(index)
@@ -371,10 +379,6 @@ def _is_helper(op, helper: int) -> bool:
     return op.__class__ is Call and op.kind == "helper" and op.target == helper
 
 
-def _what(op) -> str:
-    if op.__class__ is Call and op.kind == "helper":
-        return helper_name(op.target)
-    return "blocked by the profile"
 
 
 # ---- the live state at a candidate ------------------------------------------------------------------------
@@ -680,9 +684,10 @@ def _verify(prog: _Program, cut: Cut) -> str | None:
     return None
 
 
-def split(insns: Sequence[Insn], maps: Sequence[MapSpec], cut: Cut, blocked=(), device_maps=()) -> Split:
-    """The device and host programs of `cut` (of `plan_cut` or `explicit_cut` on the same program)."""
-    prog = _Program(list(insns), list(maps), frozenset(blocked), frozenset(device_maps) | cut.device_maps)
+def split(insns: Sequence[Insn], maps: Sequence[MapSpec], cut: Cut) -> Split:
+    """The device and host programs of `cut` (of `plan_cut` or `explicit_cut` on the same program), with
+    the map assignment (`Split.device_maps`: the device's copies count, the others the host's)."""
+    prog = _Program(list(insns), list(maps), frozenset(), frozenset(range(len(maps))))
     if cut.point is None:
         return Split(cut, list(insns), None, list(maps))
     device, host = _generate(prog, cut)
