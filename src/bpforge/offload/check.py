@@ -22,6 +22,7 @@ from ..isa.ops import (
 )
 from ..verifier.report import program_inputs
 from .profile import DeviceProfile
+from .stage import Cut, StageError, plan_cut
 
 OFFLOADABLE, PARTLY, HOST_ONLY = "offloadable", "partly", "host only"
 TAIL_CALL = helper_id("tail_call")
@@ -89,12 +90,15 @@ class OffloadReport:
     insns: int
     stack: int
     notes: list[str] = field(default_factory=list)
+    cut: Cut | None = None  # the multi-stage split of a partly offloadable program (None: not looked for)
 
     def as_json(self) -> dict:
         return {"device": self.device, "program": self.program, "verdict": self.verdict, "insns": self.insns,
                 "stack": self.stack, "reasons": [r.as_json() for r in self.reasons],
                 "maps": [p.as_json() for p in self.placements], "blocked_insns": sorted(self.blocked),
-                "notes": self.notes}
+                "notes": self.notes, "stage": None if self.cut is None else
+                {"device_insns": len(self.cut.device_slots), "meta_bytes": self.cut.meta_size,
+                 "explanation": list(self.cut.explanation)}}
 
     def text(self) -> str:
         """The report for a reader: reasons with the same words grouped (every instruction listed, its
@@ -114,6 +118,9 @@ class OffloadReport:
                          + (f", {p.access_cycles} cycles a call" if p.where != "none" else "")
                          + (f" ({p.why})" if p.why else ""))
         lines += [f"  note: {n}" for n in self.notes]
+        if self.cut is not None:
+            lines.append("  multi-stage split (offload run stages it):")
+            lines += [f"    {line}" for line in self.cut.explanation]
         return "\n".join(lines)
 
 
@@ -196,8 +203,10 @@ def unmet(need: Need, profile: DeviceProfile) -> tuple[str, str | None] | None:
     return f"{need.what}: not supported by the device", suggestion
 
 
-def check(loaded, profile: DeviceProfile) -> OffloadReport:
-    """The offload report of a `formats.LoadedProgram` on `profile`'s device."""
+def check(loaded, profile: DeviceProfile, *, stage: bool = True) -> OffloadReport:
+    """The offload report of a `formats.LoadedProgram` on `profile`'s device. `stage`: for an XDP program
+    the device can run only in part, look for the multi-stage split (`stage.plan_cut`): the verdict is
+    "partly" when there is one (`OffloadReport.cut`), "host only" when there is none."""
     insns, specs, lines = program_inputs(loaded)
     maps = dict(enumerate(specs)) if isinstance(specs, list) else dict(specs)
     ops = decode_ops(insns)
@@ -244,15 +253,28 @@ def check(loaded, profile: DeviceProfile) -> OffloadReport:
     notes = [f"map {p.map} stays on the host: {p.access_cycles} cycles a call from the device"
              for p in placements.values() if p.where == "host"]
     program_level = any(r.kind in ("prog_type", "size", "stack") for r in reasons)
+    cut = None
     if not reasons:
         verdict = OFFLOADABLE
     elif program_level or 0 in blocked:  # the device could not even start
         verdict = HOST_ONLY
-    else:
+    elif loaded.prog_type != "xdp":
+        verdict = HOST_ONLY
+        notes.append(f"a {loaded.prog_type} program cannot be staged: the hand-off to the host goes through XDP "
+                     "metadata")
+    elif not stage:
         verdict = PARTLY
+    else:
+        try:
+            cut = plan_cut(insns, list(maps.values()), frozenset(blocked), frozenset(device_maps),
+                           prog_type=loaded.prog_type)
+            verdict = PARTLY
+        except StageError as err:
+            verdict = HOST_ONLY
+            notes.append(f"no multi-stage split: {err.message}")
     reasons.sort(key=lambda r: (r.insn is not None, r.insn or 0))
     return OffloadReport(profile.name, name, verdict, reasons, list(placements.values()), frozenset(blocked),
-                         frozenset(device_maps), count, stack, notes)
+                         frozenset(device_maps), count, stack, notes, cut)
 
 
 def _stack_depth(ops, states) -> int:

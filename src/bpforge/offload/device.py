@@ -22,7 +22,10 @@ from ..kernel.maps import possible_cpus
 from ..isa.maptypes import dump_map, preload_maps
 from ..jit import plan
 from ..jit.device import DeviceSession, run_device
-from .check import HOST_ONLY, OFFLOADABLE, OffloadReport, check
+from ..verifier.report import program_inputs
+from ..vm.maps import create_map
+from .check import HOST_ONLY, OFFLOADABLE, PARTLY, OffloadReport, check
+from .stage import run_staged, split
 from .cost import cycles, instruction_costs
 from .profile import DeviceProfile
 
@@ -79,9 +82,11 @@ def run_on_device(loaded, profile: DeviceProfile, data: bytes, *, ctx: bytes | N
                   preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None,
                   report: OffloadReport | None = None) -> DeviceRunReport:
     """Run `loaded` once on `profile`'s emulated device: what it did and its cycles by the profile. A
-    program the check does not find offloadable raises `NotOffloadable` (a partly offloadable one runs
-    staged: `stage`)."""
+    partly offloadable program runs staged (`run_staged_on_device`); one the device cannot take at all
+    raises `NotOffloadable`."""
     report = report or check(loaded, profile)
+    if report.verdict == PARTLY and report.cut is not None:
+        return run_staged_on_device(loaded, profile, data, report, preload=preload)
     if report.verdict != OFFLOADABLE:
         first = report.reasons[0]
         where = "" if first.insn is None else f"insn {first.insn}" + (f" ({first.line})" if first.line else "") + ": "
@@ -102,4 +107,26 @@ def run_on_device(loaded, profile: DeviceProfile, data: bytes, *, ctx: bytes | N
                            spent * 1000 / profile.clock_mhz, counts=counts)
 
 
-__all__ = ["DeviceRunReport", "NotOffloadable", "run_on_device"]
+def run_staged_on_device(loaded, profile: DeviceProfile, data: bytes, report: OffloadReport, *,
+                         preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None) -> DeviceRunReport:
+    """A partly offloadable XDP program in two stages (`stage`): the device part on the profile's emulated
+    core with the maps the device holds, handing the frame on through XDP metadata to the host part in
+    the VM with the host's maps; the maps are each side's copy of the maps it holds."""
+    insns, specs, _ = program_inputs(loaded)
+    specs = list(specs.values()) if isinstance(specs, dict) else list(specs)
+    staged = split(insns, specs, report.cut)
+    cpus = possible_cpus()
+    sides = []
+    for _ in ("device", "host"):
+        maps = [create_map(spec, num_cpus=cpus) for spec in specs]
+        preload_maps({spec.name: m for spec, m in zip(specs, maps)}, preload or {})
+        sides.append(maps)
+    result = run_staged(staged, data, device_maps=sides[0], host_maps=sides[1], device=profile.isa)
+    dumped = [dump_map(spec.name, m) for spec, m in zip(specs, result.maps)]
+    why = {"device": "the device decided", "host": f"the device handed over ({result.tag}) and the host decided"}
+    return DeviceRunReport(profile.name, report.verdict, "device+host" if result.stage == "host" else "device",
+                           result.retval, result.data_out, dumped, None, None, None,
+                           why=f"staged at insn {report.cut.point}: {why[result.stage]}")
+
+
+__all__ = ["DeviceRunReport", "NotOffloadable", "run_on_device", "run_staged_on_device"]

@@ -632,6 +632,9 @@ def plan_cut(insns: Sequence[Insn], maps: Sequence[MapSpec], blocked, device_map
     candidates = _candidates(prog)
     if not any(prog.dom.reachable(prog.cfg.block_of_slot[s]) for s in prog.blocked_main):
         return _no_cut(prog, model)
+    if prog.depth is None:  # known before any candidate is weighed: every hand-off needs the reserved slot
+        raise StageError("no eligible cut: the stack the program uses cannot be told (a stack address escapes "
+                         "into a called function), so no stack slot can be reserved for the hand-off")
     collected = _collect(prog, candidates + prog.stack_probes)
     depth = prog.depth_with(collected)
     cuts, rejected = [], []
