@@ -14,9 +14,13 @@ __version__ = "0.1.0"
 # The API (api.py) is imported on first use, not with the package: every `import bpforge.isa` (and the
 # command's --version) imports this file first, and should not pay for the ELF reader and the formats.
 _LAZY = {"load": "api", "optimize": "api", "devices": "api", "Program": "api", "Info": "views", "RunReport": "runner"}
+# What a partitionable application writes (`bpforge.HashMap(...)`, `@bpforge.offload(...)`): partition.runtime.
+_LAZY.update({name: "partition.runtime" for name in ("U8", "U16", "U32", "U64", "Bytes", "Struct", "HashMap",
+                                                      "ArrayMap", "offload")})
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import Program, devices, load, optimize
+    from .partition.runtime import U8, U16, U32, U64, ArrayMap, Bytes, HashMap, Struct, offload
     from .runner import RunReport
     from .views import Info
 
@@ -33,4 +37,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["BpforgeError", "Info", "Program", "RunReport", "__version__", "devices", "load", "optimize"]
+__all__ = ["U8", "U16", "U32", "U64", "ArrayMap", "BpforgeError", "Bytes", "HashMap", "Info", "Program", "RunReport",
+           "Struct", "__version__", "devices", "load", "offload", "optimize"]
