@@ -29,11 +29,11 @@ import socket
 import sys
 from pathlib import Path
 
-try:
-    import bpforge
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    import bpforge
+# The checkout's own bpforge first (this file lives in it), whatever else is installed.
+_SRC = Path(__file__).resolve().parents[2] / "src"
+if (_SRC / "bpforge").is_dir():
+    sys.path.insert(0, str(_SRC))
+import bpforge  # noqa: E402
 
 PORT = 11211
 FRAME = 8  # memcached UDP frame header

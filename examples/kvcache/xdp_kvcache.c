@@ -153,7 +153,9 @@ static __always_inline int answer_get(struct xdp_md *ctx, __u8 *body, void *end,
 	}
 	if (bad)
 		return XDP_PASS;
-	crlf = body + 4 + klen;
+	/* klen <= KEY_MAX already; the mask repeats it in a form every verifier keeps (bpforge's loses the
+	 * bound through the 32-bit subtractions above, and then refuses the variable packet offset). */
+	crlf = body + 4 + (klen & 0x3f);
 	if ((void *)(crlf + 2) > end || crlf[0] != '\r' || crlf[1] != '\n')
 		return XDP_PASS;
 
@@ -249,7 +251,7 @@ int xdp_kvcache(struct xdp_md *ctx)
 	if (ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3fff)))
 		return XDP_PASS;
 	ihl = ip->ihl;
-	if (ihl < 5)
+	if (ihl < 5 || ihl > 15) /* the bitfield cannot exceed 15: the bound is for the verifier */
 		return XDP_PASS;
 	/* IP options move the UDP header; they are counted like any write, but only answered without them. */
 	udp = (void *)ip + ihl * 4;

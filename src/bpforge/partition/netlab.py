@@ -328,16 +328,17 @@ class Lab:
     # ---- processes and sockets ------------------------------------------------------------------------
 
     def start(self, argv: Sequence[str], *, side: str = "server", ready: str | None = "listening",
-              timeout: float = 15.0, env: Mapping[str, str] | None = None) -> Process:
+              timeout: float = 15.0, env: Mapping[str, str] | None = None, stdin: bool = False) -> Process:
         """Start `argv` in the server's (or client's) namespace; stopped (SIGTERM, then SIGKILL) when the
         lab closes. With `ready`, wait until its stdout has a line containing it (NetlabError if it exits
-        or `timeout` passes first)."""
+        or `timeout` passes first). `stdin`: a pipe to write to (`process.popen.stdin`), else none."""
         ns, _ = self._side(side)
         index = next(_counter)
         log_path = os.path.join(self._workdir or tempfile.gettempdir(), f"process{index}.log")
         with open(log_path, "wb") as log:
             popen = subprocess.Popen([sys.executable, "-c", _NSEXEC, os.path.join(NETNS_DIR, ns), *argv],
-                                     stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=log,
+                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      env=None if env is None else {**os.environ, **env})
         process = Process(list(argv), popen, log_path)
         self._on_close(f"process {argv[0]}", process.stop)
