@@ -23,14 +23,13 @@ other in arrival order), for one client's requests that arrive in the order sent
   datagram has not passed XDP yet), so the store holds for k exactly the value the sequential server
   would read for g.
 - XDP answers g only when kv_seen[b] = kv_done[b] and kv_cache[k] exists, and then kv_cache[k] is the
-  reply for the store's current value: take the last write W of kv_cache[k] by this process before g's
-  lookup. If W applied a write u of k, u arrived before g (it was passed, hence counted), and no write
-  of k applied after u could have its cache update after W... so W wrote the reply for the store after
-  u, which is the store now. If W was a populate after a GET miss, it wrote the reply for the store as it
-  was then; any write of k applied between then and g's lookup would have updated kv_cache[k] after W,
-  since the cache is updated before kv_done is raised. Either way kv_cache[k] is the current reply.
-  XDP itself only deletes entries (on a SET/DELETE, so that even a torn race leaves a miss), which can
-  turn a hit into a miss, never into a wrong answer.
+  reply for the store's current value. Take the last write W of kv_cache[k] by this process before g's
+  lookup. (a) W applied a write u of k: every write of k applied here before g's lookup had its cache
+  update before raising kv_done, so none came after u (W is the last), and the store's k is u's value,
+  which W wrote. (b) W was a populate after a GET miss: it wrote the reply for the store as it was at
+  W; a write of k applied after W would have updated kv_cache[k] after W, so there was none, and the
+  store's k is unchanged since W. XDP itself only deletes entries (on each SET/DELETE it passes), which
+  can turn a hit into a miss, never into a wrong answer.
 - A populate is only done while kv_seen[b] = kv_done[b] (no write of the bucket in flight): not needed
   for the argument above, which holds anyway, but it keeps stale entries from being written at all.
 - The cached value is the handler's own reply to "get KEY" (hit_reply), so an XDP answer is byte for byte
