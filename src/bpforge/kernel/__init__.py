@@ -8,6 +8,7 @@ BPF_PROG_TEST_RUN, and feature probes. Everything raises KernelUnavailable where
     program   load_linked / load_insns / load_loaded -> KernelProgram, KernelVerdict, VerifierRejected
     testrun   test_run -> TestRunResult; xdp_md() / sk_buff() contexts
     probe     prog_type_supported / map_type_supported / helper_supported
+    objects   pins (pin, open_pinned_map) and XDP links (attach_xdp -> XdpLink)
 """
 
 from .maps import KernelMap, possible_cpus
