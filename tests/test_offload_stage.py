@@ -47,14 +47,25 @@ def nfp_like(insns, maps) -> tuple[frozenset[int], frozenset[int]]:
     return frozenset(blocked), frozenset(i for i, m in enumerate(maps) if m.type_name in ("hash", "array"))
 
 
-@pytest.fixture(scope="module")
-def lb():
+def _lb(several: bool):
     scenario, twin = examples.xdp_lb("")
     program = scenario.program
     blocked, device_maps = nfp_like(program.insns, program.maps)
-    cut = stage.plan_cut(program.insns, program.maps, blocked, device_maps)
+    cut = stage.plan_cut(program.insns, program.maps, blocked, device_maps, several=several)
     staged = stage.split(program.insns, program.maps, cut)
     return program, blocked, device_maps, cut, staged, scenario.packets + twin.packets
+
+
+@pytest.fixture(scope="module")
+def lb():
+    """xdp_lb cut at one point (`plan_cut(several=False)`: the best single dominating cut)."""
+    return _lb(False)
+
+
+@pytest.fixture(scope="module")
+def lbm():
+    """xdp_lb cut as `plan_cut` chooses: at several points."""
+    return _lb(True)
 
 
 def fresh_maps(program, cpus: int = 1):
@@ -373,4 +384,5 @@ def test_the_cost_model_is_a_pure_function():
     model = stage.CostModel()
     assert stage.score(model, 10, 0.5, 4) == 10 + 20 * 0.5 - 0.5 * (12 + 2)
     assert stage.score(model, 0, 1.0, 0) < 0  # host only: the hand-off is all cost
+
 
