@@ -610,21 +610,25 @@ def _states(prog: _Program, p: int, collected: list[State], region: set[int]) ->
     index = {s: i for i, s in enumerate(prog.starts)}
     prefix = [insn for insn, s in zip(prog.insns, prog.starts) if s < p]
     # A path leaving the slots that lead to p (at another point of the cut, or towards code that cannot
-    # reach p) ends there: a jump past the window's end, one the verifier knows is taken (r10 is not null),
-    # so what follows is not unreachable code to the window.
+    # reach p) ends there: a jump past the window's end. It is conditional (r10 is not null) so that what
+    # follows it is no unreachable code to the window; our verifier walks on past it too (it does not
+    # decide fp != 0), so when that fails, the whole prefix is walked instead (its paths through other
+    # points add states: bounds wider, still sound).
+    trimmed = list(prefix)
     leaving = {t for s in feeding for t in prog.succs(s) if t < p and t not in feeding}
     for q in sorted(leaving, reverse=True):
         i = index[q]
-        prefix[i:i + 1] = [assemble(f"if r10 != 0 goto +{p - q - k}", check_jumps=False)[0]
-                           for k in range(prog.insns[i].slots)]
-    try:
-        found = check_window(prefix, [entry_state()], prog_type="xdp", maps=prog.maps, budget=WINDOW_BUDGET)
-    except (Unsupported, BpforgeError):
-        return collected, False
-    states = found.exits.get(ExitTarget("after", 0), [])
-    if not found.safe or not found.complete or not states:
-        return collected, False
-    return states, True
+        trimmed[i:i + 1] = [assemble(f"if r10 != 0 goto +{p - q - k}", check_jumps=False)[0]
+                            for k in range(prog.insns[i].slots)]
+    for window in ([trimmed, prefix] if leaving else [prefix]):
+        try:
+            found = check_window(window, [entry_state()], prog_type="xdp", maps=prog.maps, budget=WINDOW_BUDGET)
+        except (Unsupported, BpforgeError):
+            continue
+        states = found.exits.get(ExitTarget("after", 0), [])
+        if found.safe and found.complete and states:
+            return states, True
+    return collected, False
 
 
 def _at(points: Sequence[int]) -> str:
