@@ -597,3 +597,9 @@ def test_the_cost_model_scores_several_points():
     assert stage.score(model, 10, [0.5], [4]) == stage.score(model, 10, 0.5, 4)
     with pytest.raises(ValueError):
         stage.score(model, 10, [0.5], [4, 4])
+
+
+@pytest.mark.slow
+def test_xdp_lb_multi_staged_equals_original_soak(lbm):
+    program, *_, staged, _ = lbm
+    compare_sequence(program, staged, lb_frames(7, 3000))

@@ -1,28 +1,28 @@
 """Multi-stage XDP processing with host fallback: cut a program the device can run only in part.
 
-The device runs the program up to a cut point `p` and hands the live state there to a host program
-through XDP metadata (`data_meta`); the host program continues at `p`. What the two programs are:
+The device runs the program up to a cut — one point or several (`Cut.points`, all in the main function)
+— and hands the live state at the point a frame reaches to a host program through XDP metadata
+(`data_meta`); the host program continues there. What the two programs are:
 
-- device: the original from its entry, cut off at `p`. Its first instruction saves the context in a stack
-  slot below everything the program uses (so the hand-off can still reach it where r1 is long dead). At
-  `p` a hand-off stub grows the metadata (`bpf_xdp_adjust_meta(ctx, -N)`), writes the cut tag and the
-  state there and returns XDP_PASS. Every exit of the device part that returns XDP_PASS tags the
-  metadata "done", so the host does not process the frame again. Only what the device reaches is kept
-  (the kernel refuses unreachable code), with the functions it calls.
+- device: the original from its entry, cut off at each point. Its first instruction saves the context in
+  a stack slot below everything the program uses (so a hand-off can still reach it where r1 is long dead).
+  At each point a hand-off stub grows the metadata (`bpf_xdp_adjust_meta(ctx, -N)`, N that point's size),
+  writes the point's tag (`TAG_CUT` + its index) and its state there and returns XDP_PASS. Every exit of
+  the device part that returns XDP_PASS tags the metadata "done", so the host does not process the frame
+  again. Only what the device reaches is kept (the kernel refuses unreachable code), with the functions
+  it calls.
 - host: a prologue, then the whole original. The prologue reads the tag: none (the frame did not go
   through the device) runs the original from its entry — the host fallback; "done" returns XDP_PASS;
-  the cut tag restores the state, with every value checked so the host's verifier knows what the
-  original's knew at `p`, and jumps to `p`.
+  a point's tag restores that point's state, with every value checked so the host's verifier knows what
+  the original's knew there, and jumps to the point.
 
-Choosing `p` (`plan_cut`): the main function's slots that dominate every reachable blocked slot (what
-the profile check says the device cannot run; a call of a function holding one is blocked at the call,
-a tail call is blocked: its target's exits could not tag), so the device part holds none. Candidates form
-a chain in the dominator tree; the later a candidate, the more the device runs. A map is either the
-device's or the host's: a device-part use of a map the device cannot hold or that the host part uses
-too disqualifies a candidate (the per-candidate form of "count such uses as blocked and iterate": the
-device part shrinks monotonically up the chain, so the latest candidate without such a use is that
-fixpoint). The live state at `p` (`analysis.liveness`) must travel: the verifier's states there
-(`verifier.check` collecting at `p`) say what each live register and stack slot is —
+A set of points C is a cut when the device part R (the main function's slots reachable from the entry
+without passing a point of C) holds no blocked slot (what the profile check says the device cannot run; a
+call of a function holding one is blocked at the call, a tail call is blocked: its target's exits could
+not tag) and every point is reached from the entry without passing another. A map is either the device's
+or the host's: a map R uses must be one the device can hold and must not be used by the host part (what
+is reachable from any point). The live state at each point (`analysis.liveness`) must travel: the
+verifier's states there say what each live register and stack slot is —
 
   ctx            re-derived on the host (the context is r1 at its entry)             0 bytes
   pkt_end        re-loaded from the context                                          0 bytes
@@ -30,16 +30,26 @@ fixpoint). The live state at `p` (`analysis.liveness`) must travel: the verifier
   data + c (+v)  rebuilt from data with a bounds check proving the verifier's range  bytes of v
   scalar         as few bytes as its range needs, range re-checked on the host       0 (constant) .. 8
   stack bytes    zero bytes rewritten as zeros, the others copied; a spilled scalar as a scalar
-  anything else  (map values, spilled pointers, ...) makes `p` ineligible.
+  anything else  (map values, spilled pointers, ...) makes the point ineligible.
 
 Scalar ranges: states our verifier collects may miss values of scalars no later instruction needed
-exactly (pruning ignores imprecise scalars), so narrow encodings use the states of an exhaustive walk of
-the device part (`verifier.window.check_window`, every path, no pruning) where one is possible; else
-scalars travel whole and unchecked. Tag and state together fit `META_MAX` bytes. Among the eligible
-candidates a small cost model (`CostModel`, `score`) picks the best: the device instructions the host no
-longer runs, on the expected path (each branch side taken half the time, loops once), less the hand-off's
-cost (metadata bytes, the host's extra entry) times how often the cut is reached. Both generated programs
-must pass our verifier; the first candidate (best score first) whose programs do is the cut.
+exactly (pruning ignores imprecise scalars), and they hold the paths through other points too, so narrow
+encodings use the states of an exhaustive walk (`verifier.window.check_window`, every path, no pruning) of
+the paths from the entry to the point inside R where one is possible; else scalars travel whole and
+unchecked. Tag and state together fit `META_MAX` bytes.
+
+Choosing the cut (`plan_cut`), two candidates, the better score wins (`CostModel`, `score`: the device
+instructions the host no longer runs on the expected path — each branch side taken half the time, loops
+once —, the frames that reach no point the host does not run at all, less each point's hand-off cost —
+metadata bytes, the host's extra entry — times how often a frame reaches it):
+- one point dominating every reachable blocked slot: candidates form a chain in the dominator tree, the
+  later the more the device runs; the best scoring one whose programs pass our verifier.
+- several points, greedily: the frontier of first blocked slots (reached from the entry without passing
+  another); a point whose state cannot travel moves up its dominator chain to the latest slot whose state
+  can (a quick look with the collected states first, then the exact walk; a point the exact state
+  rejects moves on up); points reached only through others are dropped; R's uses of maps the host part
+  uses too count as blocked, to a fixpoint; a cut whose programs our verifier rejects has its latest
+  point moved up. When the points come down to the entry, the single point stands alone.
 
 Known limits: frames are assumed to reach the device without metadata (a NIC's receive path has none);
 if the metadata cannot grow, the device passes the frame untagged and the host runs it from its entry,
