@@ -47,14 +47,25 @@ def nfp_like(insns, maps) -> tuple[frozenset[int], frozenset[int]]:
     return frozenset(blocked), frozenset(i for i, m in enumerate(maps) if m.type_name in ("hash", "array"))
 
 
-@pytest.fixture(scope="module")
-def lb():
+def _lb(several: bool):
     scenario, twin = examples.xdp_lb("")
     program = scenario.program
     blocked, device_maps = nfp_like(program.insns, program.maps)
-    cut = stage.plan_cut(program.insns, program.maps, blocked, device_maps)
+    cut = stage.plan_cut(program.insns, program.maps, blocked, device_maps, several=several)
     staged = stage.split(program.insns, program.maps, cut)
     return program, blocked, device_maps, cut, staged, scenario.packets + twin.packets
+
+
+@pytest.fixture(scope="module")
+def lb():
+    """xdp_lb cut at one point (`plan_cut(several=False)`: the best single dominating cut)."""
+    return _lb(False)
+
+
+@pytest.fixture(scope="module")
+def lbm():
+    """xdp_lb cut as `plan_cut` chooses: at several points."""
+    return _lb(True)
 
 
 def fresh_maps(program, cpus: int = 1):
@@ -87,9 +98,11 @@ def lb_frames(seed: int, count: int) -> list[bytes]:
     return out
 
 
-def compare_sequence(program, staged, frames, *, device="interp", host="interp", host_maps=None) -> dict[str, int]:
+def compare_sequence(program, staged, frames, *, device="interp", host="interp", host_maps=None,
+                     points: dict | None = None) -> dict[str, int]:
     """Run the frames one after the other through the original (one VM, all maps) and staged; every
-    retval, packet and map must be equal after each. Returns how many frames each stage decided."""
+    retval, packet and map must be equal after each. Returns how many frames each stage decided (and
+    counts in `points` how many the device handed over at each point)."""
     original, device_maps = fresh_maps(program), fresh_maps(program)
     host_maps = host_maps if host_maps is not None else fresh_maps(program)
     config = program.config_maps
@@ -106,6 +119,8 @@ def compare_sequence(program, staged, frames, *, device="interp", host="interp",
             if i not in config and b is not None:
                 assert contents(a) == contents(b), f"{where}: map {program.maps[i].name}"
         decided[f"{got.stage}/{got.tag}"] = decided.get(f"{got.stage}/{got.tag}", 0) + 1
+        if points is not None and got.point is not None:
+            points[got.point] = points.get(got.point, 0) + 1
     for i in config:
         assert contents(original[i]) == contents(got.maps[i])
     return decided
@@ -162,6 +177,10 @@ def test_xdp_lb_staged_with_the_host_in_the_kernel(kernel, lb):
     """The host part in the kernel (BPF_PROG_TEST_RUN, the device's metadata in the context): verdict and
     packet equal the original's on the VM; so are the tables the host holds (connection atime masked:
     the kernel's clock)."""
+    host_in_the_kernel(kernel, lb)
+
+
+def host_in_the_kernel(kernel, lb) -> None:
     program, *_, staged, frames = lb
     kmaps = [kernel.KernelMap.create(spec) for spec in program.maps]
     try:
@@ -374,3 +393,213 @@ def test_the_cost_model_is_a_pure_function():
     assert stage.score(model, 10, 0.5, 4) == 10 + 20 * 0.5 - 0.5 * (12 + 2)
     assert stage.score(model, 0, 1.0, 0) < 0  # host only: the hand-off is all cost
 
+
+
+
+# ---- cuts at several points ------------------------------------------------------------------------------
+
+def test_xdp_lb_gets_a_cut_at_several_points(lb, lbm):
+    """The NFP-like profile blocks an early instruction on each of the IPv4 and IPv6 paths (lb_stats
+    updates): one dominating cut must sit at insn 10, before the fork, and the device runs 11 instructions.
+    At several points the device parses both: insns 11-37 are the IPv4 header's checks (IHL, fragments,
+    the addresses into the flow key), 185-211 the IPv6 header's — 27 + 27 + the 10 before the fork, so
+    the device part holds at least 60 instructions (it holds 74: 421-424 and 585-588 lead to lb_stats
+    updates that are points of their own)."""
+    one, many = lb[3], lbm[3]
+    assert len(one.device_slots) == 11
+    assert many.points == (38, 212, 425, 589) and many.point == 38
+    assert len(many.device_slots) >= 60 and set(range(11, 38)) | set(range(185, 212)) <= many.device_slots
+    assert any(13 <= p < 185 for p in many.points) and any(185 <= p < 433 for p in many.points)  # both branches
+    assert many.score > one.score
+    assert [h.tag for h in many.handoffs] == [stage.TAG_CUT + i for i in range(4)]
+    assert all(h.meta_size <= stage.META_MAX and h.exact for h in many.handoffs)
+    assert many.meta_size == max(h.meta_size for h in many.handoffs)
+    assert not many.device_maps  # lb_stats is updated on both sides of every point
+    assert set(lb[1]) <= set(many.blocked) and not set(lb[1]) & many.device_slots
+    text = many.explain()
+    assert text.startswith("cut at insns 38, 212, 425, 589 (4 points): the device runs insns 0-37, 185-211, 421-424, "
+                           "433, 585-588 (74 instructions)")
+    assert "point insn 38 (tag 0x0bf5c070" in text and "moved up from insn" in text
+    assert "insn 39: the live state at insn 39 needs 40 bytes of metadata" in text  # why not one insn later
+    assert "point insn 425 (tag 0x0bf5c072" in text and "the first blocked insn on its paths (map lb_stats" in text
+    assert "the best cut at one point (insn 10) scores" in text
+    ipv6 = many.handoff(212)
+    assert {q.place: q.kind for q in ipv6.pieces}["r6"] == "pkt"
+
+
+def test_xdp_lb_multi_programs_pass_both_verifiers(kernel, lbm):
+    program, *_, staged, _ = lbm
+    maps = [kernel.KernelMap.create(spec) for spec in program.maps]
+    try:
+        for name, code in (("device", staged.device), ("host", staged.host)):
+            assert verify_program(code, "xdp", program.maps).accepted, name
+            verdict = kernel.verify_insns(code, "xdp", maps=maps)
+            assert verdict.accepted, f"{name}: {verdict.log[-2000:]}"
+    finally:
+        for m in maps:
+            m.close()
+
+
+def test_xdp_lb_multi_staged_equals_original(lbm):
+    program, *_, staged, frames = lbm
+    points: dict[int, int] = {}
+    decided = compare_sequence(program, staged, frames + lb_frames(1, 220), points=points)
+    # non-IP frames (ARP, ...) are passed on the device; the others hand over at one of the points
+    assert decided["device/done"] >= 20 and decided["host/cut"] >= 200
+    assert set(decided) == {"device/done", "host/cut"}
+    assert len(points) >= 3 and set(points) <= set(staged.cut.points)
+
+
+def test_xdp_lb_multi_with_the_host_in_the_kernel(kernel, lbm):
+    host_in_the_kernel(kernel, lbm)
+
+
+TWO_BRANCHES = """
+    r2 = *(u32 *)(r1 + 0)
+    r3 = *(u32 *)(r1 + 4)
+    r4 = r2
+    r4 += 34
+    if r4 > r3 goto drop
+    r6 = *(u8 *)(r2 + 12)
+    if r6 == 8 goto v4
+    r7 = *(u8 *)(r2 + 13)
+    if r7 == 1 goto pass
+    call 8
+    r0 += r7
+    r0 &= 1
+    r0 += 1
+    exit
+v4:
+    r7 = *(u8 *)(r2 + 23)
+    r7 &= 15
+    call 5
+    r0 += r7
+    r0 &= 1
+    r0 += 1
+    exit
+pass:
+    w0 = 2
+    exit
+drop:
+    w0 = 1
+    exit
+"""
+
+
+def test_two_blocked_branches_get_a_point_each():
+    insns = asm(TWO_BRANCHES)
+    a, b = _slot_of(insns, "call 8"), _slot_of(insns, "call 5")
+    cut = stage.plan_cut(insns, [], {a, b}, frozenset())
+    assert cut.points == (a, b) and cut.point == a
+    for h, hi in zip(cut.handoffs, (255, 15)):
+        (r7,) = [q for q in h.pieces if q.place == "r7"]
+        assert (r7.kind, r7.lo, r7.hi, r7.size) == ("scalar", 0, hi, 1) and h.meta_size == 8
+    assert "the first blocked insn on its paths (bpf_get_smp_processor_id)" in cut.explain()
+    staged = stage.split(insns, [], cut)
+    for code in (staged.device, staged.host):
+        assert verify_program(code, "xdp", []).accepted
+    points: dict[int, int] = {}
+    decided = compare_sequence(_program(insns), staged, _frames(), points=points)
+    assert decided.get("device/none", 0) and set(points) == {a, b}  # short frames dropped on the device
+    # one point is not a cut: the other branch reaches its blocked call
+    with pytest.raises(stage.StageError, match=rf"insn {a} does not dominate blocked insn {b} \(bpf_ktime_get_ns\)"):
+        stage.explicit_cut(insns, [], {a, b}, frozenset(), a)
+    assert stage.explicit_cut(insns, [], {a, b}, frozenset(), [b, a]).points == (a, b)
+
+
+def test_two_blocked_branches_pass_the_kernel_verifier(kernel):
+    insns = asm(TWO_BRANCHES)
+    blocked = {_slot_of(insns, "call 8"), _slot_of(insns, "call 5")}
+    staged = stage.split(insns, [], stage.plan_cut(insns, [], blocked, frozenset()))
+    for code in (staged.device, staged.host):
+        verdict = kernel.verify_insns(code, "xdp")
+        assert verdict.accepted, verdict.log[-2000:]
+
+
+MOVES_UP = """
+    r2 = *(u32 *)(r1 + 0)
+    r3 = *(u32 *)(r1 + 4)
+    r4 = r2
+    r4 += 14
+    if r4 > r3 goto drop
+    r6 = *(u8 *)(r2 + 12)
+    if r6 == 8 goto v4
+    call 8
+    r0 &= 1
+    r0 += 1
+    exit
+v4:
+    r1 = map_fd(0) ll
+    r2 = r10
+    r2 += -8
+    r3 = 0
+    *(u64 *)(r10 - 8) = r3
+    call 1
+    if r0 == 0 goto out
+    r6 = r0
+    call 5
+    r1 = *(u64 *)(r6 + 0)
+    r1 += r0
+    *(u64 *)(r6 + 0) = r1
+out:
+    w0 = 2
+    exit
+drop:
+    w0 = 1
+    exit
+"""
+
+
+def test_a_point_whose_state_cannot_travel_moves_up_to_its_dominator():
+    insns = asm(MOVES_UP)
+    a, b = _slot_of(insns, "call 8"), _slot_of(insns, "call 5")
+    v4 = _slot_of(insns, "r1 = map_fd(0) ll")
+    cut = stage.plan_cut(insns, [ARRAY], {a, b}, frozenset({0}))
+    assert cut.points == (a, v4)  # call 5 holds a map value in r6: up to where nothing of the lookup is live
+    text = cut.explain()
+    assert f"point insn {v4} (tag 0x0bf5c071" in text and f"moved up from insn {b}" in text
+    assert f"r6 at insn {b} is map_value" in text
+    assert cut.host_maps >= {0} and not cut.device_maps  # the lookup runs on the host
+    staged = stage.split(insns, [ARRAY], cut)
+    for code in (staged.device, staged.host):
+        assert verify_program(code, "xdp", [ARRAY]).accepted
+    points: dict[int, int] = {}
+    compare_sequence(_program(insns, [ARRAY]), staged, _frames(), points=points)
+    assert set(points) == {a, v4}
+
+
+def test_explicit_cuts_at_several_points_and_their_errors():
+    insns = asm(MOVES_UP)
+    a, b = _slot_of(insns, "call 8"), _slot_of(insns, "call 5")
+    v4 = _slot_of(insns, "r1 = map_fd(0) ll")
+    args = (insns, [ARRAY], {a, b}, frozenset({0}))
+    assert stage.explicit_cut(*args, (a, v4)).points == (a, v4)
+    errors = {
+        (a, b): rf"insn {b}: r6 at insn {b} is map_value",
+        (a, v4, b): rf"insn {b} is reached only through insn {v4}, which dominates it",
+        (a, a): rf"insn {a} is given twice",
+        (a, 10_000): r"insn 10000 is not the start of an instruction",
+        (v4,): rf"insn {v4} does not dominate blocked insn {a}",
+        (a, v4 + 2): rf"insn {v4 + 2}: r1 at insn {v4 + 2} is map_ptr",
+        (a, v4 + 1): rf"insn {v4 + 1} is not the start of an instruction",
+    }
+    for points, pattern in errors.items():
+        with pytest.raises(stage.StageError, match=pattern) as err:
+            stage.explicit_cut(*args, points)
+        assert "\n" not in err.value.message and err.value.where.insn in points, points
+    with pytest.raises(stage.StageError, match="at least one point"):
+        stage.explicit_cut(*args, ())
+
+
+def test_the_cost_model_scores_several_points():
+    model = stage.CostModel()
+    assert stage.score(model, 10, [0.25, 0.25], [4, 0]) == 10 + 20 * 0.5 - 0.25 * (12 + 2) - 0.25 * 12
+    assert stage.score(model, 10, [0.5], [4]) == stage.score(model, 10, 0.5, 4)
+    with pytest.raises(ValueError):
+        stage.score(model, 10, [0.5], [4, 4])
+
+
+@pytest.mark.slow
+def test_xdp_lb_multi_staged_equals_original_soak(lbm):
+    program, *_, staged, _ = lbm
+    compare_sequence(program, staged, lb_frames(7, 3000))
