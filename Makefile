@@ -1,7 +1,7 @@
 # bpforge: set-up and entry points.
 #
 #   make demo       set up (if needed), then show info / verify / optimize / disasm / asm round trip / a bad-input
-#                   error / run
+#                   error / run / jit / offload
 #   make test       set up (if needed), then run the test-suite
 #   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
 #
@@ -95,6 +95,12 @@ demo: setup
 	@echo "jit: native x86-64 code for xdp_counter, listed under the BPF instruction each part came from, then run"
 	$(BPFORGE) jit examples/obj/xdp_counter.o --arch x86_64 -o $(DEMO)/xdp_counter.x86_64 | head -n 24
 	$(BPFORGE) run examples/obj/xdp_counter.o --data $(DEMO_PACKET) --engine jit --repeat 100000
+	@echo "offload: the device profiles; what an NFP-like NIC can take of xdp_counter (a per-CPU map: partly, split"
+	@echo "into a device part and a host part); xdp_counter on the riscv64 SmartNIC's emulated core and staged on the NFP"
+	$(BPFORGE) offload devices
+	$(BPFORGE) offload check examples/obj/xdp_counter.o --device nfp || [ $$? = 1 ]
+	$(BPFORGE) offload run examples/obj/xdp_counter.o --device riscv64-smartnic --data $(DEMO_PACKET) | head -n 4
+	$(BPFORGE) offload run examples/obj/xdp_counter.o --device nfp --data $(DEMO_PACKET) | head -n 3
 
 clean:
 	rm -rf build

@@ -247,3 +247,15 @@ def test_import_is_light():
     heavy = ("bpforge.api", "bpforge.formats", "bpforge.elf", "bpforge.isa", "bpforge.vm", "bpforge.kernel")
     assert not [m for m in before if m.startswith(heavy)]
     assert "bpforge.formats" in after and not [m for m in after if m.startswith(("bpforge.vm", "bpforge.kernel"))]
+
+
+def test_the_offload_marker_survives_the_offload_package_being_imported():
+    # `bpforge.offload` is both the handler marker and, once imported, the offload package: both mark.
+    import bpforge
+    import bpforge.offload.check  # noqa: F401 - binds bpforge.offload to the package
+
+    @bpforge.offload(hook="xdp", port=11211)
+    def handle(p: bytes):
+        return p
+
+    assert handle(b"x") == b"x" and handle.__bpforge_offload__.port == 11211

@@ -397,10 +397,40 @@ def legacy_maps(variant: str) -> list[Scenario]:
     return both(Scenario(f"legacy_maps{variant}", program, frames(11, 30, make)), 21, 30, make)
 
 
+KV_KEYS = (b"alpha", b"k1", b"user:42", b"x" * 32, b"gone")
+
+
+def xdp_kvcache(variant: str) -> list[Scenario]:
+    """memcached-style requests to port 11211: GETs of cached keys (answered at XDP: the packet rewritten
+    into the reply and sent back), GETs of keys not cached or with a write pending (passed), SETs and
+    DELETEs (passed, the entry dropped and the bucket's pending count raised), malformed requests, other
+    traffic."""
+    program = load(f"xdp_kvcache{variant}")
+    for key in KV_KEYS[:4]:
+        reply = b"VALUE " + key + b" 0 5\r\nhello\r\nEND\r\n"
+        setup(program, "kv_cache", key.ljust(32, b"\0"), struct.pack("<I", len(reply)) + reply.ljust(128, b"\0"))
+
+    def make(rng: random.Random) -> bytes:
+        if rng.random() < 0.2:
+            return P.random_frame(rng, ports=(11211,))
+        key = rng.choice(KV_KEYS + (rng.randbytes(rng.randint(1, 33)),))
+        verb = rng.choice((b"get ", b"get ", b"get ", b"set ", b"delete ", b"gets ", b""))
+        text = verb + key + (b" 0 0 5\r\nhello\r\n" if verb == b"set " else b"\r\n")
+        if rng.random() < 0.1:
+            text = text[:rng.randrange(len(text) + 1)]
+        header = struct.pack("!HHHH", rng.randrange(65536), 0, 1, 0) if rng.random() < 0.95 else rng.randbytes(
+            rng.randrange(9))
+        src, dst = rng.choice(V4_POOL), rng.choice(V4_POOL)
+        segment = P.udp(rng, rng.randrange(1024, 65536), 11211, header + text)
+        return P.ethernet(rng, P.ETH_P_IP, P.ipv4(rng, src, dst, P.UDP, segment, l4_checksum=rng.random() < 0.5))
+    return both(Scenario(f"xdp_kvcache{variant}", program, frames(23, 60, make)), 24, 60, make)
+
+
 BUILDERS = {
     "asm_xdp_pass": xdp_pass, "xdp_counter": xdp_counter, "xdp_firewall": xdp_firewall, "xdp_lb": xdp_lb,
     "xdp_ratelimit": xdp_ratelimit, "global_data": global_data, "bpf2bpf_loop": bpf2bpf_loop,
     "tc_classifier": tc_classifier, "socket_filter": socket_filter, "legacy_maps": legacy_maps,
+    "xdp_kvcache": xdp_kvcache,
 }
 NOT_KERNEL = {"asm_mem_sum": "a `mem` program (r1 = buffer, r2 = length): no kernel program type runs it"}
 

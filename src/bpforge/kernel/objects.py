@@ -14,30 +14,16 @@ from dataclasses import dataclass
 
 from ..errors import BpforgeError, errno_text
 from ..isa.progtypes import ATTACH_TYPE_IDS
+from .info import map_info, open_pinned as open_pinned_kind
 from .maps import KernelMap, possible_cpus
-from .syscall import bpf, close_fd
+from .syscall import ObjGetAttr, bpf, close_fd
 
-BPF_OBJ_PIN, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD = 6, 7, 15
+BPF_OBJ_PIN = 6
 BPF_LINK_CREATE, BPF_LINK_DETACH = 28, 34
 # XDP attach modes (include/uapi/linux/if_link.h XDP_FLAGS_*), by the names `ip link` uses.
 XDP_MODES = {"native": 1 << 2, "generic": 1 << 1, "offload": 1 << 3, "any": 0}
 
-_u32, _u64 = ctypes.c_uint32, ctypes.c_uint64
-
-
-class _ObjAttr(ctypes.Structure):
-    # BPF_OBJ_PIN / BPF_OBJ_GET: the path and (pin) the fd to pin.
-    _fields_ = [("pathname", _u64), ("bpf_fd", _u32), ("file_flags", _u32)]
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
-
-
-class _MapInfo(ctypes.Structure):
-    # The head of struct bpf_map_info: what a KernelMap needs. The kernel fills min(info_len, its size).
-    _fields_ = [("type", _u32), ("id", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
-                ("map_flags", _u32), ("name", ctypes.c_char * 16)]
+_u32 = ctypes.c_uint32
 
 
 class _LinkCreateAttr(ctypes.Structure):
@@ -59,29 +45,16 @@ class ObjectError(BpforgeError):
 def pin(fd: int, path: str) -> None:
     """Pin the map, program or link `fd` at `path`, a new name in a mounted bpffs."""
     raw = ctypes.create_string_buffer(os.fsencode(path))
-    _, err = bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(raw), bpf_fd=fd))
+    _, err = bpf(BPF_OBJ_PIN, ObjGetAttr(pathname=ctypes.addressof(raw), bpf_fd=fd))  # BPF_OBJ_PIN's attr too
     if err:
         raise ObjectError(err, f"cannot pin fd {fd} at {path}")
 
 
-def open_pinned(path: str) -> int:
-    """A new fd for the object pinned at `path` (the caller closes it)."""
-    raw = ctypes.create_string_buffer(os.fsencode(path))
-    fd, err = bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(raw)))
-    if fd < 0:
-        raise ObjectError(err, f"cannot open the object pinned at {path}")
-    return fd
-
-
 def map_of_fd(fd: int, name: str | None = None) -> KernelMap:
     """A KernelMap over an open map fd (which it then owns): type, sizes and flags from the kernel."""
-    info = _MapInfo()
-    _, err = bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
-                                                   info=ctypes.addressof(info)))
-    if err:
-        raise ObjectError(err, f"cannot describe fd {fd} as a map")
-    kmap = KernelMap(fd, name or info.name.decode(errors="replace"), info.type, info.key_size, info.value_size,
-                     info.max_entries, info.map_flags)
+    info = map_info(fd)
+    kmap = KernelMap(fd, name or info.name, info.type, info.key_size, info.value_size, info.max_entries,
+                     info.flags)
     if kmap.percpu:
         kmap.ncpus = possible_cpus()
     return kmap
@@ -89,7 +62,7 @@ def map_of_fd(fd: int, name: str | None = None) -> KernelMap:
 
 def open_pinned_map(path: str, name: str | None = None) -> KernelMap:
     """The map pinned at `path`, as a KernelMap to close when done (`name`: default, the file's name)."""
-    fd = open_pinned(path)
+    fd = open_pinned_kind(path, "map")
     try:
         return map_of_fd(fd, name or os.path.basename(path))
     except BaseException:
@@ -134,5 +107,4 @@ def attach_xdp(prog_fd: int, ifindex: int, mode: str = "native") -> XdpLink:
     return XdpLink(fd, ifindex, prog_fd)
 
 
-__all__ = ["ObjectError", "XDP_MODES", "XdpLink", "attach_xdp", "map_of_fd", "open_pinned", "open_pinned_map",
-           "pin"]
+__all__ = ["ObjectError", "XDP_MODES", "XdpLink", "attach_xdp", "map_of_fd", "open_pinned_map", "pin"]

@@ -113,7 +113,8 @@ class OffloadReport:
             where_ = f"insn{'s' if len(at) > 1 else ''} {', '.join(at)}: " if at else ""
             lines.append(f"  {where_}{message}" + (f"\n    suggestion: {suggestion}" if suggestion else ""))
         for p in self.placements:
-            place = {"device": "on the device", "host": "on the host", "none": "nowhere the device reaches"}[p.where]
+            place = {"device": "fits on the device", "host": "stays on the host, reached from the device",
+                     "none": "nowhere the device reaches"}[p.where]
             lines.append(f"  map {p.map} ({p.type}, {p.bytes} bytes): {place}"
                          + (f", {p.access_cycles} cycles a call" if p.where != "none" else "")
                          + (f" ({p.why})" if p.why else ""))

@@ -126,7 +126,8 @@ def run_staged_on_device(loaded, profile: DeviceProfile, data: bytes, report: Of
     why = {"device": "the device decided", "host": f"the device handed over ({result.tag}) and the host decided"}
     return DeviceRunReport(profile.name, report.verdict, "device+host" if result.stage == "host" else "device",
                            result.retval, result.data_out, dumped, None, None, None,
-                           why=f"staged at insn {report.cut.point}: {why[result.stage]}")
+                           why=f"staged at insn{'s' * (len(report.cut.points) > 1)} "
+                               f"{', '.join(map(str, report.cut.points))}: {why[result.stage]}")
 
 
 __all__ = ["DeviceRunReport", "NotOffloadable", "run_on_device", "run_staged_on_device"]

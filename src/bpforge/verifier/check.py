@@ -34,7 +34,7 @@ from ..isa.ctx_access import ctx_access, known_types
 from ..isa.helper_sets import helper_allowed
 from ..isa.helpers import CHANGES_PACKET_DATA, HELPER_IDS, HELPER_SIGNATURES, helper_name
 from ..isa.maptypes import BPF_F_RDONLY_PROG, MAP_IN_MAP_TYPES, MapSpec
-from ..isa.numbers import s64
+from ..isa.numbers import M64, U32_MAX, s32, s64
 from ..isa.ops import Atomic, Call, Imm, Jump, MayGoto, Reg as RegOperand, Store, decode_ops, following
 from ..isa.progtypes import return_range
 from ..isa.semantics import NEGATED, Condition, step
@@ -42,7 +42,7 @@ from .branch import branch_taken, refine
 from .functions import GlobalFunction, global_functions
 from .precision import Wanted, backtrack, precise_parts
 from .regs import MEMORY_KINDS, NOT_INIT, NULLABLE, PACKET_KINDS, SOCKET_KINDS, Reg, known, scalar, unknown
-from .scalar import Scalar, alu as scalar_alu
+from .scalar import S32_MAX, S32_MIN, Scalar, alu as scalar_alu
 from .tnum import Tnum
 from .state import INVALID, MISC, SLOT, SPILL, STACK_SIZE, ZERO, Frame, State, entry_state
 
@@ -256,7 +256,7 @@ class VerifierMachine:
             raise Rejected("div by zero")
         if dst.is_pointer or src.is_pointer:
             return self._pointer_arithmetic(op, d, dst, src)
-        return scalar(scalar_alu(op.op, op.width, dst.var, src.var))
+        return _linked_sum(op, dst, src, scalar(scalar_alu(op.op, op.width, dst.var, src.var)))
 
     def unary(self, op, dst):
         if dst.is_pointer:  # a privileged loader may turn a pointer into a number this way
@@ -267,10 +267,19 @@ class VerifierMachine:
         if op.width == 32:
             return scalar(scalar_alu("mov", 32, src.var, src.var)) if src.is_scalar else \
                 scalar(Scalar.u32_value())
-        if src.is_scalar and isinstance(op.src, RegOperand) and not src.var.is_const() and not src.id:
-            # A copy stays linked to its original: a check on either refines both (find_equal_scalars).
+        if src.is_scalar and isinstance(op.src, RegOperand):
+            src = self._linked_copy(op.src.n, src)
+        return src
+
+    def _linked_copy(self, n: int, src: Reg) -> Reg:
+        """assign_scalar_id_before_mov, for `rX = rN` and the spill of rN: a copy stays linked to its
+        original, so a check on either refines both (sync_linked_regs); a register linked to another by
+        a constant loses that link first (a link carries one constant only), the copy sharing a fresh id."""
+        if src.linked:
+            src = src.with_(id=0, delta=0, linked=0)
+        if not src.id and not src.var.is_const():
             src = src.with_(id=self.walk.new_id())
-            self.state.regs[op.src.n] = src
+        self.state.regs[n] = src
         return src
 
     def _pointer_arithmetic(self, op, d: int, dst: Reg, src: Reg) -> Reg:
@@ -420,6 +429,8 @@ class VerifierMachine:
         frame.forget_spills(start, size)
         if size == SLOT and start % SLOT == 0 and not isinstance(self.op, Atomic) and \
                 isinstance(getattr(self.op, "value", None), RegOperand):
+            if value.is_scalar:  # the spilled copy is linked to the register as a copy is
+                value = self._linked_copy(self.op.value.n, value)
             frame.types[start:start + SLOT] = bytes([SPILL]) * SLOT
             frame.spilled[slot] = value
             return
@@ -566,8 +577,8 @@ class VerifierMachine:
                 continue
             updated = value.with_(var=new)
             state.regs[n] = updated
-            if value.id:  # every copy of it learns the same
-                state.replace_all(lambda r, i=value.id: r.is_scalar and r.id == i, lambda r, u=updated: u)
+            if value.id:  # every copy of it learns the same, and what is linked to it by a constant (sync_linked_regs)
+                state.replace_all(lambda r, i=value.id: r.is_scalar and r.id == i, lambda r, u=updated: _synced(r, u))
         return state
 
     def _null_check(self, cmp: str, ptr: Reg, n: int) -> tuple[State | None, State | None]:
@@ -1343,6 +1354,40 @@ class _IdMap:
         return self.backward.setdefault(cur, old) == old
 
 
+def _linked_sum(op, dst: Reg, src: Reg, result: Reg) -> Reg:
+    """adjust_reg_min_max_vals after the arithmetic: `rX += c` / `rX -= c` of a linked scalar keeps the
+    link, with the constant as its delta (once: a second constant clears it), so a later check of either
+    register refines the other (`_synced`); any other operation unlinks the result (its id 0)."""
+    if op.op not in ("add", "sub") or not dst.id or dst.linked:
+        return result
+    value = src.var
+    if op.width == 32:
+        if not value.var_off.subreg().is_const() or dst.var.umax > U32_MAX:
+            return result
+        off = s32(value.var_off.value)
+    else:
+        if not value.is_const() or not S32_MIN <= s64(value.var_off.value) <= S32_MAX:
+            return result
+        off = s64(value.var_off.value)
+    if op.op == "sub":
+        if off == S32_MIN:  # its negation overflows
+            return result
+        off = -off
+    return result.with_(id=dst.id, delta=off, linked=op.width)
+
+
+def _synced(reg: Reg, known: Reg) -> Reg:
+    """What `reg`, linked to `known` (same id), is after a check refined `known`: `known` itself when they
+    are plain copies or have the same delta, else `known` + (reg's delta - known's), zero-extended when the
+    link came from a 32-bit addition; `reg` keeps its own id and delta."""
+    if (not reg.linked and not known.linked) or reg.delta == known.delta:
+        return known
+    var = scalar_alu("add", 64, known.var, Scalar.known((reg.delta - known.delta) & M64))
+    if known.linked == 32:
+        var = scalar_alu("mov", 32, var, var)
+    return reg.with_(var=var)
+
+
 def _reg_covers(old: Reg, cur: Reg, ids: _IdMap, pruning: bool) -> bool:
     """regsafe: `cur` is within `old`."""
     if old.kind == "not_init":
@@ -1352,6 +1397,8 @@ def _reg_covers(old: Reg, cur: Reg, ids: _IdMap, pruning: bool) -> bool:
     if old.kind == "scalar":
         if pruning and not old.precise:
             return True
+        if old.linked != cur.linked or old.linked and old.delta != cur.delta:  # the delta is part of the link
+            return False
         return _within(old.var, cur.var) and ids.match(old.id, cur.id)
     if old.map is not cur.map or old.off != cur.off or old.frame != cur.frame or old.target != cur.target or \
             old.size != cur.size:

@@ -37,8 +37,9 @@ def format_unum(n: int) -> str:
     return str(n) if n <= _UNUM_DECIMAL_MAX else f"{n:#x}"
 
 
-def format_scalar(s: Scalar, *, id: int = 0) -> str:
-    """The log's text for a scalar register (`id`: the register's link id, printed when non-zero)."""
+def format_scalar(s: Scalar, *, id: int = 0, delta: int | None = None) -> str:
+    """The log's text for a scalar register (`id`: the register's link id, printed when non-zero, with the
+    constant `delta` it is linked by, as `id=3+16`)."""
     if s.var_off.is_const():
         return format_snum(s.var_off.value)
     # In hex a 32-bit signed bound is printed as its u32 bits (sign extension would mislead), so it only
@@ -50,7 +51,7 @@ def format_scalar(s: Scalar, *, id: int = 0) -> str:
         ["smin32", s32[0], s.s32_min == S32_MIN], ["smax32", s32[1], s.s32_max == S32_MAX],
         ["umin32", s.u32_min, s.u32_min == 0], ["umax32", s.u32_max, s.u32_max == U32_MAX],
     ]
-    parts = [f"id={id}"] if id else []
+    parts = [f"id={id}" + ("" if delta is None else f"{delta:+d}")] if id else []
     for i, (name, value, omit) in enumerate(fields):
         if omit:
             continue

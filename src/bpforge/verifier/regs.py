@@ -45,6 +45,11 @@ class Reg:
     target: int = 0  # func: the callee's slot
     size: int = 0  # mem: how many bytes it may access
     ref: int = 0  # the reference it holds (0: none)
+    # A scalar linked to the others of its `id` by a constant: it is theirs + `delta` (the kernel's
+    # BPF_ADD_CONST, from `rX = rY; rX += c`); `linked` is the width of that addition (32 or 64), 0 when
+    # the scalar is a plain copy.
+    delta: int = 0
+    linked: int = 0
     precise: bool = field(default=False, compare=False)
 
     @property
@@ -82,7 +87,7 @@ def describe(reg: Reg) -> str:
     if reg.kind == "not_init":
         return "not_init"
     if reg.kind == "scalar":
-        return format_scalar(reg.var, id=reg.id)
+        return format_scalar(reg.var, id=reg.id, delta=reg.delta if reg.linked else None)
     if reg.kind == "fp":
         return f"fp{reg.off}" if reg.var.is_const() and reg.var.var_off.value == 0 else f"fp(off={reg.off})"
     parts = []
