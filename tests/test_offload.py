@@ -342,3 +342,9 @@ def test_cli_run_on_a_device():
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     assert shown["ran_on"] == "device" and shown["device_cycles"] > 0 and shown["retval"] == 2
+
+
+def test_the_split_search_obeys_its_budget():
+    report = check(load_program(OBJ / "xdp_lb.o"), profile("nfp"), budget=0.001)
+    assert report.verdict == HOST_ONLY and report.cut is None
+    assert any("within the search's budget of 0.001 s" in n for n in report.notes), report.notes

@@ -57,6 +57,7 @@ CASES = {
     "alu32": ("r7 = r6\nw7 += -16", "if w7 > 40 goto out\nif w6 < 16 goto out", "r0 += r6", True),
     "spilled": ("r7 = r6\nr7 += 4\n*(u64 *)(r10 - 16) = r7", "if r6 > 50 goto out\nr7 = *(u64 *)(r10 - 16)",
                 "r0 += r7", False),
+    "mov32": ("w7 = w6\nw7 += -16", "if w7 > 40 goto out\nif w6 < 16 goto out", "r0 += r6", True),
     "spilled_copy": ("r7 = r6\n*(u64 *)(r10 - 16) = r7", "if r7 > 50 goto out\nr7 = *(u64 *)(r10 - 16)",
                      "r0 += r7", True),
 }
@@ -78,3 +79,45 @@ def test_the_log_shows_the_link():
     verdict = verify_program(insns, "xdp", [ARRAY], collect=frozenset({5}))
     state = verdict.collected[5][0]
     assert "id=" in str(state.regs[7]) and "-16" in str(state.regs[7]).split(",")[0]
+
+
+# Width rules, after the kernel's selftests (verifier_linked_scalars): a link made by a 32-bit addition
+# zero-extends what it gives; a 32-bit and a 64-bit addition to the same register link nothing.
+WIDTHS = {
+    "zext": ("""call bpf_get_prandom_u32
+        w6 = w0
+        r7 = r6
+        w7 += 1
+        r8 = 0xFFFFffff ll
+        if r6 < r8 goto l0
+        r7 >>= 32
+        if r7 == 0 goto l0
+        r0 /= 0
+    l0:
+        r0 = 0
+        exit""", True),
+    "cross": ("""call bpf_get_prandom_u32
+        w6 = w0
+        r7 = r6
+        w7 += 1
+        r8 = r6
+        r8 += 2
+        r9 = 0xFFFFffff ll
+        if r7 < r9 goto l0
+        if r8 > 0 goto l1
+        goto l0
+    l1:
+        r0 /= 0
+    l0:
+        r0 = 0
+        exit""", False),
+}
+
+
+@pytest.mark.parametrize("name", WIDTHS)
+def test_link_widths_as_the_kernel(kernel, name):
+    text, accepted = WIDTHS[name]
+    insns = assemble("\n".join(line.strip() for line in text.splitlines() if line.strip()))
+    theirs = kernel_verdict(insns, "socket_filter", [])
+    ours = verify_program(insns, "socket_filter", [])
+    assert ours.accepted == theirs.accepted == accepted, (ours.message, theirs.message)

@@ -153,9 +153,9 @@ static __always_inline int answer_get(struct xdp_md *ctx, __u8 *body, void *end,
 	}
 	if (bad)
 		return XDP_PASS;
-	/* klen <= KEY_MAX already; the mask repeats it in a form every verifier keeps (bpforge's loses the
-	 * bound through the 32-bit subtractions above, and then refuses the variable packet offset). */
-	crlf = body + 4 + (klen & 0x3f);
+	/* klen <= KEY_MAX: the verifier knows it through the copy of the length the check above bounded
+	 * (linked scalars: klen is that copy minus a constant). */
+	crlf = body + 4 + klen;
 	if ((void *)(crlf + 2) > end || crlf[0] != '\r' || crlf[1] != '\n')
 		return XDP_PASS;
 

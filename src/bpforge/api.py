@@ -163,20 +163,22 @@ class Program:
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
-    def offload_check(self, device: str) -> OffloadReport:
+    def offload_check(self, device: str, *, budget: float | None = 30.0) -> OffloadReport:
         """Can `device` (a shipped profile's name or a profile file) run this program: the verdict
         (offloadable / partly / host only), a reason with instruction and source line for everything it
-        cannot take, suggested rewrites, where each map lives (`.text()`, `.as_json()`)."""
+        cannot take, suggested rewrites, where each map lives (`.text()`, `.as_json()`). `budget`: seconds
+        for the multi-stage split's search."""
         from .offload.check import check
         from .offload.profile import profile
 
         try:
-            return check(self.loaded, profile(device))
+            return check(self.loaded, profile(device), budget=budget)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
     def offload_run(self, device: str, data: bytes = b"", *, ctx: bytes | None = None,
-                    preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None) -> DeviceRunReport:
+                    preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None,
+                    report: OffloadReport | None = None, budget: float | None = 30.0) -> DeviceRunReport:
         """Run once on `device`'s emulated core (JIT for its ISA, maps placed on it): retval, packet, maps
         and the device cycles by its profile. What the host runs instead (the host profile, a packet larger
         than the device holds) runs natively here and says why."""
@@ -186,7 +188,7 @@ class Program:
 
         try:
             chosen = profile(device)
-            report = check(self.loaded, chosen)
+            report = report or check(self.loaded, chosen, budget=budget)  # (`offload_check(device)`'s, if at hand)
             why = host_reason(chosen, data)
             if why is None:
                 return run_on_device(self.loaded, chosen, data, ctx=ctx, preload=preload, report=report)

@@ -299,10 +299,14 @@ def offload_devices(json_out: Json = False) -> None:
 
 @offload_app.command("check")
 def offload_check(prog: Prog, device: Device, section: Section = None, prog_type: ProgType = None,
+                  budget: Annotated[float, typer.Option(metavar="SECONDS", help="Time for the multi-stage "
+                                                        "split's search.")] = 30.0,
                   json_out: Json = False) -> int:
     """Can the device run the program: a reason (instruction, source line) for everything it cannot take,
     suggested rewrites, where each map lives. Exit 0 offloadable, 1 partly or host only, 2 bad input."""
-    report = load(prog, section=section, prog_type=prog_type).offload_check(device)
+    if not budget > 0:
+        raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
+    report = load(prog, section=section, prog_type=prog_type).offload_check(device, budget=budget)
     if json_out:
         _emit_json(report.as_json())
     else:

@@ -22,7 +22,7 @@ from ..isa.ops import (
 )
 from ..verifier.report import program_inputs
 from .profile import DeviceProfile
-from .stage import Cut, StageError, plan_cut
+from .stage import SEARCH_BUDGET, Cut, StageError, plan_cut
 
 OFFLOADABLE, PARTLY, HOST_ONLY = "offloadable", "partly", "host only"
 TAIL_CALL = helper_id("tail_call")
@@ -204,10 +204,11 @@ def unmet(need: Need, profile: DeviceProfile) -> tuple[str, str | None] | None:
     return f"{need.what}: not supported by the device", suggestion
 
 
-def check(loaded, profile: DeviceProfile, *, stage: bool = True) -> OffloadReport:
+def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float | None = SEARCH_BUDGET) -> OffloadReport:
     """The offload report of a `formats.LoadedProgram` on `profile`'s device. `stage`: for an XDP program
-    the device can run only in part, look for the multi-stage split (`stage.plan_cut`): the verdict is
-    "partly" when there is one (`OffloadReport.cut`), "host only" when there is none."""
+    the device can run only in part, look for the multi-stage split (`stage.plan_cut`, for `budget`
+    seconds): the verdict is "partly" when there is one (`OffloadReport.cut`), "host only" when there is
+    none."""
     insns, specs, lines = program_inputs(loaded)
     maps = dict(enumerate(specs)) if isinstance(specs, list) else dict(specs)
     ops = decode_ops(insns)
@@ -268,7 +269,7 @@ def check(loaded, profile: DeviceProfile, *, stage: bool = True) -> OffloadRepor
     else:
         try:
             cut = plan_cut(insns, list(maps.values()), frozenset(blocked), frozenset(device_maps),
-                           prog_type=loaded.prog_type)
+                           prog_type=loaded.prog_type, budget=budget)
             verdict = PARTLY
         except StageError as err:
             verdict = HOST_ONLY

@@ -48,6 +48,8 @@ class DeviceRunReport:
     host_ns: float | None = None  # the host's ns per run, where it ran there
     why: str = ""
     counts: dict[int, int] = field(default_factory=dict)  # slot -> runs of the main program's instructions
+    handed: bytes = b""  # staged: the frame the device handed to the host, metadata first
+    staged: object = None  # staged: the `stage.Split` that ran
 
     def as_json(self) -> dict:
         return {"device": self.device, "verdict": self.verdict, "ran_on": self.ran_on, "retval": self.retval,
@@ -124,8 +126,12 @@ def run_staged_on_device(loaded, profile: DeviceProfile, data: bytes, report: Of
     result = run_staged(staged, data, device_maps=sides[0], host_maps=sides[1], device=profile.isa)
     dumped = [dump_map(spec.name, m) for spec, m in zip(specs, result.maps)]
     why = {"device": "the device decided", "host": f"the device handed over ({result.tag}) and the host decided"}
+    ops = decode_ops(staged.device)  # the device part's own instructions, stubs included
+    # the device part uses the maps the device holds only: no host round trips to price
+    spent = cycles(result.device_counts, instruction_costs(ops, profile, program_frame_states(ops)))
     return DeviceRunReport(profile.name, report.verdict, "device+host" if result.stage == "host" else "device",
-                           result.retval, result.data_out, dumped, None, None, None,
+                           result.retval, result.data_out, dumped, spent, result.device_insns,
+                           spent * 1000 / profile.clock_mhz, handed=result.handed, staged=staged,
                            why=f"staged at insn{'s' * (len(report.cut.points) > 1)} "
                                f"{', '.join(map(str, report.cut.points))}: {why[result.stage]}")
 

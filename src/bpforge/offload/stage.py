@@ -60,6 +60,7 @@ staged.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -88,6 +89,7 @@ TAG_DONE = 0x0BF5D0E0  # the device finished the frame with XDP_PASS: the host l
 TAG_SIZE = 4
 META_MAX = 32  # metadata a device prepends (the NFP's limit; BPF_PROG_TEST_RUN takes at most that much too)
 XDP_PASS = 2
+SEARCH_BUDGET = 30.0  # seconds plan_cut searches before it keeps the best cut found (or finds none)
 WINDOW_BUDGET = 50_000  # instructions the exhaustive walk of the device part may take before scalars travel whole
 ADJUST_META = helper_id("bpf_xdp_adjust_meta")
 TAIL_CALL = helper_id("bpf_tail_call")
@@ -763,9 +765,10 @@ def _candidates(prog: _Program) -> list[int]:
     return sorted(out)
 
 
-def _single(prog: _Program, collected, depth, model) -> tuple[Cut | None, list[tuple[int, str]]]:
+def _single(prog: _Program, collected, depth, model, deadline: float) -> tuple[Cut | None, list[tuple[int, str]]]:
     """The best cut at one point (the chain of slots dominating every blocked slot, best score first, the
-    first whose programs pass our verifier) and the candidates rejected, with why."""
+    first whose programs pass our verifier, while `deadline` (time.monotonic) has not passed) and the
+    candidates rejected, with why."""
     cuts, rejected = [], []
     for p in _candidates(prog):
         try:
@@ -773,6 +776,9 @@ def _single(prog: _Program, collected, depth, model) -> tuple[Cut | None, list[t
         except StageError as err:
             rejected.append((p, err.message))
     for cut in sorted(cuts, key=lambda c: (-c.score, c.meta_size, -c.point)):
+        if time.monotonic() > deadline:
+            rejected.append((cut.point, "not tried: the search's time budget ran out"))
+            break
         why = _verify(prog, cut)
         if why is None:
             return cut, sorted(rejected, key=lambda r: -r[0])
@@ -780,7 +786,7 @@ def _single(prog: _Program, collected, depth, model) -> tuple[Cut | None, list[t
     return None, rejected
 
 
-def _greedy(prog: _Program, collected, depth, model) -> tuple[Cut | None, list[tuple[int, str]]]:
+def _greedy(prog: _Program, collected, depth, model, deadline: float) -> tuple[Cut | None, list[tuple[int, str]]]:
     """A cut at several points: the frontier of first blocked slots (reached from the entry without passing
     another), each point whose state cannot travel moved up its dominator chain to the latest slot whose
     state can, points reached only through others dropped; device-part uses of maps the host part uses
@@ -803,6 +809,8 @@ def _greedy(prog: _Program, collected, depth, model) -> tuple[Cut | None, list[t
         return quick[p] is None
 
     for _ in range(4 * len(prog.starts) + 8):
+        if time.monotonic() > deadline:
+            break
         blocked = set(prog.reachable_blocked()) | set(extra)
         _, frontier = prog.walk(0, blocked)
         why: dict[int, str] = {}
@@ -952,10 +960,12 @@ def _no_cut(prog: _Program, model: CostModel) -> Cut:
 
 
 def plan_cut(insns: Sequence[Insn], maps: Sequence[MapSpec], blocked, device_maps, *, prog_type: str = "xdp",
-             model: CostModel = CostModel(), several: bool = True) -> Cut:
+             model: CostModel = CostModel(), several: bool = True, budget: float | None = SEARCH_BUDGET) -> Cut:
     """The best cut of a linked program (map lddws name `maps` by index) given the slots the device cannot
     run (`blocked`) and the maps it can hold (`device_maps`, indexes), explained: the better scoring of the
-    best cut at one point and (`several`) the greedy cut at several points."""
+    best cut at one point and (`several`) the greedy cut at several points. `budget`: seconds for the
+    search (each candidate's programs go through our verifier), after which it keeps what it found."""
+    deadline = float("inf") if budget is None else time.monotonic() + budget
     prog = _analysis(insns, maps, blocked, device_maps, prog_type)
     if not prog.reachable_blocked():
         return _no_cut(prog, model)
@@ -964,12 +974,13 @@ def plan_cut(insns: Sequence[Insn], maps: Sequence[MapSpec], blocked, device_map
                          "into a called function), so no stack slot can be reserved for the hand-off")
     collected = _collect(prog, prog.slots_of(0) + prog.stack_probes)
     depth = prog.depth_with(collected)
-    one, rejected = _single(prog, collected, depth, model)
-    many, moved = _greedy(prog, collected, depth, model) if several else (None, [])
+    one, rejected = _single(prog, collected, depth, model, deadline)
+    many, moved = _greedy(prog, collected, depth, model, deadline) if several else (None, [])
     if many is not None and (one is None or many.score > one.score):
         return _explained(prog, many, moved, model, one)
     if one is None:
-        raise StageError("no eligible cut: " + "; ".join(f"insn {p}: {why}" for p, why in rejected[-3:]))
+        late = "" if time.monotonic() <= deadline else f" within the search's budget of {budget:g} s"
+        raise StageError(f"no eligible cut{late}: " + "; ".join(f"insn {p}: {why}" for p, why in rejected[-3:]))
     return _explained(prog, one, rejected, model, many)
 
 
@@ -1220,6 +1231,9 @@ class StagedResult:
     device_retval: int
     meta: bytes = b""
     point: int | None = None  # the point the device handed over at (tag "cut")
+    device_counts: dict[int, int] = field(default_factory=dict)  # on an emulated device: slot -> runs
+    device_insns: int | None = None  # ... and the native instructions it executed
+    handed: bytes = b""  # the frame handed to the host, its metadata first (empty: the device decided)
 
 
 def _meta_of(data_out: bytes, ctx_out: bytes | None) -> int:
@@ -1235,6 +1249,7 @@ def run_staged(staged: Split, data: bytes, *, device_maps: Sequence, host_maps: 
     where that side has none); kernel maps stay in the kernel program."""
     options = dict(vm_options or {})
     ctx = xdp_md(len(data))
+    counted: dict = {}
 
     def on_vm(code, maps, engine: str, frame: bytes, ctx_in: bytes):
         program = vm.from_insns(code, list(maps))
@@ -1243,10 +1258,14 @@ def run_staged(staged: Split, data: bytes, *, device_maps: Sequence, host_maps: 
             return machine.run(frame, "xdp", ctx_in)
         if engine == "fast":
             return vm.run_fast(machine, frame, "xdp", ctx_in)
-        session = DeviceSession.of(program, facts_of_insns(code, "xdp", staged.maps), engine)
-        return run_device(machine, session, frame, "xdp", ctx_in)
+        session = DeviceSession.of(program, facts_of_insns(code, "xdp", staged.maps), engine, count_slots=True)
+        result = run_device(machine, session, frame, "xdp", ctx_in)
+        counted.update(counts={slot: n for (image, slot), n in session.last_counts.items() if image == 0},
+                       insns=session.last_executed)
+        return result
 
     first = on_vm(staged.device, device_maps, device, bytes(data), ctx)
+    counts, insns = counted.get("counts", {}), counted.get("insns")
     merged = [device_maps[i] if i in staged.device_maps else host_maps[i] for i in range(len(staged.maps))]
     meta_len = _meta_of(first.data_out, first.ctx_out)
     meta = first.data_out[:meta_len]
@@ -1256,7 +1275,8 @@ def run_staged(staged: Split, data: bytes, *, device_maps: Sequence, host_maps: 
     point = points.get(tag)
     retval = first.retval & 0xFFFFFFFF
     if retval != XDP_PASS or staged.host is None or kind == "done":
-        return StagedResult(retval, first.data_out[meta_len:], merged, "device", kind, retval, meta, point)
+        return StagedResult(retval, first.data_out[meta_len:], merged, "device", kind, retval, meta, point, counts,
+                            insns)
     frame, ctx_in = first.data_out, xdp_md(len(first.data_out), meta_len=meta_len)
     if isinstance(host, str):
         second = on_vm(staged.host, host_maps, host, frame, ctx_in)
@@ -1265,7 +1285,7 @@ def run_staged(staged: Split, data: bytes, *, device_maps: Sequence, host_maps: 
         second = host.test_run(frame, ctx=ctx_in)
         out, ctx_out = second.data_out, second.ctx_out
     return StagedResult(second.retval & 0xFFFFFFFF, out[_meta_of(out, ctx_out):], merged, "host", kind, retval, meta,
-                        point)
+                        point, counts, insns, frame)
 
 
 __all__ = ["CostModel", "Cut", "Handoff", "META_MAX", "Piece", "Split", "StageError", "TAG_CUT", "TAG_DONE", "StagedResult",

@@ -265,8 +265,13 @@ class VerifierMachine:
 
     def _move(self, op, src: Reg) -> Reg:
         if op.width == 32:
-            return scalar(scalar_alu("mov", 32, src.var, src.var)) if src.is_scalar else \
-                scalar(Scalar.u32_value())
+            if not src.is_scalar:
+                return scalar(Scalar.u32_value())
+            moved = scalar(scalar_alu("mov", 32, src.var, src.var))
+            if isinstance(op.src, RegOperand) and src.var.umax <= U32_MAX:  # the copy is the same value
+                src = self._linked_copy(op.src.n, src)
+                moved = moved.with_(id=src.id)
+            return moved
         if src.is_scalar and isinstance(op.src, RegOperand):
             src = self._linked_copy(op.src.n, src)
         return src
@@ -1382,8 +1387,10 @@ def _synced(reg: Reg, known: Reg) -> Reg:
     link came from a 32-bit addition; `reg` keeps its own id and delta."""
     if (not reg.linked and not known.linked) or reg.delta == known.delta:
         return known
+    if reg.linked and known.linked and reg.linked != known.linked:  # a 32- and a 64-bit addition: no relation
+        return reg
     var = scalar_alu("add", 64, known.var, Scalar.known((reg.delta - known.delta) & M64))
-    if known.linked == 32:
+    if 32 in (reg.linked, known.linked):  # one of them is a 32-bit result, zero-extended
         var = scalar_alu("mov", 32, var, var)
     return reg.with_(var=var)
 
