@@ -348,3 +348,21 @@ def test_the_split_search_obeys_its_budget():
     report = check(load_program(OBJ / "xdp_lb.o"), profile("nfp"), budget=0.001)
     assert report.verdict == HOST_ONLY and report.cut is None
     assert any("within the search's budget of 0.001 s" in n for n in report.notes), report.notes
+
+
+def test_cli_explicit_and_implicit_modes():
+    base = ("offload", "run", OBJ / "xdp_counter.o", "--device", "nfp", "--data", IPV4_TCP, "--json")
+    implicit = bpforge(*base)
+    assert implicit.returncode == 0 and json.loads(implicit.stdout)["ran_on"] == "device+host"
+    refused = bpforge(*base, "--explicit")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "explicit offload: xdp_count does not run whole on nfp: insn 40" in refused.stderr
+    chosen = bpforge(*base, "--explicit", "--cut", "40")
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["retval"] == json.loads(implicit.stdout)["retval"]
+    bad = bpforge(*base, "--explicit", "--cut", "41")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "insn 41" in bad.stderr
+    typo = bpforge(*base, "--cut", "forty")
+    assert typo.returncode == 2 and "--cut takes instruction indexes" in typo.stderr
+    checked = bpforge("offload", "check", OBJ / "xdp_counter.o", "--device", "nfp", "--cut", "40", "--json")
+    assert checked.returncode == 1 and json.loads(checked.stdout)["stage"]["device_insns"] > 0

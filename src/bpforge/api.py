@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -163,32 +163,41 @@ class Program:
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
-    def offload_check(self, device: str, *, budget: float | None = 30.0) -> OffloadReport:
+    def offload_check(self, device: str, *, budget: float | None = 30.0,
+                      cut: Sequence[int] | None = None) -> OffloadReport:
         """Can `device` (a shipped profile's name or a profile file) run this program: the verdict
         (offloadable / partly / host only), a reason with instruction and source line for everything it
         cannot take, suggested rewrites, where each map lives (`.text()`, `.as_json()`). `budget`: seconds
-        for the multi-stage split's search."""
+        for the multi-stage split's search; `cut`: its points chosen by hand (the explicit mode)."""
         from .offload.check import check
         from .offload.profile import profile
 
         try:
-            return check(self.loaded, profile(device), budget=budget)
+            return check(self.loaded, profile(device), budget=budget, points=cut)
         except BpforgeError as err:
             raise err.at(file=self.filename) from None
 
     def offload_run(self, device: str, data: bytes = b"", *, ctx: bytes | None = None,
                     preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None,
-                    report: OffloadReport | None = None, budget: float | None = 30.0) -> DeviceRunReport:
+                    report: OffloadReport | None = None, budget: float | None = 30.0,
+                    explicit: bool = False, cut: Sequence[int] | None = None) -> DeviceRunReport:
         """Run once on `device`'s emulated core (JIT for its ISA, maps placed on it): retval, packet, maps
         and the device cycles by its profile. What the host runs instead (the host profile, a packet larger
-        than the device holds) runs natively here and says why."""
+        than the device holds) runs natively here and says why. Implicit (the default), bpforge decides
+        what runs where (a multi-stage split for a partly offloadable program); `explicit`, the caller
+        does: the device takes the program whole or, with `cut`, split at those points, else an error."""
         from .offload.check import check
         from .offload.device import DeviceRunReport, host_reason, run_on_device
         from .offload.profile import profile
 
         try:
             chosen = profile(device)
-            report = report or check(self.loaded, chosen, budget=budget)  # (`offload_check(device)`'s, if at hand)
+            report = report or check(self.loaded, chosen, budget=budget, points=cut)  # (offload_check's, if at hand)
+            if explicit and report.verdict != "offloadable" and cut is None:
+                first = report.reasons[0]
+                raise BpforgeError(f"explicit offload: {report.program} does not run whole on {chosen.name}: "
+                                   + (f"insn {first.insn}: " if first.insn is not None else "") + first.message
+                                   + " (give the split's points with --cut, or let bpforge decide: --implicit)")
             why = host_reason(chosen, data)
             if why is None:
                 return run_on_device(self.loaded, chosen, data, ctx=ctx, preload=preload, report=report)

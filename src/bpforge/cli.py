@@ -173,6 +173,16 @@ MapFiles = Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE"
                      help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')]
 
 
+def _points(text: str | None) -> list[int] | None:
+    """--cut N[,N...]: instruction indexes."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise BpforgeError(f"--cut takes instruction indexes separated by commas, not '{text}'") from None
+
+
 def _hex(text: str, what: str) -> bytes:
     try:
         return bytes.fromhex(text.replace(" ", "").replace(":", ""))
@@ -301,12 +311,14 @@ def offload_devices(json_out: Json = False) -> None:
 def offload_check(prog: Prog, device: Device, section: Section = None, prog_type: ProgType = None,
                   budget: Annotated[float, typer.Option(metavar="SECONDS", help="Time for the multi-stage "
                                                         "split's search.")] = 30.0,
+                  cut: Annotated[str | None, typer.Option("--cut", metavar="N[,N...]", help="Check the split at "
+                                 "these points (instruction indexes) instead of searching for one.")] = None,
                   json_out: Json = False) -> int:
     """Can the device run the program: a reason (instruction, source line) for everything it cannot take,
     suggested rewrites, where each map lives. Exit 0 offloadable, 1 partly or host only, 2 bad input."""
     if not budget > 0:
         raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
-    report = load(prog, section=section, prog_type=prog_type).offload_check(device, budget=budget)
+    report = load(prog, section=section, prog_type=prog_type).offload_check(device, budget=budget, cut=_points(cut))
     if json_out:
         _emit_json(report.as_json())
     else:
@@ -321,13 +333,18 @@ def offload_run(prog: Prog, device: Device,
                                                               help="Packet bytes from a file.")] = None,
                 ctx: Annotated[str | None, typer.Option("--ctx", metavar="HEX", help="Context in hex.")] = None,
                 map_files: MapFiles = None, section: Section = None, prog_type: ProgType = None,
+                explicit: Annotated[bool, typer.Option("--explicit/--implicit", help="Explicit: the device takes "
+                                    "the program whole, or split at --cut; implicit (default): bpforge decides.")] = False,
+                cut: Annotated[str | None, typer.Option("--cut", metavar="N[,N...]", help="The multi-stage split's "
+                               "points (instruction indexes), chosen by hand.")] = None,
                 json_out: Json = False) -> None:
-    """Run the program once on the device's emulated core (JIT for its ISA, maps placed on it): retval,
-    packet, maps, and the device cycles by its profile."""
+    """Run the program once on the device's emulated core (JIT for its ISA, maps placed on it; a partly
+    offloadable XDP program split into a device part and a host part): retval, packet, maps, and the device
+    cycles by its profile."""
     packet = _input_bytes(data, data_file)
     program = load(prog, section=section, prog_type=prog_type)
     report = program.offload_run(device, packet, ctx=_hex(ctx, "--ctx") if ctx is not None else None,
-                                 preload=_preload(map_files))
+                                 preload=_preload(map_files), explicit=explicit, cut=_points(cut))
     if json_out:
         _emit_json(report.as_json())
     else:

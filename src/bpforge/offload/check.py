@@ -11,6 +11,7 @@ or `host only`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..analysis.frame import Frame, MapHandle, program_frame_states
@@ -22,7 +23,7 @@ from ..isa.ops import (
 )
 from ..verifier.report import program_inputs
 from .profile import DeviceProfile
-from .stage import SEARCH_BUDGET, Cut, StageError, plan_cut
+from .stage import SEARCH_BUDGET, Cut, StageError, explicit_cut, plan_cut
 
 OFFLOADABLE, PARTLY, HOST_ONLY = "offloadable", "partly", "host only"
 TAIL_CALL = helper_id("tail_call")
@@ -204,11 +205,13 @@ def unmet(need: Need, profile: DeviceProfile) -> tuple[str, str | None] | None:
     return f"{need.what}: not supported by the device", suggestion
 
 
-def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float | None = SEARCH_BUDGET) -> OffloadReport:
+def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float | None = SEARCH_BUDGET,
+          points: Sequence[int] | None = None) -> OffloadReport:
     """The offload report of a `formats.LoadedProgram` on `profile`'s device. `stage`: for an XDP program
     the device can run only in part, look for the multi-stage split (`stage.plan_cut`, for `budget`
     seconds): the verdict is "partly" when there is one (`OffloadReport.cut`), "host only" when there is
-    none."""
+    none. `points`: the points of the split, as the user chose them (explicit mode; StageError, one line,
+    when they are not eligible)."""
     insns, specs, lines = program_inputs(loaded)
     maps = dict(enumerate(specs)) if isinstance(specs, list) else dict(specs)
     ops = decode_ops(insns)
@@ -265,6 +268,10 @@ def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float |
         notes.append(f"a {loaded.prog_type} program cannot be staged: the hand-off to the host goes through XDP "
                      "metadata")
     elif not stage:
+        verdict = PARTLY
+    elif points is not None:
+        cut = explicit_cut(insns, list(maps.values()), frozenset(blocked), frozenset(device_maps), list(points),
+                           prog_type=loaded.prog_type)
         verdict = PARTLY
     else:
         try:
