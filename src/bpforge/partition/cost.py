@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from .analyze import Analysis
 from .profile import Profile
 
-# Fallbacks when nothing can be measured (root-less, no loopback): figures of this project's machine.
+# Fallbacks when nothing can be measured (no loopback, no bpf()): orders of magnitude, not measurements;
+# a report built on them says "default" (Costs.source).
 DEFAULT_SOCKET_NS = 25_000.0
 DEFAULT_XDP_PASS_NS = 150.0
 DEFAULT_XDP_TX_NS = 300.0
