@@ -9,18 +9,15 @@ The random-program and example differentials (tests/test_differential.py) run th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from bpforge.jit.device import DEVICE_ARCHES, unicorn_available
 
 from conftest import EXAMPLES
-from test_jit_x86_64 import FAULTS, IPV4_TCP
+from test_jit_x86_64 import FAULTS, IPV4_TCP, bpforge
 
 pytestmark = pytest.mark.skipif(unicorn_available() is not None, reason=str(unicorn_available()))
-BPFORGE = [sys.executable, "-m", "bpforge.cli"]
 arches = pytest.mark.parametrize("arch", DEVICE_ARCHES)
 
 
@@ -112,13 +109,6 @@ def test_results_as_the_interpreter(name, arch):
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------
-
-def bpforge(*args, check=True):
-    result = subprocess.run([*BPFORGE, *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
 
 @arches
 def test_run_engine_jit_arch_agrees_with_the_interpreter(arch):

@@ -92,6 +92,8 @@ class OffloadReport:
     stack: int
     notes: list[str] = field(default_factory=list)
     cut: Cut | None = None  # the multi-stage split of a partly offloadable program (None: not looked for)
+    # What the cut is of: the linked instructions and the maps their lddws name by index (for `stage.split`).
+    stage_inputs: tuple[list, list[MapSpec]] | None = field(default=None, repr=False)
 
     def as_json(self) -> dict:
         return {"device": self.device, "program": self.program, "verdict": self.verdict, "insns": self.insns,
@@ -269,13 +271,17 @@ def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float |
                      "metadata")
     elif not stage:
         verdict = PARTLY
+    elif sorted(maps) != list(range(len(maps))):
+        verdict = HOST_ONLY
+        notes.append("a program whose lddws name maps by fd numbers (K2) is not staged: the split numbers them "
+                     "from 0")
     elif points is not None:
-        cut = explicit_cut(insns, list(maps.values()), frozenset(blocked), frozenset(device_maps), list(points),
-                           prog_type=loaded.prog_type)
+        cut = explicit_cut(insns, [maps[i] for i in range(len(maps))], frozenset(blocked), frozenset(device_maps),
+                           list(points), prog_type=loaded.prog_type)
         verdict = PARTLY
     else:
         try:
-            cut = plan_cut(insns, list(maps.values()), frozenset(blocked), frozenset(device_maps),
+            cut = plan_cut(insns, [maps[i] for i in range(len(maps))], frozenset(blocked), frozenset(device_maps),
                            prog_type=loaded.prog_type, budget=budget)
             verdict = PARTLY
         except StageError as err:
@@ -283,7 +289,8 @@ def check(loaded, profile: DeviceProfile, *, stage: bool = True, budget: float |
             notes.append(f"no multi-stage split: {err.message}")
     reasons.sort(key=lambda r: (r.insn is not None, r.insn or 0))
     return OffloadReport(profile.name, name, verdict, reasons, list(placements.values()), frozenset(blocked),
-                         frozenset(device_maps), count, stack, notes, cut)
+                         frozenset(device_maps), count, stack, notes, cut,
+                         None if cut is None else (insns, [maps[i] for i in range(len(maps))]))
 
 
 def _stack_depth(ops, states) -> int:

@@ -22,7 +22,6 @@ from ..kernel.maps import possible_cpus
 from ..isa.maptypes import dump_map, preload_maps
 from ..jit import plan
 from ..jit.device import DeviceSession, run_device
-from ..verifier.report import program_inputs
 from ..vm.maps import create_map
 from .check import HOST_ONLY, OFFLOADABLE, PARTLY, OffloadReport, check
 from .stage import run_staged, split
@@ -88,7 +87,7 @@ def run_on_device(loaded, profile: DeviceProfile, data: bytes, *, ctx: bytes | N
     raises `NotOffloadable`."""
     report = report or check(loaded, profile)
     if report.verdict == PARTLY and report.cut is not None:
-        return run_staged_on_device(loaded, profile, data, report, preload=preload)
+        return run_staged_on_device(profile, data, report, preload=preload)
     if report.verdict != OFFLOADABLE:
         first = report.reasons[0]
         where = "" if first.insn is None else f"insn {first.insn}" + (f" ({first.line})" if first.line else "") + ": "
@@ -109,13 +108,12 @@ def run_on_device(loaded, profile: DeviceProfile, data: bytes, *, ctx: bytes | N
                            spent * 1000 / profile.clock_mhz, counts=counts)
 
 
-def run_staged_on_device(loaded, profile: DeviceProfile, data: bytes, report: OffloadReport, *,
+def run_staged_on_device(profile: DeviceProfile, data: bytes, report: OffloadReport, *,
                          preload: Mapping[str, list[tuple[bytes, bytes]]] | None = None) -> DeviceRunReport:
-    """A partly offloadable XDP program in two stages (`stage`): the device part on the profile's emulated
+    """The partly offloadable XDP program `report` checked, in two stages (`stage`): the device part on the profile's emulated
     core with the maps the device holds, handing the frame on through XDP metadata to the host part in
     the VM with the host's maps; the maps are each side's copy of the maps it holds."""
-    insns, specs, _ = program_inputs(loaded)
-    specs = list(specs.values()) if isinstance(specs, dict) else list(specs)
+    insns, specs = report.stage_inputs
     staged = split(insns, specs, report.cut)
     cpus = possible_cpus()
     sides = []

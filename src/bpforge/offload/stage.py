@@ -874,12 +874,16 @@ def _explained(prog: _Program, cut: Cut, rejected: list[tuple[int, str]], model:
                  f"{reach:.2f} reaching the cut x ({model.handoff} + {model.meta_byte} x {cut.meta_size - TAG_SIZE} "
                  "state bytes)")
     lines.append(_blocked_line(prog, cut.blocked, "blocked after it"))
-    lines.append(f"state handed over in {cut.meta_size} bytes of metadata (tag included)"
-                 + ("" if cut.exact else "; scalar bounds unknown on some pruned path, so scalars travel whole"))
+    lines.append(_state_line(cut.meta_size, cut.exact))
     lines += [f"  {q.text()}" for q in cut.pieces]
     lines.append(_maps_line(prog, cut))
     lines += _others(other, rejected)
     return _with(cut, explanation=tuple(lines))
+
+
+def _state_line(meta_size: int, exact: bool) -> str:
+    return f"state handed over in {meta_size} bytes of metadata (tag included)" + (
+        "" if exact else "; scalar bounds unknown on some pruned path, so scalars travel whole")
 
 
 def _explained_points(prog: _Program, cut: Cut, rejected, model: CostModel, other: Cut | None) -> Cut:
@@ -896,8 +900,7 @@ def _explained_points(prog: _Program, cut: Cut, rejected, model: CostModel, othe
     for h in cut.handoffs:
         lines.append(f"point insn {h.point} (tag {h.tag:#010x}, {h.reach:.2f} of frames): {h.why or 'chosen'}")
         lines.append("  " + _blocked_line(prog, h.blocked, "blocked after it"))
-        lines.append(f"  state handed over in {h.meta_size} bytes of metadata (tag included)"
-                     + ("" if h.exact else "; scalar bounds unknown on some pruned path, so scalars travel whole"))
+        lines.append("  " + _state_line(h.meta_size, h.exact))
         lines += [f"    {q.text()}" for q in h.pieces]
     lines.append(_maps_line(prog, cut))
     lines += _others(other, rejected)
