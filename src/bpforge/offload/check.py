@@ -28,11 +28,12 @@ from .stage import SEARCH_BUDGET, Cut, StageError, explicit_cut, plan_cut
 OFFLOADABLE, PARTLY, HOST_ONLY = "offloadable", "partly", "host only"
 TAIL_CALL = helper_id("tail_call")
 GOTOL = 0x06  # BPF_JMP32 | BPF_JA
-_MAP_HELPER_ARG = {name: 1 for name in ("map_lookup_elem", "map_update_elem", "map_delete_elem", "map_push_elem",
-                                         "map_pop_elem", "map_peek_elem", "for_each_map_elem", "redirect_map",
-                                         "ringbuf_output", "ringbuf_reserve", "perf_event_output")}
-_MAP_HELPER_ARG["perf_event_output"] = 2
-_MAP_HELPER_ARG["tail_call"] = 2
+# The argument register that names the map a helper works on (r1 for most; perf_event_output(ctx, map, ...)
+# and tail_call(ctx, prog_array, index) take it second).
+_MAP_HELPER_ARG = {**{name: 1 for name in ("map_lookup_elem", "map_update_elem", "map_delete_elem", "map_push_elem",
+                                           "map_pop_elem", "map_peek_elem", "for_each_map_elem", "redirect_map",
+                                           "ringbuf_output", "ringbuf_reserve")},
+                   "perf_event_output": 2, "tail_call": 2}
 # A map type the device lacks, and the nearest one it may have: the rewrite a developer makes by hand
 # (the NFP demo's per-CPU array -> array), with what it changes.
 _NEAREST = {"percpu_array": ("array", "one copy of each value: concurrent updates need atomic adds"),
