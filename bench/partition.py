@@ -1,7 +1,8 @@
 """kvcache on a veth pair in namespaces: requests per second and median/p99 latency of the Python-only
-server against the hand-written split (xdp_kvcache.c + hand_server.py), on the same set-up and the same
-request mix, bounded in count and time. The automatic partition (issue 12) has its column, "not built
-yet" until the partitioner exists. The last line gives the ratios.
+server, the automatic partition (`bpforge partition examples/kvcache/server.py`, profiled on a trace of
+the same mix, deployed with `bpforge partition run`) and the hand-written split (xdp_kvcache.c +
+hand_server.py), on the same set-up and the same request mix, bounded in count and time; and the cost
+model's predicted speedup against the measured one. The last line gives the ratios.
 
     python3 bench/partition.py [--quick] [--requests N] [--window W] [--clients C] [--duration S]
 
@@ -18,6 +19,7 @@ import json
 import os
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from bpforge import kernel  # noqa: E402
 from bpforge.elf import read_object  # noqa: E402
+from bpforge.partition.build import partition  # noqa: E402
 from bpforge.partition.netlab import Lab, lab_unavailable  # noqa: E402
+from bpforge.partition.workload import Mix, make_requests  # noqa: E402
 
 KVCACHE = ROOT / "examples" / "kvcache"
 OBJECT = ROOT / "examples" / "obj" / "xdp_kvcache.o"
@@ -82,30 +86,54 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     figures = {}
     obj = read_object(OBJECT)
-    with Lab(tag="bench") as lab:
-        server = lab.start([sys.executable, str(KVCACHE / "server.py"), "--bind", lab.server_ip])
-        figures["python"] = run_clients(lab, args)
-        server.stop()
-        with kernel.load_linked(obj.linked(), obj, log_level=0) as prog:
-            pins = lab.pin_maps({name: prog.maps[name] for name in MAPS})
-            lab.attach_xdp(prog.fd)
-            server = lab.start([sys.executable, str(KVCACHE / "hand_server.py"), "--bind", lab.server_ip,
-                                "--maps", pins])
-            figures["hand"] = run_clients(lab, args)
+    with tempfile.TemporaryDirectory(prefix="bpforge-bench-") as work:
+        trace = Path(work) / "trace.txt"  # the profile: the first client's mix
+        mix = make_requests(Mix(requests=min(args.requests, 2000), seed=1, keys=256, missing=64, prefix="c1"))
+        trace.write_text("".join(r.payload.hex() + "\n" for r in mix))
+        auto = partition(KVCACHE / "server.py", trace=trace, out_dir=Path(work) / "kvcache",
+                         optimize_budget=0 if args.quick else 20)
+        with Lab(tag="bench") as lab:
+            server = lab.start([sys.executable, str(KVCACHE / "server.py"), "--bind", lab.server_ip])
+            figures["python"] = run_clients(lab, args)
             server.stop()
-            hits = struct.unpack("<Q", prog.maps["kv_stats"].lookup(struct.pack("<I", 0)))[0]
-    python, hand = figures["python"], figures["hand"]
-    same = python["replies"] == hand["replies"]
+            server = lab.start([sys.executable, "-m", "bpforge", "partition", "run", str(auto.out_dir), "--dev",
+                                lab.server_dev, "--", "--bind", lab.server_ip], env={"PYTHONPATH": str(ROOT / "src")})
+            figures["auto"] = run_clients(lab, args)
+            server.stop()
+            figures.update(hand_split(lab, args, obj))
+    return report(args, figures, auto.predicted_speedup)
+
+
+def hand_split(lab: Lab, args, obj) -> dict:
+    """The hand-written split's figures, and how many GETs its XDP half answered."""
+    with kernel.load_linked(obj.linked(), obj, log_level=0) as prog:
+        pins = lab.pin_maps({name: prog.maps[name] for name in MAPS})
+        lab.attach_xdp(prog.fd)
+        server = lab.start([sys.executable, str(KVCACHE / "hand_server.py"), "--bind", lab.server_ip,
+                            "--maps", pins])
+        hand = run_clients(lab, args)
+        server.stop()
+        hits = struct.unpack("<Q", prog.maps["kv_stats"].lookup(struct.pack("<I", 0)))[0]
+    return {"hand": hand, "hits": hits}
+
+
+def report(args, figures: dict, predicted: float) -> int:
+    python, auto, hand = figures["python"], figures["auto"], figures["hand"]
+    same_auto = python["replies"] == auto["replies"]
+    same_hand = python["replies"] == hand["replies"]
     print(f"kvcache on veth: {args.clients} clients x {args.requests} requests (window {args.window}, "
           f"at most {args.duration:g} s), {os.cpu_count()} CPUs")
     print(f"{'':14}{'requests/s':>12}{'median us':>11}{'p99 us':>9}{'answered':>10}{'lost':>6}")
-    for name, f in (("python-only", python), ("hand split", hand)):
+    for name, f in (("python-only", python), ("automatic", auto), ("hand split", hand)):
         print(f"{name:14}{f['rps']:12.0f}{f['median'] * 1e6:11.0f}{f['p99'] * 1e6:9.0f}{f['answered']:10}{f['lost']:6}")
-    print(f"{'automatic':14}{'not built yet':>12}")
-    print(f"XDP answered {hits} GETs; every reply of the split equal to python-only's: {same}")
-    print(f"hand/python: rps {hand['rps'] / python['rps']:.2f}x, median {hand['median'] / python['median']:.2f}x, "
-          f"p99 {hand['p99'] / python['p99']:.2f}x; auto/python: not built yet")
-    return 0 if same else 1
+    print(f"every reply equal to python-only's: automatic {same_auto}, hand split {same_hand} "
+          f"(the hand split's XDP answered {figures['hits']} GETs)")
+    measured = auto["rps"] / python["rps"]
+    print(f"cost model: predicted {predicted:.2f}x, measured {measured:.2f}x (rps): error {predicted / measured - 1:+.0%}")
+    print(f"auto/python: rps {measured:.2f}x, median {auto['median'] / python['median']:.2f}x, "
+          f"p99 {auto['p99'] / python['p99']:.2f}x; hand/python: rps {hand['rps'] / python['rps']:.2f}x, "
+          f"median {hand['median'] / python['median']:.2f}x, p99 {hand['p99'] / python['p99']:.2f}x")
+    return 0 if same_auto and same_hand else 1
 
 
 if __name__ == "__main__":

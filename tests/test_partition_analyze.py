@@ -99,7 +99,7 @@ def test_paths_with_their_state_and_offloadability():
     ("return str(p).encode() + str(p)", "str(...)", "only str(n).encode()"),
     ("return p.hex()", "p.hex(...)", "a library call"),
     ("import json\n    return json.dumps(p)", "json.dumps(...)", "a library call"),
-    ("cache.clear()\n    return None", "cache.clear", "get/pop/[]/del/in"),
+    ("cache.clear()\n    return None", "cache.clear", "get/put/delete/pop/[]/del/in"),
     ("store[p] = 1\n    return None", "module state store", "not a typed map: it lives in user space"),
     ("return LIMIT + p[0] if store else None", "module state store", "not a typed map"),
     ("x = 2 ** len(p)\n    return None", "2 ** len(p)", "variable exponent"),

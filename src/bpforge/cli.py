@@ -351,6 +351,85 @@ def offload_run(prog: Prog, device: Device,
         _emit_text(report.text() + "\n")
 
 
+# ---- partition ---------------------------------------------------------------------------------------------
+
+def _paths_option(text: str | None, what: str) -> frozenset[int]:
+    if text is None:
+        return frozenset()
+    try:
+        return frozenset(int(part) for part in text.split(","))
+    except ValueError:
+        raise BpforgeError(f"{what} takes path numbers separated by commas, not '{text}'") from None
+
+
+@contextmanager
+def _spinner(what: str):
+    """A rich spinner on a terminal naming the current step; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[step]}"),
+                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None, step="")
+        yield lambda step: bar.update(task, step=step)
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def partition(
+        args: Annotated[list[str], typer.Argument(
+            metavar="APP.py | run DIR [-- APP-ARGS...]", show_default=False,
+            help="The application to partition; or `run DIR` to deploy a partition (arguments after -- go "
+                 "to the application's main).")],
+        output: Annotated[str | None, typer.Option("--output", "-o", metavar="DIR",
+                                                   help="Write the BPF object, the user module and the report here.")] = None,
+        handler: Annotated[str | None, typer.Option(metavar="NAME", help="The handler (default: the one marked "
+                                                    "@bpforge.offload).")] = None,
+        trace: Annotated[str | None, typer.Option(metavar="FILE", help="Profile on this pcap or requests file.")] = None,
+        report: Annotated[str | None, typer.Option(metavar="FILE.html", help="Write the report as HTML.")] = None,
+        force_offload: Annotated[str | None, typer.Option(metavar="N[,N...]", help="Offload these paths whatever "
+                                                          "the cost model says.")] = None,
+        keep_user: Annotated[str | None, typer.Option(metavar="N[,N...]", help="Keep these paths in user space.")] = None,
+        budget: Annotated[float, typer.Option(metavar="SECONDS", help="The optimizer's time for the BPF half "
+                                              "(0: verify only).")] = 20.0,
+        dev: Annotated[str | None, typer.Option(metavar="IFACE", help="run: attach the BPF half here.")] = None,
+        mode: Annotated[str, typer.Option(metavar="MODE", help="run: XDP mode (native, generic).")] = "native",
+        json_out: Json = False) -> int:
+    """Split a Python UDP application into an XDP fast path and the user-space rest (its handler marked
+    @bpforge.offload): the cut with a reason per path, the predicted speedup, both halves written to -o DIR.
+    `bpforge partition run DIR --dev IFACE [-- ARGS]` deploys it and runs the application."""
+    from .partition.build import partition as build_partition
+    from .partition.build import report_html
+
+    if args and args[0] == "run":
+        from .partition.deploy import run_partition
+
+        if len(args) < 2 or dev is None:
+            raise BpforgeError("usage: bpforge partition run DIR --dev IFACE [-- APP-ARGS...]")
+        return run_partition(args[1], dev, args[2:], mode=mode)
+    if len(args) != 1:
+        raise BpforgeError("usage: bpforge partition APP.py -o DIR [options] (one application)")
+    if budget < 0:
+        raise BpforgeError(f"--budget must be 0 or a positive number of seconds, not {budget}")
+    with _spinner(f"partitioning {args[0]}") as step:
+        result = build_partition(args[0], handler=handler, trace=trace, out_dir=output,
+                                 force_offload=_paths_option(force_offload, "--force-offload"),
+                                 keep_user=_paths_option(keep_user, "--keep-user"), optimize_budget=budget,
+                                 progress=step)
+    if report is not None:
+        try:
+            with open(report, "w", encoding="utf-8") as handle:
+                handle.write(report_html(result))
+        except OSError as err:
+            raise BpforgeError(f"{report}: {err.strerror or err}") from None
+    if json_out:
+        _emit_json(result.as_json())
+    else:
+        _emit_text(result.text() + "\n")
+    return 0
+
+
 # ---- optimize ----------------------------------------------------------------------------------------------
 
 @app.command()

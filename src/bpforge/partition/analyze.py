@@ -29,10 +29,12 @@ from pathlib import Path
 from ..errors import BpforgeError
 
 MAP_KINDS = ("HashMap", "ArrayMap")
+STRUCT_KIND = "Struct"
 # Calls BPF can do: builtins with a bounded lowering, and methods of bytes and of typed maps.
 BUILTINS = frozenset({"len", "range", "min", "max", "int", "bool", "abs"})
 BYTES_METHODS = frozenset({"startswith", "endswith", "find", "encode", "decode"})
-MAP_METHODS = frozenset({"get", "pop"})
+MAP_METHODS = frozenset({"get", "pop", "put", "delete"})
+MAP_WRITES = frozenset({"pop", "put", "delete", "update", "clear", "setdefault"})
 IO_NAMES = frozenset({"print", "open", "input", "socket", "sendto", "recvfrom", "write", "read", "time", "sleep",
                       "log", "logging"})
 MAX_PATHS = 256  # paths enumerated per handler before the rest are summarized as one
@@ -104,6 +106,9 @@ class Analysis:
     findings: list[Finding]  # every construct outside the subset, in the handler and its callees
     paths: list[Path_]
     truncated: bool = False  # more than MAX_PATHS paths: the rest are not listed
+    text: str = field(default="", repr=False)  # the source, for the compiler
+    constants: dict[str, object] = field(default_factory=dict, repr=False)  # module-level int/bytes constants
+    structs: dict[str, int] = field(default_factory=dict, repr=False)  # module-level bpforge.Struct names: line
 
     def as_json(self) -> dict:
         return {"source": self.source, "handler": self.handler, "hook": self.hook, "port": self.port,
@@ -129,15 +134,18 @@ def analyze_source(text: str, filename: str = "<app>", handler: str | None = Non
         raise PartitionError(f"{filename}:{err.lineno}: {err.msg}") from None
     functions = {node.name: node for node in module.body if isinstance(node, ast.FunctionDef)}
     maps = _map_decls(module)
+    structs = _struct_decls(module)
     constants, state = _module_names(module, maps, functions)
-    chosen, hook, port = _handler(functions, handler, filename)
+    state -= set(structs)
+    chosen, hook, port = _handler(functions, handler, filename, constants)
     order = _callees(chosen, functions)
     findings: list[Finding] = []
     for name in order:
-        findings += _Checker(name, functions, maps, constants, state).check(functions[name])
+        findings += _Checker(name, functions, maps, constants, state, structs).check(functions[name])
     findings += _recursion(order, functions)
     paths, truncated = _paths(functions[chosen], functions, maps, findings)
-    return Analysis(filename, chosen, hook, port, maps, order, findings, paths, truncated)
+    return Analysis(filename, chosen, hook, port, maps, order, findings, paths, truncated, text=text,
+                    constants=constants, structs=structs)
 
 
 # ---- the handler and its module --------------------------------------------------------------------------
@@ -152,7 +160,8 @@ def _decorator_call(node: ast.expr) -> ast.Call | None:
     return None
 
 
-def _handler(functions: dict[str, ast.FunctionDef], wanted: str | None, filename: str) -> tuple[str, str, int | None]:
+def _handler(functions: dict[str, ast.FunctionDef], wanted: str | None, filename: str,
+             constants: dict[str, object]) -> tuple[str, str, int | None]:
     marked = {name: call for name, fn in functions.items() for d in fn.decorator_list
               if (call := _decorator_call(d)) is not None}
     if wanted is not None:
@@ -173,6 +182,8 @@ def _handler(functions: dict[str, ast.FunctionDef], wanted: str | None, filename
             hook = value.value
         elif keyword.arg == "port" and isinstance(value, ast.Constant) and isinstance(value.value, int):
             port = value.value
+        elif keyword.arg == "port" and isinstance(value, ast.Name) and isinstance(constants.get(value.id), int):
+            port = constants[value.id]  # a module constant, as examples/kvcache's PORT
     if hook != "xdp":
         raise PartitionError(f"{filename}: hook '{hook}': only xdp handlers are partitioned so far")
     return wanted, hook, port
@@ -195,6 +206,19 @@ def _map_decls(module: ast.Module) -> dict[str, MapDecl]:
             node.targets[0].id, kind, node.lineno, ast.unparse(args["key"]) if "key" in args else None,
             ast.unparse(args["value"]) if "value" in args else None,
             entries.value if isinstance(entries, ast.Constant) and isinstance(entries.value, int) else None)
+    return found
+
+
+def _struct_decls(module: ast.Module) -> dict[str, int]:
+    """Module-level `NAME = bpforge.Struct("NAME", field=descriptor, ...)`: record types a handler may build."""
+    found = {}
+    for node in module.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Call):
+            func = node.value.func
+            kind = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if kind == STRUCT_KIND:
+                found[node.targets[0].id] = node.lineno
     return found
 
 
@@ -261,8 +285,8 @@ class _Checker(ast.NodeVisitor):
     """Every construct of one function outside the subset, as a Finding."""
 
     def __init__(self, function: str, functions: dict[str, ast.FunctionDef], maps: dict[str, MapDecl],
-                 constants: dict[str, object], state: set[str]) -> None:
-        self.function, self.functions, self.maps = function, functions, maps
+                 constants: dict[str, object], state: set[str], structs: dict[str, int]) -> None:
+        self.function, self.functions, self.maps, self.structs = function, functions, maps, structs
         self.constants, self.state = constants, state
         self.found: list[Finding] = []
         self.local: set[str] = set()
@@ -286,7 +310,7 @@ class _Checker(ast.NodeVisitor):
     def visit_For(self, node: ast.For) -> None:
         if not _bounded_range(node.iter):
             self._no(node, f"for loop over {ast.unparse(node.iter)}",
-                     "only for i in range(N) with a constant or bounded N runs in BPF")
+                     "only for i in range(N) / range(M, N) of integers runs in BPF")
         if node.orelse:
             self._no(node, "for ... else", "not in the subset")
         self.generic_visit(node)
@@ -369,8 +393,12 @@ class _Checker(ast.NodeVisitor):
         func = node.func
         if isinstance(func, ast.Name):
             name = func.id
-            if name in self.functions or name in BUILTINS:
+            if name in self.functions or name in BUILTINS or name in self.structs:
                 pass
+            elif name == "bytes" and len(node.args) == 1 and isinstance(node.args[0], ast.List) \
+                    and len(node.args[0].elts) == 1 and not node.keywords:
+                self.visit(node.args[0].elts[0])  # bytes([n]): one byte, no allocation
+                return
             elif name == "str":
                 if not self._encoded(node):
                     self._no(node, "str(...)", "text of unbounded size: only str(n).encode() of an integer")
@@ -386,7 +414,8 @@ class _Checker(ast.NodeVisitor):
             owner = func.value
             if isinstance(owner, ast.Name) and owner.id in self.maps:
                 if func.attr not in MAP_METHODS:
-                    self._no(node, ast.unparse(func), f"typed maps offer get/pop/[]/del/in in BPF, not .{func.attr}")
+                    self._no(node, ast.unparse(func), f"typed maps offer get/put/delete/pop/[]/del/in in BPF, "
+                             f"not .{func.attr}")
             elif func.attr in BYTES_METHODS:
                 pass
             elif isinstance(owner, ast.Name) and owner.id == "int" and func.attr == "from_bytes":
@@ -405,20 +434,12 @@ class _Checker(ast.NodeVisitor):
 
 
 def _bounded_range(node: ast.expr) -> bool:
-    """`range(...)` whose arguments are constants or `len(...)` (the packet's length is bounded)."""
+    """`range(stop)` or `range(start, stop)` of integers: BPF runs it with a bound the verifier sees (the
+    trip count when it is a constant, else the compiler's loop limit, past which the packet goes to user
+    space), so any integer bounds will do; a step other than 1 is outside the subset."""
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"):
         return False
-    return bool(node.args) and all(_bounded(a) for a in node.args)
-
-
-def _bounded(node: ast.expr) -> bool:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return True
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("len", "min"):
-        return True
-    if isinstance(node, ast.BinOp):
-        return _bounded(node.left) and _bounded(node.right)
-    return False
+    return 1 <= len(node.args) <= 2 and not node.keywords
 
 
 # ---- paths -----------------------------------------------------------------------------------------------
@@ -496,7 +517,7 @@ def _map_access(node: ast.AST, maps: dict[str, MapDecl]) -> tuple[set[str], set[
         (writes if isinstance(node.ctx, ast.Store | ast.Del) else reads).add(node.value.id)
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) \
             and node.func.value.id in maps:
-        (writes if node.func.attr in ("pop", "update", "clear", "setdefault") else reads).add(node.func.value.id)
+        (writes if node.func.attr in MAP_WRITES else reads).add(node.func.value.id)
     elif isinstance(node, ast.Compare) and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
         reads |= {c.id for c in node.comparators if isinstance(c, ast.Name) and c.id in maps}
     return reads, writes

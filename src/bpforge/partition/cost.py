@@ -94,6 +94,11 @@ def choose_cut(analysis: Analysis, profile: Profile, bpf_ns: dict[int, float], c
             why = f"cannot run in BPF: line {first.line}: {first.what} ({first.why})"
             decisions.append(PathDecision(path.index, share, "user", python, kept, why))
             continue
+        if path.writes:
+            why = (f"writes {', '.join(sorted(path.writes))}: kept in user space, where requests apply in arrival "
+                   "order (the socket's queue); offloaded reads of those maps wait for it")
+            decisions.append(PathDecision(path.index, share, "user", python, kept, why))
+            continue
         in_bpf = bpf_ns.get(path.index)
         if in_bpf is None:
             decisions.append(PathDecision(path.index, share, "user", python, kept, "no BPF code for it"))

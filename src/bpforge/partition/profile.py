@@ -19,12 +19,13 @@ import struct
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analyze import Analysis, PartitionError
 
 _RECORD = "__bpforge_decision__"
+SAMPLES = 8  # requests kept per path: the BPF half is timed on them
 _counter = itertools.count()
 
 
@@ -44,6 +45,7 @@ class Profile:
     requests: int
     paths: list[PathProfile]
     unmatched: int  # requests whose decisions matched no listed path (analysis truncated, or an exception)
+    samples: dict[int, list[bytes]] = field(default_factory=dict)  # a few requests of each path, in order
 
     def as_json(self) -> dict:
         return {"requests": self.requests, "paths": [p.as_json() for p in self.paths], "unmatched": self.unmatched}
@@ -52,13 +54,14 @@ class Profile:
 def profile_handler(analysis: Analysis, requests: list[bytes]) -> Profile:
     """Replay `requests` through the handler of `analysis.source` (see the module docstring)."""
     source = Path(analysis.source).read_text(encoding="utf-8")
-    timed = _load(source, analysis.source, instrument=None)
-    traced = _load(source, analysis.source, instrument=analysis.handler)
+    timed = load_module(source, analysis.source, instrument=None)
+    traced = load_module(source, analysis.source, instrument=analysis.handler)
     decisions: list[tuple[int, bool]] = []
     traced.__dict__[_RECORD] = lambda line, value: decisions.append((line, bool(value))) or value
     handler, tracer = getattr(timed, analysis.handler), getattr(traced, analysis.handler)
     by_decisions = {tuple((line, taken) for line, _, taken in p.decisions): p.index for p in analysis.paths}
     times: dict[int, list[int]] = {p.index: [] for p in analysis.paths}
+    samples: dict[int, list[bytes]] = {p.index: [] for p in analysis.paths}
     unmatched = 0
     for request in requests:
         started = time.perf_counter_ns()
@@ -78,9 +81,11 @@ def profile_handler(analysis: Analysis, requests: list[bytes]) -> Profile:
             unmatched += 1
         else:
             times[index].append(elapsed)
+            if len(samples[index]) < SAMPLES:
+                samples[index].append(request)
     total = max(len(requests), 1)
     return Profile(len(requests), [PathProfile(i, len(t), len(t) / total, statistics.median(t) if t else 0.0)
-                                   for i, t in times.items()], unmatched)
+                                   for i, t in times.items()], unmatched, samples)
 
 
 def _replay(tracer, request: bytes) -> None:
@@ -90,7 +95,7 @@ def _replay(tracer, request: bytes) -> None:
         pass
 
 
-def _load(source: str, filename: str, instrument: str | None) -> types.ModuleType:
+def load_module(source: str, filename: str, instrument: str | None) -> types.ModuleType:
     """A fresh module from the application's source; `instrument`: the function whose `if` tests record
     their outcome. Its `__name__` is not `__main__`, so the server's main loop does not start."""
     tree = ast.parse(source, filename)

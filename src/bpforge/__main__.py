@@ -1,0 +1,5 @@
+"""`python -m bpforge`: the bpforge command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""`bpforge partition run DIR --dev IFACE`: deploy a partition written by `bpforge partition`.
+
+In this process: the application is imported from its source, the BPF half is loaded into the kernel
+with its maps, the application's typed maps are backed by those kernel maps (what they held is carried
+over), the handler is made to dispatch to the user half (resume.install), the program is attached to
+IFACE, and the application's own `main(argv)` runs — its socket loop, unchanged. When main returns (or
+on Ctrl-C / SIGTERM) the program is detached and everything closed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .analyze import PartitionError
+from .profile import load_module
+from .resume import Dispatcher, install
+from .runtime import _TypedMap
+
+
+@dataclass
+class Deployment:
+    """A loaded partition: the application module (its handler dispatching), the kernel program and maps."""
+
+    module: Any
+    program: Any  # kernel.KernelProgram
+    dispatcher: Dispatcher
+    meta: dict
+
+
+def read_meta(directory: str | Path) -> dict:
+    path = Path(directory) / "partition.json"
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as err:
+        raise PartitionError(f"{path}: {err.strerror or err} (write it with bpforge partition APP.py -o DIR)") from None
+    except json.JSONDecodeError as err:
+        raise PartitionError(f"{path}: not a partition description ({err.msg})") from None
+    if meta.get("version") != 1:
+        raise PartitionError(f"{path}: unknown version {meta.get('version')!r}")
+    return meta
+
+
+def load_partition(directory: str | Path, stack: ExitStack) -> Deployment:
+    """Load DIR's halves into this process and the kernel (closed by `stack`), not attached yet."""
+    from .. import kernel
+    from ..elf import read_object
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    app = Path(meta["app"])
+    try:
+        text = app.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PartitionError(f"{app}: {err.strerror or err}") from None
+    module = load_module(text, str(app), None)
+    namespace = vars(module)
+    obj = read_object(directory / "xdp.o")
+    program = stack.enter_context(kernel.load_linked(obj.linked(), obj, log_level=0))
+    for py_name, kernel_name in meta["map_names"].items():
+        typed = namespace.get(py_name)
+        if not isinstance(typed, _TypedMap):
+            raise PartitionError(f"{app}: {py_name} is no longer a typed map (partition again)")
+        typed.attach(program.maps[kernel_name])
+        stack.callback(typed.detach)
+    sync = program.maps["pt_sync"]
+
+    def finished(index: int, count: int) -> None:
+        sync.update(struct.pack("<I", 2 * index + 1), struct.pack("<Q", count))
+
+    kinds = {p["point"]: [(kind, _descriptor(namespace, meta, p["point"], name)) for name, kind in p["live"]]
+             for p in meta["report"]["points"]}
+    nonce = bytes.fromhex(meta["nonce"])
+    holder: dict = {}
+
+    def make(original, resumes):
+        holder["d"] = Dispatcher(original, resumes, nonce, kinds, finished)
+        return holder["d"]
+
+    install(namespace, meta["handler"], (directory / "user.py").read_text(), str(directory / "user.py"), make)
+    return Deployment(module, program, holder["d"], meta)
+
+
+def _descriptor(namespace: dict, meta: dict, point: int, name: str):
+    """The runtime descriptor a struct-valued live variable is decoded with (recorded by kind only)."""
+    for p in meta["report"]["points"]:
+        if p["point"] == point:
+            for live_name, kind in p["live"]:
+                if live_name == name and kind in ("struct", "opt"):
+                    raise PartitionError(f"point {point}: carrying {kind} {name} is not supported by partition run yet")
+    return None
+
+
+def run_partition(directory: str | Path, dev: str, argv: list[str], *, mode: str = "native") -> int:
+    """Deploy and run until the application's main returns (see the module docstring)."""
+    from ..kernel.objects import attach_xdp
+
+    with ExitStack() as stack:
+        deployment = load_partition(directory, stack)
+        main = getattr(deployment.module, "main", None)
+        if not callable(main):
+            raise PartitionError(f"{deployment.meta['app']}: no main(argv) to run the application with")
+        try:
+            ifindex = socket.if_nametoindex(dev)
+        except OSError:
+            raise PartitionError(f"no network interface {dev!r}") from None
+        link = stack.enter_context(attach_xdp(deployment.program.fd, ifindex, mode))
+        del link
+        try:
+            return int(main(argv) or 0)
+        except KeyboardInterrupt:
+            return 0
+
+
+__all__ = ["Deployment", "load_partition", "read_meta", "run_partition"]
