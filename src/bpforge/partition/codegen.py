@@ -151,6 +151,7 @@ class _Emitter:
         self.lines: list[str] = []
         self.decls: list[str] = []
         self.counter = 0
+        self.fresh: str | None = None  # the offset of the byte string that ends at the heap's top, if known
         self.points: list[UserPoint] = []
         self.reaching: frozenset[int] = frozenset(self.paths)
         self.tails: list[list[ast.stmt]] = []
@@ -168,6 +169,7 @@ class _Emitter:
         return name
 
     def label(self, hint: str) -> str:
+        self.fresh = None  # control flow: what ends at the top on one path may not on another
         self.counter += 1
         return f"{hint}{self.counter}"
 
@@ -193,6 +195,7 @@ class _Emitter:
     # -- heap
     def alloc(self, cap: int) -> str:
         """A fresh region of at most `cap` bytes at the heap's top: its offset (the caller bumps `top`)."""
+        self.fresh = None
         if cap > SLACK:
             raise CodegenError(f"{self.analysis.source}: a byte string of up to {cap} bytes is too long for BPF")
         self.guard(f"top > {HEAP - cap}")
@@ -228,25 +231,20 @@ class _Emitter:
             return _literal(left.lit + right.lit)
         cap = left.cap + right.cap
         off, length = self.tmp("c"), self.tmp("n")
-        if left.lit is None:
-            # Appending to the region that ends at the top extends it in place: nothing after it is live.
+        if left.lit is None and left.off == self.fresh:
+            # `left` ends at the top (nothing was allocated since it was made, on this straight line of code):
+            # it grows in place, with no copy and no test the verifier would have to take both ways.
             self.guard(f"top > {HEAP - right.cap}")
-            self.emit(f"if ({left.off} + {left.len} == top) {{ {off} = {left.off}; }} else {{")
-            self.depth += 1
-            self.guard(f"top > {HEAP - cap}")
-            self.emit(f"{off} = top;")
-            self.copy(off, left)
-            self.emit(f"top += {left.len};")
-            self.depth -= 1
-            self.emit("}")
+            self.emit(f"{off} = {left.off};")
         else:
             self.guard(f"top > {HEAP - cap}")
             self.emit(f"{off} = top;")
             self.copy(off, left)
-            self.emit(f"top += {len(left.lit)};")
+            self.emit(f"top += {left.len if left.lit is None else len(left.lit)};")
         self.copy("top", right)
         self.emit(f"top += {right.len if right.lit is None else len(right.lit)};")
         self.emit(f"{length} = top - {off};")
+        self.fresh = off
         return BytesV(off, length, cap)
 
     def byte_at(self, value: BytesV, index: str) -> str:
@@ -393,6 +391,7 @@ class _Emitter:
         return _join(outs)
 
     def statement(self, stmt: ast.stmt, env: dict, frame: _Frame) -> dict | None:
+        self.fresh = None
         self.emit(f"/* line {stmt.lineno}: {ast.unparse(stmt).splitlines()[0][:80]} */")
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             value = self.expr(stmt.value, env, frame)
@@ -660,20 +659,30 @@ class _Emitter:
         return IntV(out)
 
     def ifexp(self, node: ast.IfExp, env, frame) -> object:
+        """`a if c else b` of integers or of byte strings (each arm evaluated only when chosen)."""
         condition = self.test(node.test, env, frame)
-        out = self.tmp("y")
+        self.fresh = None
+        first, second = self.tmp("y"), self.tmp("y")
+        arms = []
         self.emit(f"if ({condition}) {{")
-        self.depth += 1
-        yes = self.int_expr(node.body, env, frame)
-        self.emit(f"{out} = {yes.c};")
-        self.depth -= 1
-        self.emit("} else {")
-        self.depth += 1
-        no = self.int_expr(node.orelse, env, frame)
-        self.emit(f"{out} = {no.c};")
-        self.depth -= 1
-        self.emit("}")
-        return IntV(out)
+        for index, arm in enumerate((node.body, node.orelse)):
+            self.depth += 1
+            value = self.unwrap(self.expr(arm, env, frame))
+            if isinstance(value, BytesV):
+                value = self.materialize(value)
+                self.emit(f"{first} = {value.off}; {second} = {value.len};")
+            elif isinstance(value, IntV):
+                self.emit(f"{first} = {value.c};")
+            else:
+                self.fail(node, "a conditional expression of integers or byte strings only")
+            arms.append(value)
+            self.depth -= 1
+            self.emit("} else {" if index == 0 else "}")
+        if type(arms[0]) is not type(arms[1]):
+            self.fail(node, "the arms of a conditional expression must be of one kind")
+        if isinstance(arms[0], BytesV):
+            return BytesV(first, second, max(arms[0].cap, arms[1].cap))
+        return IntV(first)
 
     def compare(self, node: ast.Compare, env, frame) -> IntV:
         out = self.tmp("q")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,27 @@ def load_partition(directory: str | Path, stack: ExitStack) -> Deployment:
     return Deployment(module, program, holder["d"], meta)
 
 
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
+
+
+def exchange(deployment: Deployment, payload: bytes, *, port: int | None = None) -> tuple[str, bytes | None]:
+    """One datagram through both halves without a network: the BPF half by BPF_PROG_TEST_RUN on a frame
+    carrying `payload`, then, when it passes the frame up, the user half on what the socket would read.
+    (where: "bpf" or "user", the reply or None)."""
+    from .build import udp_frame
+
+    port = port or deployment.meta["report"]["port"]
+    result = deployment.program.test_run(udp_frame(payload, port))
+    if result.retval == XDP_TX:
+        return "bpf", result.data_out[42:]
+    if result.retval == XDP_DROP:
+        return "bpf", None
+    if result.retval != XDP_PASS:
+        raise PartitionError(f"the BPF half returned {result.retval} for {payload[:40]!r}")
+    ihl = (result.data_out[14] & 15) * 4
+    return "user", getattr(deployment.module, deployment.meta["handler"])(result.data_out[14 + ihl + 8:])
+
+
 def _descriptor(namespace: dict, meta: dict, point: int, name: str):
     """The runtime descriptor a struct-valued live variable is decoded with (recorded by kind only)."""
     for p in meta["report"]["points"]:
@@ -115,6 +137,10 @@ def run_partition(directory: str | Path, dev: str, argv: list[str], *, mode: str
             return int(main(argv) or 0)
         except KeyboardInterrupt:
             return 0
+        finally:
+            counts = deployment.dispatcher.counts
+            print(f"bpforge partition: the user half answered {counts['resumed']} resumed, {counts['restart']} "
+                  f"restarted and {counts['untagged']} untagged datagrams", file=sys.stderr, flush=True)
 
 
-__all__ = ["Deployment", "load_partition", "read_meta", "run_partition"]
+__all__ = ["Deployment", "exchange", "load_partition", "read_meta", "run_partition"]
