@@ -19,10 +19,12 @@ hits = bpforge.ArrayMap(value=bpforge.U64, max_entries=1)
 
 
 def parse_key(p: bytes, start: int) -> bytes:
-    end = p.find(b"\\r\\n", start, start + 40)
-    if end < 0:
-        return b""
-    return p[start:end]
+    for i in range(40):
+        if start + i + 1 >= len(p):
+            return b""
+        if p[start + i] == 13:
+            return p[start:start + i]
+    return b""
 
 
 @bpforge.offload(hook="xdp", port=11211)
@@ -36,7 +38,7 @@ def handle(p: bytes) -> bytes | None:
         if value is None:
             return p[:8] + b"END\\r\\n"
         hits[0] = hits[0] + 1
-        return p[:8] + b"VALUE " + key + b" 0 " + str(len(value)).encode() + b"\\r\\n" + value + b"\\r\\nEND\\r\\n"
+        return p[:8] + b"VALUE " + key + b" 0 " + bytes([48 + len(value) % 10]) + b"\\r\\n" + value + b"\\r\\nEND\\r\\n"
     if body.startswith(b"set "):
         key = parse_key(body, 4)
         print("set", key)
@@ -96,7 +98,7 @@ def test_paths_with_their_state_and_offloadability():
     ("import os\n    return None", "import", "imports run arbitrary code"),
     ("global counter\n    return None", "global counter", "typed map"),
     ("return f'{p}'.encode()", "f-string", "string formatting"),
-    ("return str(p).encode() + str(p)", "str(...)", "only str(n).encode()"),
+    ("return str(p).encode() + str(p)", "str(...)", "text is not compiled to BPF"),
     ("return p.hex()", "p.hex(...)", "a library call"),
     ("import json\n    return json.dumps(p)", "json.dumps(...)", "a library call"),
     ("cache.clear()\n    return None", "cache.clear", "get/put/delete/pop/[]/del/in"),
@@ -138,10 +140,10 @@ def test_the_subset_itself_has_no_findings():
                     break
                 total = (total + p[i]) & 0xFFFF
             key = word(p, 2)
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = (counts.get(key) or 0) + 1
             if key in counts and total % 3 == 0:
                 del counts[key]
-            return b"A" + str(total).encode() if total > 10 else b"B"
+            return b"A" + bytes([48 + total % 10]) if total > 10 else b"B"
         ''')
     a = analyze_source(source)
     assert a.findings == [] and a.port == 53 and all(p.offloadable for p in a.paths)

@@ -6,13 +6,17 @@ entry to a `return`) with the state each reads and writes and whether it can run
 The subset BPF can run (what `partition` compiles; everything else may still be used on the user side):
 - fixed-width integers (the maps' descriptors and `int` arithmetic: + - * // % & | ^ << >> ~, comparisons),
   booleans, `and`/`or`/`not`, conditional expressions;
-- the packet as `bytes`: `len(p)`, `p[i]`, `p[i:j]` (bounds checked, as the verifier demands), `p ==`,
-  `p.startswith(b"...")`, `p.find(b"x", start, end)`, `int.from_bytes(p[i:j], "big"|"little")`, `bytes`
-  literals and concatenation of bounded size (a reply), `str(n).encode()` / `b"%d" % n` of an integer;
-- the module's typed maps: `m.get(k)`, `m[k]`, `m[k] = v`, `del m[k]`, `k in m`, `m.pop(k, None)`;
-- `if`/`elif`/`else`, `return`, assignments to local names, `for i in range(N)` with N a constant (or a
-  bounded `len`), `break`/`continue`; calls to other functions of the module that are themselves in the
-  subset (not recursive).
+- the packet as `bytes`: `len(p)`, `p[i]`, `p[i:j]` (Python's bounds: an index out of range raises in the
+  user half), `==`/`!=`, `p.startswith(b"...")`/`p.endswith(b"...")`, `int.from_bytes(p[i:j], "big"|"little")`
+  (up to 7 bytes), `bytes([n])`, `bytes` literals and concatenation (a reply of up to one frame);
+- module-level `bpforge.Struct` values: built by position, fields read;
+- the module's typed maps: reads (`m.get(k)`, `m[k]`, `k in m`) in BPF; writes (`m.put`, `m.delete`,
+  `m[k] = v`, `del m[k]`, `m.pop`) are allowed, and their paths stay in user space (partition/cost.py);
+- `if`/`elif`/`else`, conditional expressions, `return`, assignments to local names, `for i in range(N)`
+  / `range(M, N)` (N - M beyond 256 when not a constant: the datagram goes to user space), `break`/
+  `continue`; calls to other functions of the module that are themselves in the subset (not recursive).
+Integers are Python's: a result outside 64 bits, a division by zero or a negative shift sends the datagram
+to the user half, which does what Python does.
 Out of it, with the reason given: floats (`/`, float literals, `float()`), unbounded loops (`while`
 without a constant bound, `for` over anything but a bounded range), I/O (`print`, `open`, sockets, files),
 allocation (lists, dicts, sets, comprehensions, `bytearray`, string building of unbounded size), exceptions
@@ -32,7 +36,7 @@ MAP_KINDS = ("HashMap", "ArrayMap")
 STRUCT_KIND = "Struct"
 # Calls BPF can do: builtins with a bounded lowering, and methods of bytes and of typed maps.
 BUILTINS = frozenset({"len", "range", "min", "max", "int", "bool", "abs"})
-BYTES_METHODS = frozenset({"startswith", "endswith", "find", "encode", "decode"})
+BYTES_METHODS = frozenset({"startswith", "endswith"})
 MAP_METHODS = frozenset({"get", "pop", "put", "delete"})
 MAP_WRITES = frozenset({"pop", "put", "delete", "update", "clear", "setdefault"})
 IO_NAMES = frozenset({"print", "open", "input", "socket", "sendto", "recvfrom", "write", "read", "time", "sleep",
@@ -378,13 +382,8 @@ class _Checker(ast.NodeVisitor):
     visit_List = visit_Dict = visit_Set = visit_ListComp = visit_DictComp = visit_SetComp = _allocation
     visit_GeneratorExp = _allocation
 
-    def _encoded(self, node: ast.Call) -> bool:
-        """`str(n)` as the receiver of `.encode()`: decimal digits of an integer, a bounded loop in BPF."""
-        parent = self.parents.get(id(node))
-        return isinstance(parent, ast.Attribute) and parent.attr == "encode"
-
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
-        self._no(node, "f-string", "string formatting of unbounded size (use b\"%d\" % n or str(n).encode())")
+        self._no(node, "f-string", "string formatting is not compiled to BPF (build digits from n % 10, as bytes)")
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         self._no(node, "lambda", "not in the subset")
@@ -400,8 +399,7 @@ class _Checker(ast.NodeVisitor):
                 self.visit(node.args[0].elts[0])  # bytes([n]): one byte, no allocation
                 return
             elif name == "str":
-                if not self._encoded(node):
-                    self._no(node, "str(...)", "text of unbounded size: only str(n).encode() of an integer")
+                self._no(node, "str(...)", "text is not compiled to BPF (build digits from n % 10, as bytes)")
             elif name in IO_NAMES:
                 self._no(node, f"{name}(...)", "I/O: BPF cannot reach files, sockets or the terminal")
             elif name == "float":
