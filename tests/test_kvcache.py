@@ -392,6 +392,6 @@ def test_the_automatic_partition_replies_as_the_python_server_on_veth(lab_ok, tm
     assert counts, log
     resumed, restarted, untagged = map(int, counts.groups())
     assert resumed > 0 and untagged == 0
-    # XDP answered the rest. With one pending counter per map, a GET behind any SET in flight restarts in
-    # user space: on this racing, pipelined mix that is most of them (the hand split counts per key bucket).
-    assert len(requests) - resumed - restarted > 100
+    # XDP answered the rest: a GET restarts in user space only behind a write of its key's bucket still on
+    # its way (on this mix, pipelined SETs race GETs of the same keys on purpose).
+    assert len(requests) - resumed - restarted > len(requests) // 3

@@ -459,7 +459,7 @@ def _paths(fn: ast.FunctionDef, functions, maps, findings: list[Finding]) -> tup
                 for f in by_line.get((function, line), ()):
                     if f not in path.findings:
                         path.findings.append(f)
-            reads, writes = _map_access(sub, maps)
+            reads, writes = map_access(sub, maps)
             path.reads |= reads
             path.writes |= writes
             if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in functions \
@@ -508,7 +508,7 @@ def _copy(path: Path_) -> Path_:
                  list(path.findings), list(path.lines))
 
 
-def _map_access(node: ast.AST, maps: dict[str, MapDecl]) -> tuple[set[str], set[str]]:
+def map_access(node: ast.AST, maps: dict[str, MapDecl]) -> tuple[set[str], set[str]]:
     """(maps read, maps written) by this one node (not its children)."""
     reads, writes = set(), set()
     if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in maps:
@@ -521,4 +521,4 @@ def _map_access(node: ast.AST, maps: dict[str, MapDecl]) -> tuple[set[str], set[
     return reads, writes
 
 
-__all__ = ["Analysis", "Finding", "MapDecl", "PartitionError", "Path_", "analyze_file", "analyze_source"]
+__all__ = ["Analysis", "Finding", "MapDecl", "PartitionError", "Path_", "analyze_file", "analyze_source", "map_access"]

@@ -197,15 +197,18 @@ def _measure(obj_path: Path, analysis: Analysis, profile: Profile, offloaded: fr
 
 def _check(result: Partition, work: Path, budget: float, say, kernel_ok: bool) -> Path:
     """Our verifier (and the kernel's) on the object, then the optimizer; the object to deploy."""
-    from ..api import load
+    from ..formats import load_program
+    from ..opt.optimize import OptimizeOptions
+    from ..opt.run import optimize_loaded
+    from ..verifier.report import verify_loaded
 
     obj = work / "xdp.o"
     say("verifying the BPF half")
-    program = load(obj)
-    report = program.verify(kernel=kernel_ok)
+    loaded = load_program(obj, link=False)
+    report = verify_loaded(loaded, kernel=kernel_ok)
     result.checks["verifier"] = report.verdict
     if kernel_ok and report.kernel is not None:
-        result.checks["kernel verifier"] = report.kernel.verdict if hasattr(report.kernel, "verdict") else str(report.kernel)
+        result.checks["kernel verifier"] = getattr(report.kernel, "verdict", str(report.kernel))
     if report.verdict == "reject":
         raise PartitionError(f"{obj}: our verifier rejects the generated BPF half: {report.text().splitlines()[0]}")
     if budget <= 0:
@@ -213,7 +216,7 @@ def _check(result: Partition, work: Path, budget: float, say, kernel_ok: bool) -
     say(f"optimizing the BPF half ({budget:g} s)")
     optimized = work / "xdp.opt.o"
     try:
-        outcome = program.optimize(output=optimized, budget=budget, kernel=kernel_ok)
+        outcome = optimize_loaded(loaded, OptimizeOptions(budget=budget, kernel=kernel_ok), output=optimized)
     except BpforgeError as err:
         result.checks["optimizer"] = f"not applied: {err}"
         return obj

@@ -39,7 +39,7 @@ import ast
 import secrets
 from dataclasses import dataclass, field, replace
 
-from .analyze import Analysis, PartitionError
+from .analyze import Analysis, PartitionError, map_access
 from .runtime import Bytes as BytesDesc
 from .runtime import Scalar, Struct, _TypedMap
 
@@ -48,7 +48,9 @@ HEAP = 8192  # the heap's addressable part (a power of two: offsets are masked w
 SLACK = 2048  # bytes after HEAP, so a masked offset plus any access up to SLACK stays in the value
 LOOP_MAX = 256  # iterations of a loop whose bound is not a constant, before the datagram restarts
 REPLY_MAX = 1472  # the longest reply sent from XDP (one 1500-byte IPv4 frame); longer ones restart
-TRAILER_TAIL = 16  # fields_len, point, mask, pad, nonce
+TRAILER_TAIL = 16  # fields_len, point, mask, bucket_mask, nonce
+BUCKETS = 256  # pending counters per coordinated map, by key hash (a power of two)
+SYNC_STRIDE = 2 + 2 * BUCKETS  # pt_sync entries per coordinated map: the map's own pair, then each bucket's
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -155,6 +157,7 @@ class _Emitter:
         self.points: list[UserPoint] = []
         self.reaching: frozenset[int] = frozenset(self.paths)
         self.tails: list[list[ast.stmt]] = []
+        self.probing: str | None = None  # in a probe: the label that ends it
         self.depth = 0
         self.stack: list[str] = []
 
@@ -177,6 +180,7 @@ class _Emitter:
         raise CodegenError(f"{self.analysis.source}:{getattr(node, 'lineno', 0)}: {why}")
 
     def mask_of(self, paths) -> int:
+        """The coordinated maps (bit m: self.coordinated[m]) some of `paths` write."""
         mask = 0
         for index in paths:
             for name in self.paths[index].writes:
@@ -300,7 +304,7 @@ class _Emitter:
         env = {self.param: BytesV("pay_off", "pay_len", FRAME_MAX - 42)}
         self.assigned: set[str] = set()
         if not any(i in self.offloaded for i in self.reaching):
-            self.user_point(fn.body, env, fn)
+            self.user_point(fn.body, env, fn, frame)
         else:
             out = self.block(fn.body, env, frame)
             if out is not None:
@@ -308,8 +312,14 @@ class _Emitter:
                 self.emit("goto done_none;")
         return self.lines, frame.returns
 
-    def user_point(self, statements: list[ast.stmt], env: dict, node: ast.AST) -> None:
-        """The user half takes over here: raise the pending counters, write the trailer, pass the datagram."""
+    def user_point(self, statements: list[ast.stmt], env: dict, node: ast.AST, frame: _Frame) -> None:
+        """The user half takes over here: write the trailer (the live locals), count the datagram in the
+        pending counters of the maps its paths write, pass it up.
+
+        When the branch writes each map at one place and reads none, the BPF half first runs the branch as
+        a probe, up to that write, to learn the key: the datagram is then counted in the key's bucket only
+        (a GET of another key need not wait), or not at all when the branch returns without writing. The
+        probe's path depends on the datagram alone, so the user half takes the same one."""
         rest = []
         for stmt in [*statements, *(s for tail in reversed(self.tails) for s in tail)]:
             rest.append(stmt)
@@ -325,15 +335,65 @@ class _Emitter:
             fields.append(value)
         number = len(self.points) + 1
         paths = sorted(self.reaching)
-        mask = self.mask_of(self.reaching)
+        probe = self.probe_ok(rest) and not self.probing
+        mask = 0 if probe else self.mask_of(self.reaching)
         self.points.append(UserPoint(number, getattr(node, "lineno", 0), rest, live, mask, paths))
         self.emit(f"/* user point {number}: line {getattr(node, 'lineno', 0)}, paths {paths} */")
-        start = self.alloc(sum(_field_cap(v) for v in fields) + TRAILER_TAIL)
+        nbuckets = len(self.coordinated)
+        start = self.alloc(sum(_field_cap(v) for v in fields) + 2 * nbuckets + TRAILER_TAIL)
         self.emit(f"top = {start};")
         for value in fields:
             self.write_field(value)
+        reserved = self.tmp("bk")
+        self.emit(f"{reserved} = top; top += {2 * nbuckets};")
+        if probe:
+            end = self.label("probe")
+            for m in range(nbuckets):
+                self.emit(f"{self.slot(f'probe_flag_{m}')} = 0;")
+            saved = (self.probing, self.reaching)
+            self.probing = end
+            self.emit("/* probe: the branch run up to its map write, for the key */")
+            self.block(rest, dict(env), frame)
+            self.probing, self.reaching = saved
+            self.emit(f"{end}:;")
+            for m in range(nbuckets):
+                flag, bucket = self.slot(f"probe_flag_{m}"), self.slot(f"probe_bucket_{m}")
+                self.emit(f"if ({flag}) {{ *(u16u *)&h[{reserved} & M] = (__u16){bucket}; {reserved} += 2; "
+                          f"bmask |= {1 << m}; }}")
+        self.emit(f"top = {reserved};")
         self.emit(f"tr_off = {start}; tr_fields = top - {start}; point = {number}; mask = {mask};")
         self.emit("goto pass_up;")
+
+    def probe_ok(self, statements: list[ast.stmt]) -> bool:
+        """The statements (with the module functions they call) write each coordinated map at one place and
+        read no map."""
+        writes: dict[str, int] = {}
+        seen: set[str] = set()
+        todo = list(statements)
+        while todo:
+            node = todo.pop()
+            for sub in ast.walk(node):
+                reads, written = map_access(sub, self.maps)
+                if reads:
+                    return False
+                for name in written:
+                    writes[name] = writes.get(name, 0) + 1
+                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in self.functions \
+                        and sub.func.id not in seen:
+                    seen.add(sub.func.id)
+                    todo += self.functions[sub.func.id].body
+        return bool(writes) and all(n == 1 for n in writes.values()) and set(writes) <= set(self.coordinated)
+
+    def probe_write(self, name: str, key: object, node: ast.AST) -> IntV:
+        """In a probe, the write of map `name` at `key`: note the key's bucket and end the probe."""
+        if not self.probing or name not in self.coordinated:
+            self.fail(node, f"{name}: map writes stay in user space")
+        m = self.coordinated.index(name)
+        koff = self.key_bytes(self.maps[name], key, node)
+        self.emit(f"{self.slot(f'probe_bucket_{m}')} = pt_hash(h, {koff}, {self.maps[name].key.size}) & {BUCKETS - 1};")
+        self.emit(f"{self.slot(f'probe_flag_{m}')} = 1;")
+        self.emit(f"goto {self.probing};")
+        return IntV("0")
 
     def write_field(self, value: object) -> None:
         if isinstance(value, IntV):
@@ -356,7 +416,7 @@ class _Emitter:
     # -- statements
     def block(self, statements: list[ast.stmt], env: dict, frame: _Frame) -> dict | None:
         for index, stmt in enumerate(statements):
-            if frame.top and not frame.loops and isinstance(stmt, ast.If):
+            if frame.top and not frame.loops and not self.probing and isinstance(stmt, ast.If):
                 self.tails.append(statements[index + 1:])
                 try:
                     env = self.handler_if(stmt, env, frame)
@@ -381,7 +441,7 @@ class _Emitter:
             self.depth += 1
             self.reaching = branch
             if branch and not branch & self.offloaded:
-                self.user_point(body, env, body[0] if body else stmt)
+                self.user_point(body, env, body[0] if body else stmt, frame)
                 outs.append(None)
             else:
                 outs.append(self.block(body, dict(env), frame))
@@ -396,6 +456,14 @@ class _Emitter:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             value = self.expr(stmt.value, env, frame)
             return self.bind(frame, env, stmt.targets[0].id, value, stmt)
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Subscript) \
+                and isinstance(stmt.targets[0].value, ast.Name) and stmt.targets[0].value.id in self.maps:
+            self.probe_write(stmt.targets[0].value.id, self.expr(stmt.targets[0].slice, env, frame), stmt)
+            return None
+        if isinstance(stmt, ast.Delete) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Subscript) \
+                and isinstance(stmt.targets[0].value, ast.Name) and stmt.targets[0].value.id in self.maps:
+            self.probe_write(stmt.targets[0].value.id, self.expr(stmt.targets[0].slice, env, frame), stmt)
+            return None
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
             return self.bind(frame, env, stmt.target.id, self.expr(stmt.value, env, frame), stmt)
         if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
@@ -448,6 +516,9 @@ class _Emitter:
         if isinstance(value, BytesV):
             value = self.materialize(value)
         frame.returns.append(value)
+        if frame.top and self.probing:
+            self.emit(f"goto {self.probing};")  # the branch ends without a write
+            return
         if frame.top:
             if isinstance(value, NoneV):
                 self.emit("goto done_none;")
@@ -845,6 +916,8 @@ class _Emitter:
                     if len(node.args) == 2 and not isinstance(self.expr(node.args[1], env, frame), NoneV):
                         self.fail(node, "m.get(k, default) with a default other than None")
                     return found
+                if func.attr in ("put", "delete", "pop") and node.args:
+                    return self.probe_write(owner.id, self.expr(node.args[0], env, frame), node)
                 self.fail(node, f"{owner.id}.{func.attr}: map writes stay in user space")
             if isinstance(owner, ast.Name) and owner.id == "int" and func.attr == "from_bytes":
                 return self.from_bytes(node, env, frame)
@@ -911,14 +984,13 @@ class _Emitter:
 
     def map_lookup(self, name: str, key: object, node: ast.AST) -> OptV:
         typed = self.maps[name]
+        koff = self.key_bytes(typed, key, node)
         if name in self.coordinated:
-            index = self.coordinated.index(name)
-            self.emit(f"if (pending({2 * index})) {self.restart()}")
-        kdesc = typed.key
-        koff = self.alloc(kdesc.size)
-        self.emit(f"top += {kdesc.size};")
-        self.emit(f"__builtin_memset(&h[{koff} & M], 0, {kdesc.size});")
-        self.put_field(koff, 0, kdesc, key if not isinstance(key, BytesV) else self.materialize(key), node)
+            # A write of this map on its way to the user half (to any key, or to a key of this bucket):
+            # the datagram waits behind it in the socket's queue.
+            base = self.coordinated.index(name) * SYNC_STRIDE
+            self.emit(f"if (pending({base}) || pending({base + 2} + 2 * (pt_hash(h, {koff}, {typed.key.size}) & "
+                      f"{BUCKETS - 1}))) {self.restart()}")
         ptr = self.label("p")
         present = self.tmp("found")
         self.emit(f"void *{ptr} = bpf_map_lookup_elem(&{typed.name}, &h[{koff} & M]);")
@@ -930,6 +1002,15 @@ class _Emitter:
         if typed.type_name == "array":
             self.guard(f"!{ptr}")  # an index out of range: the runtime's answer, in user space
         return OptV(present, self.field(voff, 0, vdesc, node))
+
+    def key_bytes(self, typed: _TypedMap, key: object, node: ast.AST) -> str:
+        """The key encoded as the map holds it (zero-padded), at a fresh heap offset."""
+        kdesc = typed.key
+        koff = self.alloc(kdesc.size)
+        self.emit(f"top += {kdesc.size};")
+        self.emit(f"__builtin_memset(&h[{koff} & M], 0, {kdesc.size});")
+        self.put_field(koff, 0, kdesc, key if not isinstance(key, BytesV) else self.materialize(key), node)
+        return koff
 
     def inline(self, fn: ast.FunctionDef, args: list[ast.expr], env: dict, frame: _Frame, node: ast.Call) -> object:
         if fn.name in self.stack:
@@ -1101,7 +1182,8 @@ struct {{
 	__type(value, struct pt_heap_value);
 }} pt_heap SEC(".maps");
 
-/* pt_sync[2m]: datagrams passed up that write map m; pt_sync[2m + 1]: those the user half finished */
+/* Per coordinated map m, from m * SYNC_STRIDE: a (seen, done) pair for writes of any key, then one per key
+ * bucket. seen: datagrams passed up that write m (there); done: those the user half has finished. */
 struct {{
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, {sync_entries});
@@ -1116,6 +1198,24 @@ static __always_inline int pending(__u32 index)
 	volatile __u64 *done = bpf_map_lookup_elem(&pt_sync, &done_index);
 
 	return !seen || !done || *seen != *done;
+}}
+
+static __always_inline void count(__u32 index)
+{{
+	__u64 *seen = bpf_map_lookup_elem(&pt_sync, &index);
+
+	if (seen)
+		__sync_fetch_and_add(seen, 1);
+}}
+
+/* FNV-1a (32 bit) of a key as the map holds it: the key's pending-counter bucket */
+static __always_inline __u32 pt_hash(u8 *h, i64 off, int size)
+{{
+	__u32 hash = 2166136261u;
+
+	for (int i = 0; i < size; i++)
+		hash = (hash ^ h[(off + i) & M]) * 16777619u;
+	return hash;
 }}
 
 static __always_inline i64 py_floordiv(i64 a, i64 b)
@@ -1215,7 +1315,7 @@ int {function}(struct xdp_md *ctx)
 	struct pt_heap_value *hv = bpf_map_lookup_elem(&pt_heap, &zero);
 	u8 *h;
 	i64 flen, hdrs, pay_off, pay_len, reply_off = 0, reply_len = 0;
-	i64 tr_off = FRAME_MAX, tr_fields = 0, point = 0, mask = 0;
+	i64 tr_off = FRAME_MAX, tr_fields = 0, point = 0, mask = 0, bmask = 0;
 	int sent;
 {decls}
 	if (!hv)
@@ -1252,6 +1352,7 @@ done_reply:
 	mask = {all_mask};
 	/* fall through: the user half answers */
 restart:
+	bmask = 0;
 	top = FRAME_MAX;
 	tr_off = FRAME_MAX;
 	tr_fields = 0;
@@ -1260,7 +1361,7 @@ pass_up:
 	*(u16u *)&h[top & M] = (__u16)tr_fields;
 	*(u16u *)&h[(top + 2) & M] = (__u16)point;
 	*(u16u *)&h[(top + 4) & M] = (__u16)mask;
-	*(u16u *)&h[(top + 6) & M] = 0;
+	*(u16u *)&h[(top + 6) & M] = (__u16)bmask;
 	*(u64u *)&h[(top + 8) & M] = NONCE;
 	top += 16;
 	hv->send[0] = flen; hv->send[1] = hdrs; hv->send[2] = pay_len; hv->send[3] = tr_off; hv->send[4] = top - tr_off;
@@ -1310,12 +1411,13 @@ def generate(analysis: Analysis, namespace: dict, offloaded: frozenset[int], non
     lines, _ = emitter.handler()
     mask_all = (1 << len(emitter.coordinated)) - 1
     raise_pending = "\n".join(
-        f"\tif (mask & {1 << i}) {{ __u32 at = {2 * i}; __u64 *seen = bpf_map_lookup_elem(&pt_sync, &at); "
-        f"if (seen) __sync_fetch_and_add(seen, 1); }}" for i in range(len(emitter.coordinated)))
+        f"\tif (mask & {1 << i}) count({i * SYNC_STRIDE});\n"
+        f"\tif (bmask & {1 << i}) count({i * SYNC_STRIDE + 2} + 2 * ({emitter.slot(f'probe_bucket_{i}')} & {BUCKETS - 1}));"
+        for i in range(len(emitter.coordinated)))
     function = _c_name(f"bpforge_{analysis.handler}")[:15]
     prelude = PRELUDE.format(source=analysis.source, handler=analysis.handler, frame_max=FRAME_MAX, heap=HEAP,
                              slack=SLACK, slots=len(emitter.declared) + 1, port=analysis.port, nonce=int.from_bytes(nonce, "little"),
-                             sync_entries=max(2, 2 * len(emitter.coordinated)),
+                             sync_entries=max(2, SYNC_STRIDE * len(emitter.coordinated)),
                              maps="\n".join(_map_c(t) for t in emitter.maps.values()))
     entry = ENTRY.format(section="xdp", function=function, decls="\n".join("\t" + d for d in emitter.decls),
                          body="\n".join(line for line in lines if line.strip()), all_mask=mask_all,

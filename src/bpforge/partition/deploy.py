@@ -72,7 +72,7 @@ def load_partition(directory: str | Path, stack: ExitStack) -> Deployment:
     sync = program.maps["pt_sync"]
 
     def finished(index: int, count: int) -> None:
-        sync.update(struct.pack("<I", 2 * index + 1), struct.pack("<Q", count))
+        sync.update(struct.pack("<I", index + 1), struct.pack("<Q", count))
 
     kinds = {p["point"]: [(kind, _descriptor(namespace, meta, p["point"], name)) for name, kind in p["live"]]
              for p in meta["report"]["points"]}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .analyze import PartitionError
-from .codegen import TRAILER_TAIL, UserPoint
+from .codegen import SYNC_STRIDE, TRAILER_TAIL, UserPoint
 
 RESUME = "_bpforge_resume_{}"
 DISPATCH = "_bpforge_dispatch"
@@ -41,7 +41,7 @@ def resume_source(points: list[UserPoint], param: str, source: str, handler: str
 @dataclass(frozen=True)
 class Trailer:
     point: int
-    mask: int
+    counted: tuple[int, ...]  # the pending counters (pt_sync indexes of their "seen") it was counted in
     values: tuple
     payload: bytes
 
@@ -52,7 +52,7 @@ def read_trailer(datagram: bytes, nonce: bytes, kinds: dict[int, list[tuple[str,
     end = len(datagram)
     if end < TRAILER_TAIL or datagram[end - 8:] != nonce:
         return None
-    fields_len, point, mask, _ = struct.unpack_from("<HHHH", datagram, end - TRAILER_TAIL)
+    fields_len, point, mask, bucket_mask = struct.unpack_from("<HHHH", datagram, end - TRAILER_TAIL)
     start = end - TRAILER_TAIL - fields_len
     if start < 0 or (point != 0 and point not in kinds):
         return None
@@ -60,9 +60,15 @@ def read_trailer(datagram: bytes, nonce: bytes, kinds: dict[int, list[tuple[str,
     for kind, desc in kinds.get(point, []):
         value, at = _field(datagram, at, kind, desc)
         values.append(value)
+    counted = [m * SYNC_STRIDE for m in range(16) if mask >> m & 1]
+    for m in range(16):  # then one u16 bucket per map the BPF half counted by key
+        if bucket_mask >> m & 1:
+            (bucket,) = struct.unpack_from("<H", datagram, at)
+            counted.append(m * SYNC_STRIDE + 2 + 2 * bucket)
+            at += 2
     if at != end - TRAILER_TAIL:
         return None
-    return Trailer(point, mask, tuple(values), datagram[:start])
+    return Trailer(point, tuple(counted), tuple(values), datagram[:start])
 
 
 def _field(data: bytes, at: int, kind: str, desc: Any) -> tuple[Any, int]:
@@ -83,8 +89,8 @@ def _field(data: bytes, at: int, kind: str, desc: Any) -> tuple[Any, int]:
 
 class Dispatcher:
     """Runs in the handler's place: a datagram with our trailer resumes at its point, any other runs the
-    original handler; afterwards the pending counters of the maps the datagram was counted for are raised
-    (`finished(map_index, count)` writes them to the kernel)."""
+    original handler; afterwards the "done" of each pending counter the datagram was counted in is raised
+    (`finished(seen_index, count)` writes pt_sync[seen_index + 1] = count to the kernel)."""
 
     def __init__(self, original: Callable, resumes: dict[int, Callable], nonce: bytes,
                  kinds: dict[int, list[tuple[str, Any]]], finished: Callable[[int, int], None]) -> None:
@@ -105,13 +111,9 @@ class Dispatcher:
             self.counts["resumed"] += 1
             return self.resumes[trailer.point](trailer.payload, *trailer.values)
         finally:
-            mask, index = trailer.mask, 0
-            while mask:
-                if mask & 1:
-                    self.done[index] = self.done.get(index, 0) + 1
-                    self.finished(index, self.done[index])
-                mask >>= 1
-                index += 1
+            for index in trailer.counted:
+                self.done[index] = self.done.get(index, 0) + 1
+                self.finished(index, self.done[index])
 
 
 def install(namespace: dict, handler: str, source: str, filename: str, make: Callable[[Callable, dict], Callable]) -> Callable:
