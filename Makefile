@@ -101,6 +101,11 @@ demo: setup
 	$(BPFORGE) offload check examples/obj/xdp_counter.o --device nfp || [ $$? = 1 ]
 	$(BPFORGE) offload run examples/obj/xdp_counter.o --device riscv64-smartnic --data $(DEMO_PACKET) | head -n 4
 	$(BPFORGE) offload run examples/obj/xdp_counter.o --device nfp --data $(DEMO_PACKET) | head -n 3
+	@echo "partition: examples/kvcache/server.py (a Python memcached-style UDP server) split into an XDP half that"
+	@echo "answers GETs and the Python rest, profiled on a trace of 400 requests; every reply stays the server's"
+	$(VENV)/bin/python -c "from bpforge.partition.workload import Mix, make_requests; print(''.join(r.payload.hex() + '\n' for r in make_requests(Mix(requests=400, seed=1))), end='')" > $(DEMO)/kvcache.trace
+	$(BPFORGE) partition examples/kvcache/server.py --trace $(DEMO)/kvcache.trace -o $(DEMO)/kvcache --budget 0 --report $(DEMO)/kvcache.html
+	head -n 12 $(DEMO)/kvcache/user.py
 
 clean:
 	rm -rf build

@@ -149,3 +149,78 @@ def test_the_subset_is_compiled_with_pythons_semantics(tmp_path):
 def test_frames_carry_the_payload_to_the_port():
     frame = udp_frame(b"hello", 9000)
     assert frame[12:14] == b"\x08\x00" and frame[36:38] == (9000).to_bytes(2, "big") and frame[42:] == b"hello"
+
+
+UNCOMPILED = '''
+import bpforge
+table = bpforge.HashMap(key=bpforge.U32, value=bpforge.U32, max_entries=64, name="t2")
+
+
+@bpforge.offload(hook="xdp", port=9001)
+def handle(p: bytes) -> bytes | None:
+    if len(p) < 1:
+        return None
+    if p[0] == 1:
+        return bytes([table.get(p[0], 7) % 256])
+    return p[0:1]
+'''
+
+
+@needs_clang
+def test_a_path_the_compiler_cannot_lower_stays_in_user_space_with_the_reason(tmp_path):
+    app = tmp_path / "uncompiled.py"
+    app.write_text(UNCOMPILED)
+    result = partition(app, trace=trace_file(tmp_path / "t.txt", [b"\x01", b"\x02"]), verify=False)
+    decisions = {d.index: d for d in result.cut.decisions}
+    assert decisions[1].where == "user" and "m.get(k, default)" in decisions[1].why
+    assert decisions[2].where == "bpf" and [p.paths for p in result.program.points] == [[1]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/app.py"], "No such file"),
+    ([str(ROOT / "examples" / "obj" / "xdp_lb.o")], "not a Python source"),
+    (["run", "/nonexistent", "--dev", "lo"], "partition.json"),
+    ([str(KVCACHE), "--force-offload", "3"], "writes stay in user space"),
+    ([str(KVCACHE), "--keep-user", "x"], "path numbers"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bpforge", "partition", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+CARRIED = '''
+import bpforge
+Rec = bpforge.Struct("Rec", a=bpforge.U32, b=bpforge.Bytes(4))
+store = bpforge.HashMap(key=bpforge.U32, value=Rec, max_entries=16, name="store")
+
+
+@bpforge.offload(hook="xdp", port=9002)
+def handle(p: bytes) -> bytes | None:
+    if len(p) < 2:
+        return None
+    rec = Rec(p[1], p[2:6])
+    found = store.get(p[1] % 8)
+    if p[0] == 1:
+        store.put(p[1] % 8, rec)
+        return b"put" + rec.b + (b"old" if found is not None else b"new") + bytes([len(p) % 256])
+    if found is None:
+        return b"none"
+    return found.b + bytes([found.a % 256])
+'''
+
+
+@needs_kernel
+@needs_clang
+def test_structs_and_optionals_travel_in_the_trailer(tmp_path):
+    app = tmp_path / "carried.py"
+    app.write_text(CARRIED)
+    rng = random.Random(3)
+    payloads = [bytes([rng.choice((0, 1, 2)), rng.randrange(256)]) + bytes(rng.randrange(256) for _ in range(rng.randrange(6)))
+                for _ in range(300)]
+    where = compare(app, tmp_path / "carried", payloads)
+    assert where["bpf"] > 100 and where["user"] > 50
+    points = partition(app, trace=trace_file(tmp_path / "t.txt", payloads[:50]), verify=False).program.points
+    assert [(name, kind) for name, kind, _ in points[0].live][:2] == [("rec", "struct"), ("found", "opt")]

@@ -126,6 +126,8 @@ def analyze_file(path: str | Path, handler: str | None = None) -> Analysis:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise PartitionError(f"{path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise PartitionError(f"{path}: not a Python source file (not UTF-8 text)") from None
     return analyze_source(text, str(path), handler)
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ..errors import BpforgeError
 from .analyze import Analysis, PartitionError, analyze_file
-from .codegen import Program, generate
+from .codegen import CodegenError, Program, generate
 from .cost import Costs, Cut, choose_cut, default_costs, measure_socket_ns
 from .profile import Profile, load_module, profile_handler, read_trace
 from .resume import resume_source
@@ -58,7 +58,7 @@ class Partition:
                 "cut": self.cut.as_json(), "predicted_speedup": self.predicted_speedup,
                 "bpf_ns": {str(k): v for k, v in sorted(self.bpf_ns.items())},
                 "points": [{"point": p.number, "line": p.line, "paths": p.paths,
-                            "live": [[n, k] for n, k, _ in p.live]} for p in self.program.points],
+                            "live": [[n, live_spec(k, d)] for n, k, d in p.live]} for p in self.program.points],
                 "coordinated_maps": self.program.coordinated, "insns": self.insns, "checks": self.checks,
                 "analysis": self.analysis.as_json(), "profile": self.profile.as_json() if self.profile else None}
 
@@ -82,6 +82,15 @@ class Partition:
         if self.out_dir is not None:
             lines.append(f"  written to {self.out_dir}/ (run it: bpforge partition run {self.out_dir} --dev IFACE)")
         return "\n".join(lines)
+
+
+def live_spec(kind: str, desc: Any) -> Any:
+    """A live variable's kind as partition.json records it: "int", "bytes", ["struct", NAME], ["opt", SPEC]."""
+    if kind == "struct":
+        return ["struct", desc.name]
+    if kind == "opt":
+        return ["opt", live_spec(*desc)]
+    return kind
 
 
 def udp_frame(payload: bytes, port: int, *, source_port: int = 40000) -> bytes:
@@ -127,7 +136,7 @@ def partition(app: str | Path, *, handler: str | None = None, trace: str | Path 
     work = Path(tempfile.mkdtemp(prefix="bpforge-partition-"))
     try:
         say("compiling the BPF half")
-        program = generate(analysis, namespace, possible)
+        program, possible, uncompiled = _generate(analysis, namespace, possible)
         compile_c(program.c, work / "xdp.o")
         reason = kernel.kernel_available()
         bpf_ns: dict[int, float] = {}
@@ -144,8 +153,15 @@ def partition(app: str | Path, *, handler: str | None = None, trace: str | Path 
             profile = Profile(0, [], 0)
         for index in possible - set(bpf_ns):
             bpf_ns[index] = costs.xdp_tx_ns  # never timed (no kernel or no request of it): the model's default
-        cut = choose_cut(analysis, profile, bpf_ns, costs, force_offload=force_offload, keep_user=keep_user,
-                         prefix_ns=prefix_ns)
+        blocked = frozenset(uncompiled) & force_offload
+        if blocked:
+            index = min(blocked)
+            raise PartitionError(f"path {index} cannot be offloaded: {uncompiled[index]}")
+        cut = choose_cut(analysis, profile, bpf_ns, costs, force_offload=force_offload,
+                         keep_user=keep_user | frozenset(uncompiled), prefix_ns=prefix_ns)
+        for decision in cut.decisions:
+            if decision.index in uncompiled:
+                decision.why = f"cannot be compiled to BPF: {uncompiled[decision.index]}"
         if cut.offloaded != possible:
             program = generate(analysis, namespace, cut.offloaded)
             compile_c(program.c, work / "xdp.o")
@@ -161,6 +177,22 @@ def partition(app: str | Path, *, handler: str | None = None, trace: str | Path 
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _generate(analysis: Analysis, namespace: dict, offloaded: frozenset[int]):
+    """The BPF half for as many of `offloaded` as compile: a path that reaches a construct the compiler
+    cannot lower goes to user space with the reason (program, the paths offloaded, {path: why})."""
+    uncompiled: dict[int, str] = {}
+    while True:
+        try:
+            return generate(analysis, namespace, offloaded), offloaded, uncompiled
+        except CodegenError as err:
+            blocked = err.paths & offloaded
+            if not blocked:
+                raise
+            for index in blocked:
+                uncompiled[index] = str(err).split(": ", 1)[-1] if ": " in str(err) else str(err)
+            offloaded = offloaded - blocked
 
 
 def _check_overrides(analysis: Analysis, force_offload: frozenset[int], keep_user: frozenset[int]) -> None:

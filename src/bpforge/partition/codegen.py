@@ -55,7 +55,12 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class CodegenError(PartitionError):
-    """A construct of an offloaded path the compiler cannot lower (the path can be kept in user space)."""
+    """A construct of an offloaded path the compiler cannot lower; `paths`: the handler's paths that reach
+    it (kept in user space, the rest compiles)."""
+
+    def __init__(self, message: str, paths: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.paths = paths
 
 
 # ---- values: what a Python expression is in C ---------------------------------------------------------------
@@ -177,7 +182,7 @@ class _Emitter:
         return f"{hint}{self.counter}"
 
     def fail(self, node: ast.AST, why: str):
-        raise CodegenError(f"{self.analysis.source}:{getattr(node, 'lineno', 0)}: {why}")
+        raise CodegenError(f"{self.analysis.source}:{getattr(node, 'lineno', 0)}: {why}", self.reaching)
 
     def mask_of(self, paths) -> int:
         """The coordinated maps (bit m: self.coordinated[m]) some of `paths` write."""
@@ -201,7 +206,8 @@ class _Emitter:
         """A fresh region of at most `cap` bytes at the heap's top: its offset (the caller bumps `top`)."""
         self.fresh = None
         if cap > SLACK:
-            raise CodegenError(f"{self.analysis.source}: a byte string of up to {cap} bytes is too long for BPF")
+            raise CodegenError(f"{self.analysis.source}: a byte string of up to {cap} bytes is too long for BPF",
+                               self.reaching)
         self.guard(f"top > {HEAP - cap}")
         off = self.tmp("a")
         self.emit(f"{off} = top;")

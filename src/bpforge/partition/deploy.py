@@ -21,7 +21,7 @@ from typing import Any
 from .analyze import PartitionError
 from .profile import load_module
 from .resume import Dispatcher, install
-from .runtime import _TypedMap
+from .runtime import Struct, _TypedMap
 
 
 @dataclass
@@ -74,8 +74,7 @@ def load_partition(directory: str | Path, stack: ExitStack) -> Deployment:
     def finished(index: int, count: int) -> None:
         sync.update(struct.pack("<I", index + 1), struct.pack("<Q", count))
 
-    kinds = {p["point"]: [(kind, _descriptor(namespace, meta, p["point"], name)) for name, kind in p["live"]]
-             for p in meta["report"]["points"]}
+    kinds = {p["point"]: [_field_kind(namespace, spec) for _, spec in p["live"]] for p in meta["report"]["points"]}
     nonce = bytes.fromhex(meta["nonce"])
     holder: dict = {}
 
@@ -108,14 +107,16 @@ def exchange(deployment: Deployment, payload: bytes, *, port: int | None = None)
     return "user", getattr(deployment.module, deployment.meta["handler"])(result.data_out[14 + ihl + 8:])
 
 
-def _descriptor(namespace: dict, meta: dict, point: int, name: str):
-    """The runtime descriptor a struct-valued live variable is decoded with (recorded by kind only)."""
-    for p in meta["report"]["points"]:
-        if p["point"] == point:
-            for live_name, kind in p["live"]:
-                if live_name == name and kind in ("struct", "opt"):
-                    raise PartitionError(f"point {point}: carrying {kind} {name} is not supported by partition run yet")
-    return None
+def _field_kind(namespace: dict, spec: Any) -> tuple[str, Any]:
+    """partition.json's record of a live variable's kind as (kind, descriptor) for read_trailer."""
+    if isinstance(spec, str):
+        return spec, None
+    if spec[0] == "struct":
+        found = [v for v in namespace.values() if isinstance(v, Struct) and v.name == spec[1]]
+        if not found:
+            raise PartitionError(f"the application no longer declares struct {spec[1]} (partition again)")
+        return "struct", found[0]
+    return "opt", _field_kind(namespace, spec[1])
 
 
 def run_partition(directory: str | Path, dev: str, argv: list[str], *, mode: str = "native") -> int:
