@@ -224,3 +224,75 @@ def test_structs_and_optionals_travel_in_the_trailer(tmp_path):
     assert where["bpf"] > 100 and where["user"] > 50
     points = partition(app, trace=trace_file(tmp_path / "t.txt", payloads[:50]), verify=False).program.points
     assert [(name, kind) for name, kind, _ in points[0].live][:2] == [("rec", "struct"), ("found", "opt")]
+
+
+REASSIGNED = '''
+import bpforge
+
+
+def countdown(n: int) -> bytes:
+    out = b""
+    for _ in range(6):
+        if n == 0:
+            break
+        out = out + bytes([48 + n])
+        n = n - 1
+    return out
+
+
+@bpforge.offload(hook="xdp", port=9003)
+def handle(p: bytes) -> bytes | None:
+    if len(p) > 3 and p[0] == 35:
+        p = p[2:]
+    return p[0:2] + countdown(3) + countdown(len(p) % 5)
+'''
+
+
+@needs_kernel
+@needs_clang
+def test_reassigned_parameters_meet_in_one_place(tmp_path):
+    """A handler reassigning its payload on one branch, a constant argument counted down in a loop."""
+    app = tmp_path / "reassigned.py"
+    app.write_text(REASSIGNED)
+    payloads = [b"", b"a", b"#xyzw", b"#x", b"hello", b"#abcdefgh", b"12"]
+    assert compare(app, tmp_path / "reassigned", payloads).get("bpf", 0) >= 6
+
+
+def test_a_write_is_counted_by_its_key_only_where_the_probe_sees_every_write():
+    """Writes in a loop, or at two places, count the datagram map-wide (mask bit set); one write not in a
+    loop is probed for its key's bucket (mask 0)."""
+    from bpforge.partition.analyze import analyze_source
+    from bpforge.partition.codegen import generate
+
+    source = textwrap.dedent('''
+        import bpforge
+        t = bpforge.HashMap(key=bpforge.U32, value=bpforge.U32, max_entries=8, name="t")
+
+        def w(k):
+            t.put(k, 1)
+            return 0
+
+        @bpforge.offload(hook="xdp", port=9)
+        def handle(p):
+            if len(p) < 2:
+                return None
+            if p[0] == 1:
+                for i in range(3):
+                    w(i)
+                return b"x"
+            if p[0] == 2:
+                w(1)
+                w(2)
+                return b"y"
+            if p[0] == 3:
+                w(p[1])
+                return b"z"
+            return b"n" if p[0] in t else b"m"
+        ''')
+    analysis = analyze_source(source, "probe.py")
+    namespace = vars(load_module(source, "probe.py", None))
+    program = generate(analysis, namespace, frozenset(p.index for p in analysis.paths if not p.writes))
+    line = {text: n for n, text in enumerate(source.splitlines(), 1)}
+    firsts = [line["        for i in range(3):"], line["        w(1)"], line["        w(p[1])"]]
+    assert [(p.line, p.mask) for p in program.points] == list(zip(firsts, (1, 1, 0)))
+    assert program.coordinated == ["t"] and "probe" in program.c

@@ -307,8 +307,10 @@ class _Emitter:
         self.declared: dict[str, int] = {}
         self.param = fn.args.args[0].arg
         frame = _Frame(fn.name, "h0", "ret", "done", top=True)
-        env = {self.param: BytesV("pay_off", "pay_len", FRAME_MAX - 42)}
         self.assigned: set[str] = set()
+        # In its slot like any variable: a branch that reassigns it meets the others in the same place.
+        env = self.bind(frame, {}, self.param, BytesV("pay_off", "pay_len", FRAME_MAX - 42), fn)
+        self.assigned.clear()
         if not any(i in self.offloaded for i in self.reaching):
             self.user_point(fn.body, env, fn, frame)
         else:
@@ -371,24 +373,28 @@ class _Emitter:
         self.emit("goto pass_up;")
 
     def probe_ok(self, statements: list[ast.stmt]) -> bool:
-        """The statements (with the module functions they call) write each coordinated map at one place and
-        read no map."""
-        writes: dict[str, int] = {}
-        seen: set[str] = set()
-        todo = list(statements)
-        while todo:
-            node = todo.pop()
-            for sub in ast.walk(node):
-                reads, written = map_access(sub, self.maps)
-                if reads:
+        """The statements (and the module functions they call, at each call) write each coordinated map at
+        one place, not in a loop (a loop may write several keys: the probe would see the first), and read
+        no map."""
+        counts: dict[str, int] = {}
+
+        def walk(node: ast.AST, in_loop: bool, stack: frozenset[str]) -> bool:
+            reads, written = map_access(node, self.maps)
+            if reads or (written and in_loop):
+                return False
+            for name in written:
+                counts[name] = counts.get(name, 0) + 1
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.functions:
+                if node.func.id in stack:
                     return False
-                for name in written:
-                    writes[name] = writes.get(name, 0) + 1
-                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in self.functions \
-                        and sub.func.id not in seen:
-                    seen.add(sub.func.id)
-                    todo += self.functions[sub.func.id].body
-        return bool(writes) and all(n == 1 for n in writes.values()) and set(writes) <= set(self.coordinated)
+                if not all(walk(s, in_loop, stack | {node.func.id}) for s in self.functions[node.func.id].body):
+                    return False
+            loop = in_loop or isinstance(node, ast.For | ast.While)
+            return all(walk(child, loop, stack) for child in ast.iter_child_nodes(node))
+
+        if not all(walk(s, False, frozenset()) for s in statements):
+            return False
+        return bool(counts) and all(n == 1 for n in counts.values()) and set(counts) <= set(self.coordinated)
 
     def probe_write(self, name: str, key: object, node: ast.AST) -> IntV:
         """In a probe, the write of map `name` at `key`: note the key's bucket and end the probe."""
@@ -575,7 +581,7 @@ class _Emitter:
             joined = _join([head, *after[1]])
             if joined == head:
                 break
-            head = _widen(head, joined)
+            head = joined
         exits, _ = self._loop_body(stmt, head, frame, lo, hi, bound, final=True)
         return _join([head, *exits])
 
@@ -1032,10 +1038,9 @@ class _Emitter:
         local: dict = {}
         self.emit(f"/* {fn.name}({', '.join(ast.unparse(a) for a in args)}) */")
         for name, value in zip(params, values):
+            local = self.bind(callee, local, name, value, node)
             if isinstance(value, IntV) and value.const is not None:
-                local[name] = value  # a constant argument stays one: loop bounds and slices fold
-            else:
-                local = self.bind(callee, local, name, value, node)
+                local[name] = replace(local[name], const=value.const)  # loop bounds and slices fold
         self.stack.append(fn.name)
         end = self.block(fn.body, local, callee)
         self.stack.pop()
@@ -1126,11 +1131,6 @@ def _merge(a: object, b: object) -> object:
     if isinstance(a, OptV) and isinstance(b, OptV):
         return replace(a, inner=_merge(a.inner, b.inner))
     return a
-
-
-def _widen(head: dict, joined: dict) -> dict:
-    """The next loop-head guess: a name whose value changes across iterations loses its constant."""
-    return {name: value for name, value in joined.items()}
 
 
 def _python_op(op, a: int, b: int) -> int:

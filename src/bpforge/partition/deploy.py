@@ -69,9 +69,11 @@ def load_partition(directory: str | Path, stack: ExitStack) -> Deployment:
             raise PartitionError(f"{app}: {py_name} is no longer a typed map (partition again)")
         typed.attach(program.maps[kernel_name])
         stack.callback(typed.detach)
-    sync = program.maps["pt_sync"]
+    sync = program.maps.get("pt_sync")  # absent (clang drops it) when no map needs coordinating
 
     def finished(index: int, count: int) -> None:
+        if sync is None:
+            raise PartitionError("a datagram counted in a pending counter, but the BPF half has none")
         sync.update(struct.pack("<I", index + 1), struct.pack("<Q", count))
 
     kinds = {p["point"]: [_field_kind(namespace, spec) for _, spec in p["live"]] for p in meta["report"]["points"]}
@@ -132,8 +134,7 @@ def run_partition(directory: str | Path, dev: str, argv: list[str], *, mode: str
             ifindex = socket.if_nametoindex(dev)
         except OSError:
             raise PartitionError(f"no network interface {dev!r}") from None
-        link = stack.enter_context(attach_xdp(deployment.program.fd, ifindex, mode))
-        del link
+        stack.enter_context(attach_xdp(deployment.program.fd, ifindex, mode))
         try:
             return int(main(argv) or 0)
         except KeyboardInterrupt:
