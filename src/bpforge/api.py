@@ -145,6 +145,7 @@ class Program:
 
     def optimize(self, *, output: str | Path | None = None, fmt: str | None = None, budget: float | None = 60.0,
                  cost: str = "size", jobs: int = 1, seed: int = 0, search: bool = True, kernel: bool = True,
+                 rules_store: str | Path | None = None,
                  progress: Callable[[str, int, float], None] | None = None,
                  stop: Callable[[], bool] | None = None) -> OptimizeReport:
         """A smaller (`cost="size"`) or faster (`"latency"`) equivalent program, as `bpforge optimize`
@@ -152,12 +153,15 @@ class Program:
         change proved by SMT and gated by our verifier, the result loaded into the kernel's (`kernel`) with
         a fall-back to the best version it accepts. Written to `output` (format `fmt`: elf, raw, asm, k2;
         default the input's) when given. The report has `.before`, `.after`, `.text()`, `.as_json()`,
-        `.html()`; `.outcome.insns` is the program. `progress(phase, best_slots, seconds)`; `stop()` true
-        ends the run early with the best result so far."""
+        `.html()`; `.outcome.insns` is the program. `rules_store`: a rule store file (`bpforge rules`) to
+        read the rules from and add the learned ones and the fired rules' hits to (default: the shipped
+        rules, nothing kept). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early with
+        the best result so far."""
         from .opt.optimize import OptimizeOptions  # the optimizer (and z3) load on first use
         from .opt.run import optimize_loaded
 
-        options = OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel)
+        options = OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,
+                                  rules_store=None if rules_store is None else str(rules_store))
         try:
             return optimize_loaded(self.loaded, options, output=output, fmt=fmt, progress=progress, stop=stop)
         except BpforgeError as err:

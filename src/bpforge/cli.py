@@ -449,14 +449,18 @@ def optimize(prog: Prog,
              no_kernel: Annotated[bool, typer.Option(
                  "--no-kernel", help="Do not load the result into the running kernel's verifier.")] = False,
              no_search: Annotated[bool, typer.Option(
-                 "--no-search", help="Rule passes only (milliseconds), no stochastic search.")] = False) -> int:
+                 "--no-search", help="Rule passes only (milliseconds), no stochastic search.")] = False,
+             rules: Annotated[str | None, typer.Option(
+                 "--rules", metavar="PATH", help="A rule store to read rules from and add what the run "
+                 "learned and which rules fired to (see 'bpforge rules').")] = None) -> int:
     """Make a program smaller or faster: rule passes, then stochastic search; every change proved equivalent
     by SMT, the result checked by our verifier and the kernel's. Exit 0 done (improved or not), 1 when the
     kernel rejects even the original, 2 bad input."""
     program = load(prog, section=section, prog_type=prog_type)
     with _optimize_progress(f"optimizing {program.name or prog}") as (progress, stop):
         result = program.optimize(output=output, fmt=fmt, budget=budget, cost=cost, jobs=jobs, seed=seed,
-                                  search=not no_search, kernel=not no_kernel, progress=progress, stop=stop)
+                                  search=not no_search, kernel=not no_kernel, rules_store=rules,
+                                  progress=progress, stop=stop)
     if report is not None:
         with open(report, "w", encoding="utf-8") as out:
             out.write(result.html())
@@ -518,6 +522,76 @@ def rules_rebuild(
     book.save(target)
     _emit_lines([f"{len(book)} rules -> {target}"])
     return 0
+
+
+Store = Annotated[str | None, typer.Option(
+    "--store", metavar="PATH", help="The rule store (default: $BPFORGE_RULES, else ~/.cache/bpforge/rules.sqlite).")]
+
+
+@rules_app.command("list")
+def rules_list(store: Store = None, json_out: Json = False) -> int:
+    """The stored rules: pattern, replacement, proof status, origin, hits."""
+    from .opt.store import RuleStore
+
+    with RuleStore(store) as opened:
+        stored = list(opened.rules())
+    if json_out:
+        _emit_json({"store": str(opened.path), "rules": [s.as_json() for s in stored]})
+        return 0
+    lines = [f"{len(stored)} rules in {opened.path}"]
+    for n, s in enumerate(stored):
+        lines.append(f"#{n} {s.status}, {s.hits} hits, {s.origin}: {s.rule.why}")
+        lines.extend(f"    {text}" for text in s.rule.pattern)
+        lines.append("  ->")
+        lines.extend(f"    {text}" for text in s.rule.replacement or ("(nothing)",))
+    _emit_lines(lines)
+    return 0
+
+
+@rules_app.command("export")
+def rules_export(
+        output: Annotated[str, typer.Option("--output", "-o", metavar="FILE.json", help="Where to write the rules.")],
+        store: Store = None) -> int:
+    """Write the stored rules as a rule file (the format of the shipped rules.json)."""
+    from .opt.store import RuleStore
+
+    with RuleStore(store) as opened:
+        count = opened.export(output)
+    _emit_lines([f"{count} rules -> {output}"])
+    return 0
+
+
+@rules_app.command("import")
+def rules_import(file: Annotated[str, typer.Argument(metavar="FILE.json", help="A rule file.")],
+                 store: Store = None) -> int:
+    """Add a rule file's rules to the store (origin imported:FILE); patterns stored already are kept."""
+    from .opt.store import RuleStore
+
+    with RuleStore(store) as opened:
+        added, known = opened.import_file(file)
+    _emit_lines([f"{added} rules added, {known} stored already -> {opened.path}"])
+    return 0
+
+
+@rules_app.command("verify")
+def rules_verify(store: Store = None, json_out: Json = False) -> int:
+    """Prove every stored rule again with z3 and store the status. Exit 1 when any fails."""
+    from .opt.store import FAILED, RuleStore, status_of
+
+    with RuleStore(store) as opened:
+        results = opened.verify()
+    rows = [(stored, status_of(proof), proof) for stored, proof in results]
+    failed = sum(status == FAILED for _, status, _ in rows)
+    if json_out:
+        _emit_json({"store": str(opened.path), "failed": failed,
+                    "rules": [{**stored.as_json(), "status": status, "reason": proof.reason, "seconds": proof.seconds}
+                              for stored, status, proof in rows]})
+    else:
+        counts = {status: sum(s == status for _, s, _ in rows) for status in ("proved", "failed", "unproved")}
+        lines = [f"#{n} {status}: {stored.rule.pattern[0]} ...{f' ({proof.reason})' if proof.reason else ''}"
+                 for n, (stored, status, proof) in enumerate(rows) if status != "proved"]
+        _emit_lines(lines + [f"{len(rows)} rules: " + ", ".join(f"{v} {k}" for k, v in counts.items())])
+    return EXIT_REJECTED if failed else 0
 
 
 # ---- prog / map: bpftool-style introspection of the running kernel -----------------------------------------

@@ -18,19 +18,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import BpforgeError
 from ..isa import Insn, slot_count, slot_starts
+from ..isa.disasm import format_insn
 from ..verifier.window import window_of
 from .cost import LatencyModel, latency_cost
 from .gate import Subject, Verdicts
 from .passes import PASSES, ProgramView, unreachable
 from .prove import ProofCache, prove_rewrite
 from .rewrite import KnownBits, Rewrite
-from .rules import RuleBook
+from .rules import Rule, RuleBook, canonical, prove_rule
 from .searching import WindowJob, rewrites_of, run_search
 from .windows import search_windows
 from .smt.equiv import PROVED
+from .store import RuleStore, status_of
 from .track import Transformation
 
 MAX_ROUNDS = 64
@@ -47,6 +50,7 @@ class OptimizeOptions:
     search: bool = True
     kernel: bool = True  # ask the kernel at the end (and fall back if it refuses)
     timeout_ms: int = 2000  # per solver query
+    rules_store: str | None = None  # a rule store file (`store.RuleStore`) to read the rules from and extend
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,23 @@ class _Run:
 def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOptions(), *,
                      rules: RuleBook | None = None, progress: Progress | None = None,
                      stop: Callable[[], bool] | None = None) -> Outcome:
-    """Optimize `subject`; see the module doc. `rules` (default: the shipped ones) are tried before the
-    passes each round; what the run proves is added to them (`RuleBook.learn`)."""
+    """Optimize `subject`; see the module doc. `rules` (default: the store's when `options.rules_store`
+    names one, else the shipped ones) are tried before the passes each round; what the run proves is
+    added to them (`RuleBook.learn`) and, with a store, to the store, with the hits of the rules that fired."""
+    store = options.rules_store if rules is None else None
+    if store is not None:
+        with RuleStore(store) as opened:
+            rules = opened.book()
     run = _Run(subject, options, progress, stop, RuleBook.shipped() if rules is None else rules)
+    known = set(_rules_of(run.rules))
+    outcome = _optimize(run)
+    if store is not None:
+        _keep(store, run, outcome, known)
+    return outcome
+
+
+def _optimize(run: _Run) -> Outcome:
+    subject, options = run.subject, run.options
     start = Transformation.start(subject.insns)
     outcome = Outcome(subject, list(subject.insns), start)
     outcome.timeline.append((0.0, slot_count(start.insns)))
@@ -179,6 +197,27 @@ def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOption
         _finish(run, outcome)
     outcome.seconds = run.elapsed()
     return outcome
+
+
+def _rules_of(book: RuleBook) -> list[Rule]:
+    return [rule for rules in book.rules.values() for rule in rules]
+
+
+def _keep(path: str, run: _Run, outcome: Outcome, known: set[Rule]) -> None:
+    """Into the store: the rules the run learned (proved out of context first, so the store says what they
+    are worth), and a hit for every change a rule made that the result kept."""
+    learned = [rule for rule in _rules_of(run.rules) if rule not in known]
+    statuses = {rule: status_of(prove_rule(rule, timeout_ms=run.options.timeout_ms)) for rule in learned}
+    hits: dict[tuple[str, ...], int] = {}
+    for change in outcome.changes:
+        if change.why.startswith("rule: "):
+            pattern = tuple(format_insn(i) for i in canonical(change.before)[0])
+            hits[pattern] = hits.get(pattern, 0) + 1
+    subject = run.subject
+    program = Path(subject.filename).name + (f":{subject.name}" if subject.name else "")
+    with RuleStore(path) as store:
+        store.add_many(learned, f"learned:{program}", statuses)
+        store.record_hits(hits)
 
 
 # ---- the rule passes -------------------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import BpforgeError
-from ..isa import Insn
+from ..isa import Insn, slot_count
 from ..isa.asm import assemble
 from ..isa.disasm import format_insn
-from ..isa.ops import Call, decode_ops
+from ..isa.ops import Call, Jump, decode_ops
+from ..verifier.window import ExitTarget, exit_of
 from .rewrite import KnownBits, Rewrite
+from .smt.equiv import DEFAULT_TIMEOUT_MS, Proof, prove_equivalent
 
 FIXED = (0, 10)
 MAX_PATTERN = 8  # instructions
@@ -104,6 +106,22 @@ def generalise(before: Sequence[Insn], after: Sequence[Insn], why: str,
             return None
         facts.append((mapping.get(reg, reg), known.mask, known.value))
     return Rule(_text(pattern), _text(replacement), why, tuple(facts))
+
+
+def prove_rule(rule: Rule, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Proof:
+    """The rule proved out of any program, at the best place it could land: every register and stack slot
+    dead where it leaves to the rest of the program. A rule does not record what was live where it was
+    learned, and a rule that needs a scratch register dead (most of the search's do) is right wherever it
+    is dead, which the gate proves at each landing; so this checks what holds at every landing (the same
+    exit taken under the same conditions, the same memory outside the stack, the same r0 at the program's
+    exit), and a refutation means the rule is right nowhere."""
+    before, after = _insns(rule.pattern), _insns(rule.replacement)
+    length = slot_count(before)
+    exits = {ExitTarget("after", 0)}
+    exits.update(exit_of(op.target, length) for op in decode_ops(before)
+                 if isinstance(op, Jump) and not 0 <= op.target < length)
+    assumes = {reg: KnownBits(mask, value) for reg, mask, value in rule.assumes}
+    return prove_equivalent(before, after, dict.fromkeys(exits, 0), assumes, timeout_ms=timeout_ms)
 
 
 @dataclass
@@ -202,4 +220,4 @@ class RuleBook:
         return RuleBook.from_json(json.loads(text), source="bpforge/opt/data/rules.json")
 
 
-__all__ = ["Rule", "RuleBook", "canonical", "generalise"]
+__all__ = ["Rule", "RuleBook", "canonical", "generalise", "prove_rule"]
