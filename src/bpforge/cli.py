@@ -173,14 +173,17 @@ MapFiles = Annotated[list[str] | None, typer.Option("--map", metavar="NAME=FILE"
                      help='Preload map NAME from a JSON list of {"key": hex, "value": hex}.')]
 
 
-def _points(text: str | None) -> list[int] | None:
-    """--cut N[,N...]: instruction indexes."""
-    if text is None:
-        return None
+def _numbers(text: str, option: str, what: str) -> list[int]:
+    """OPTION N[,N...]: the numbers, or a one-line error naming the option and what they are."""
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise BpforgeError(f"--cut takes instruction indexes separated by commas, not '{text}'") from None
+        raise BpforgeError(f"{option} takes {what} separated by commas, not '{text}'") from None
+
+
+def _points(text: str | None) -> list[int] | None:
+    """--cut N[,N...]: instruction indexes."""
+    return None if text is None else _numbers(text, "--cut", "instruction indexes")
 
 
 def _hex(text: str, what: str) -> bytes:
@@ -227,7 +230,7 @@ def verify(prog: Prog, section: Section = None, prog_type: ProgType = None, json
     if budget is not None and not budget > 0:
         raise BpforgeError(f"--budget must be a positive number of seconds, not {budget}")
     program = load(prog, section=section, prog_type=prog_type)
-    with _verify_progress(f"verifying {program.name or prog}") as progress:
+    with _spinner(f"verifying {program.name or prog}", "{} insns processed") as progress:
         report = program.verify(kernel=kernel, budget=budget, progress=progress)
     undecided = report.outcome == "unknown"
     if json_out:
@@ -245,17 +248,19 @@ def verify(prog: Prog, section: Section = None, prog_type: ProgType = None, json
 
 
 @contextmanager
-def _verify_progress(what: str):
-    """A progress bar on stderr while our verifier works (only on a terminal): instructions processed."""
+def _spinner(what: str, status: str = "{}"):
+    """A spinner on stderr (only on a terminal) naming the work and its status: yields the function that
+    sets the status (our verifier's instructions processed, the partitioner's step)."""
     if not sys.stderr.isatty():
         yield None
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} insns processed"),
-                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task(what, total=None)
-        yield lambda processed: bar.update(task, completed=processed)
+    column = TextColumn(status.replace("{}", "{task.fields[status]}"))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), column, TimeElapsedColumn(), transient=True,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None, status="")
+        yield lambda value: bar.update(task, status=value)
 
 
 # ---- jit ---------------------------------------------------------------------------------------------------
@@ -353,27 +358,8 @@ def offload_run(prog: Prog, device: Device,
 
 # ---- partition ---------------------------------------------------------------------------------------------
 
-def _paths_option(text: str | None, what: str) -> frozenset[int]:
-    if text is None:
-        return frozenset()
-    try:
-        return frozenset(int(part) for part in text.split(","))
-    except ValueError:
-        raise BpforgeError(f"{what} takes path numbers separated by commas, not '{text}'") from None
-
-
-@contextmanager
-def _spinner(what: str):
-    """A rich spinner on a terminal naming the current step; nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[step]}"),
-                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task(what, total=None, step="")
-        yield lambda step: bar.update(task, step=step)
+def _paths_option(text: str | None, option: str) -> frozenset[int]:
+    return frozenset() if text is None else frozenset(_numbers(text, option, "path numbers"))
 
 
 @app.command(context_settings={"allow_interspersed_args": True})

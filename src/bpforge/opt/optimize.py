@@ -160,7 +160,7 @@ def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOption
         with RuleStore(store) as opened:
             rules = opened.book()
     run = _Run(subject, options, progress, stop, RuleBook.shipped() if rules is None else rules)
-    known = set(_rules_of(run.rules))
+    known = set(run.rules.all())
     outcome = _optimize(run)
     if store is not None:
         _keep(store, run, outcome, known)
@@ -199,14 +199,10 @@ def _optimize(run: _Run) -> Outcome:
     return outcome
 
 
-def _rules_of(book: RuleBook) -> list[Rule]:
-    return [rule for rules in book.rules.values() for rule in rules]
-
-
 def _keep(path: str, run: _Run, outcome: Outcome, known: set[Rule]) -> None:
     """Into the store: the rules the run learned (proved out of context first, so the store says what they
     are worth), and a hit for every change a rule made that the result kept."""
-    learned = [rule for rule in _rules_of(run.rules) if rule not in known]
+    learned = [rule for rule in run.rules.all() if rule not in known]
     statuses = {rule: status_of(prove_rule(rule, timeout_ms=run.options.timeout_ms)) for rule in learned}
     hits: dict[tuple[str, ...], int] = {}
     for change in outcome.changes:

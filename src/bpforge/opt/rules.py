@@ -32,6 +32,7 @@ from .smt.equiv import DEFAULT_TIMEOUT_MS, Proof, prove_equivalent
 
 FIXED = (0, 10)
 MAX_PATTERN = 8  # instructions
+FORMAT = "bpforge-rules/1"  # of a rule file
 _REGISTER_FIELDS = ("dst", "src")
 
 
@@ -180,17 +181,20 @@ class RuleBook:
 
     # ---- files ----------------------------------------------------------------------------------------
 
+    def all(self) -> list[Rule]:
+        """Every rule, in the order their patterns were first added."""
+        return [rule for rules in self.rules.values() for rule in rules]
+
     def as_json(self) -> dict:
-        return {"format": "bpforge-rules/1",
-                "rules": [rule.as_json() for rules in self.rules.values() for rule in rules]}
+        return {"format": FORMAT, "rules": [rule.as_json() for rule in self.all()]}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.as_json(), indent=1) + "\n")
 
     @staticmethod
     def from_json(data: dict, *, source: str = "rules") -> "RuleBook":
-        if not isinstance(data, dict) or data.get("format") != "bpforge-rules/1":
-            raise BpforgeError(f"{source}: not a bpforge rule file (format bpforge-rules/1)")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BpforgeError(f"{source}: not a bpforge rule file (format {FORMAT})")
         book = RuleBook()
         for n, item in enumerate(data.get("rules", [])):
             try:

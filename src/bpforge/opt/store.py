@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BpforgeError
-from .rules import Rule, RuleBook, prove_rule
+from .rules import FORMAT, Rule, RuleBook, prove_rule
 from .smt.equiv import DEFAULT_TIMEOUT_MS, PROVED, REFUTED, Proof
 
 PROVEN, FAILED, UNPROVED = "proved", "failed", "unproved"
@@ -94,7 +94,7 @@ class RuleStore:
                 seeded = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if seeded is None:
                     db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
-                    for rule in _all(RuleBook.shipped()):
+                    for rule in RuleBook.shipped().all():
                         self._insert(db, rule, "shipped", UNPROVED)
                 elif seeded[0] != str(SCHEMA):
                     raise StoreError(f"{self.path}: rule store schema {seeded[0]}, this bpforge reads {SCHEMA}")
@@ -189,7 +189,7 @@ class RuleStore:
     def book(self) -> RuleBook:
         """The stored rules as a book for an optimize run (the rows checked as `RuleBook.from_json` checks
         a file's)."""
-        return RuleBook.from_json({"format": "bpforge-rules/1", "rules": [s.rule.as_json() for s in self.rules()]},
+        return RuleBook.from_json({"format": FORMAT, "rules": [s.rule.as_json() for s in self.rules()]},
                                   source=str(self.path))
 
     def integrity(self) -> str:
@@ -209,7 +209,7 @@ class RuleStore:
 
     def import_file(self, path: str | Path) -> tuple[int, int]:
         """Add the rules of a rule file, their origin `imported:<path>`; (new, already stored)."""
-        rules = list(_all(RuleBook.load(path)))
+        rules = RuleBook.load(path).all()
         added = self.add_many(rules, f"imported:{path}")
         return added, len(rules) - added
 
@@ -223,11 +223,6 @@ class RuleStore:
 
     def _errors(self):
         return _Translate(self.path)
-
-
-def _all(book: RuleBook) -> Iterator[Rule]:
-    for rules in book.rules.values():
-        yield from rules
 
 
 def _statements(script: str) -> list[str]:

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BpforgeError
 from .analyze import Analysis, PartitionError, analyze_file
 from .codegen import CodegenError, Program, generate
-from .cost import Costs, Cut, choose_cut, default_costs, measure_socket_ns
+from .cost import Cut, choose_cut, default_costs, measure_socket_ns
 from .profile import Profile, load_module, profile_handler, read_trace
 from .resume import resume_source
 
@@ -105,7 +106,7 @@ def compile_c(source: str, output: Path) -> None:
     """clang-19 -O2 -g for BPF; a PartitionError with clang's first error when it fails."""
     c_file = output.with_suffix(".c")
     c_file.write_text(source)
-    arch = subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() or "x86_64"
+    arch = os.uname().machine  # the multiarch include directory of linux/bpf.h's asm/types.h
     argv = [CLANG, "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-w", f"-I/usr/include/{arch}-linux-gnu",
             "-c", str(c_file), "-o", str(output)]
     if shutil.which(CLANG) is None:
@@ -146,7 +147,7 @@ def partition(app: str | Path, *, handler: str | None = None, trace: str | Path 
             bpf_ns, prefix_ns = _measure(work / "xdp.o", analysis, profile, possible)
         try:
             socket_ns = measure_socket_ns()
-            costs = Costs(socket_ns, default_costs().xdp_pass_ns, default_costs().xdp_tx_ns, "measured")
+            costs = replace(default_costs(), socket_ns=socket_ns, source="measured")
         except OSError:
             costs = default_costs()
         if profile is None:

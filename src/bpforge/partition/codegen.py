@@ -300,7 +300,7 @@ class _Emitter:
         self.fail(node, f"cannot keep {type(value).__name__} in a variable")
 
     # -- the handler
-    def handler(self) -> tuple[list[str], list[str]]:
+    def handler(self) -> list[str]:
         fn = self.functions[self.analysis.handler]
         if len(fn.args.args) != 1 or fn.args.vararg or fn.args.kwonlyargs:
             self.fail(fn, f"the handler {fn.name} must take one argument, the datagram's payload")
@@ -318,7 +318,7 @@ class _Emitter:
             if out is not None:
                 frame.returns.append(NoneV())
                 self.emit("goto done_none;")
-        return self.lines, frame.returns
+        return self.lines
 
     def user_point(self, statements: list[ast.stmt], env: dict, node: ast.AST, frame: _Frame) -> None:
         """The user half takes over here: write the trailer (the live locals), count the datagram in the
@@ -812,8 +812,7 @@ class _Emitter:
             left, right = right, left
         out = self.tmp("e")
         if right.lit is not None:
-            terms = [f"{left.len} == {len(right.lit)}"] + [f"h[({left.off} + {i}) & M] == {b}" for i, b in enumerate(right.lit)]
-            self.emit(f"{out} = {' && '.join(terms)};")
+            self.emit(f"{out} = {left.len} == {len(right.lit)} && {_holds(left, '0', right.lit)};")
             return out
         k = self.label("k")
         self.emit(f"{out} = {left.len} == {right.len};")
@@ -942,8 +941,7 @@ class _Emitter:
                 base = self.materialize(base)
                 start = "0" if func.attr == "startswith" else f"{base.len} - {n}"
                 out = self.tmp("e")
-                terms = [f"{base.len} >= {n}"] + [f"h[({base.off} + {start} + {i}) & M] == {b}" for i, b in enumerate(prefix.lit)]
-                self.emit(f"{out} = {' && '.join(terms)};")
+                self.emit(f"{out} = {base.len} >= {n} && {_holds(base, start, prefix.lit)};")
                 return IntV(out)
         self.fail(node, f"{ast.unparse(node.func)}(...) is not compiled to BPF")
 
@@ -1063,6 +1061,11 @@ class _Emitter:
         if len(kinds) == 1 and "struct" in kinds:
             return StructV(o, callee.returns[0].desc)
         self.fail(node, f"{callee.name} returns {' or '.join(sorted(kinds))}: not compiled to BPF")
+
+
+def _holds(value: BytesV, start: str, literal: bytes) -> str:
+    """C: `value` holds `literal` from offset `start` on (the caller checks the length first)."""
+    return " && ".join([f"h[({value.off} + {start} + {i}) & M] == {b}" for i, b in enumerate(literal)] or ["1"])
 
 
 def _decided(path) -> set[tuple[int, bool]]:
@@ -1414,7 +1417,7 @@ def generate(analysis: Analysis, namespace: dict, offloaded: frozenset[int], non
         for desc in (typed.key, typed.value):
             if desc.size > SLACK:
                 raise CodegenError(f"{analysis.source}: map {name}: {desc!r} is larger than {SLACK} bytes")
-    lines, _ = emitter.handler()
+    lines = emitter.handler()
     mask_all = (1 << len(emitter.coordinated)) - 1
     raise_pending = "\n".join(
         f"\tif (mask & {1 << i}) count({i * SYNC_STRIDE});\n"

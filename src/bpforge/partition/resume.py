@@ -60,15 +60,24 @@ def read_trailer(datagram: bytes, nonce: bytes, kinds: dict[int, list[tuple[str,
     for kind, desc in kinds.get(point, []):
         value, at = _field(datagram, at, kind, desc)
         values.append(value)
-    counted = [m * SYNC_STRIDE for m in range(16) if mask >> m & 1]
-    for m in range(16):  # then one u16 bucket per map the BPF half counted by key
-        if bucket_mask >> m & 1:
-            (bucket,) = struct.unpack_from("<H", datagram, at)
-            counted.append(m * SYNC_STRIDE + 2 + 2 * bucket)
-            at += 2
+    counted = [m * SYNC_STRIDE for m in _bits(mask)]
+    for m in _bits(bucket_mask):  # then one u16 bucket per map the BPF half counted by key
+        (bucket,) = struct.unpack_from("<H", datagram, at)
+        counted.append(m * SYNC_STRIDE + 2 + 2 * bucket)
+        at += 2
     if at != end - TRAILER_TAIL:
         return None
     return Trailer(point, tuple(counted), tuple(values), datagram[:start])
+
+
+def _bits(mask: int) -> list[int]:
+    """The set bits of `mask`, lowest first (most trailers have none)."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 def _field(data: bytes, at: int, kind: str, desc: Any) -> tuple[Any, int]:
