@@ -145,7 +145,8 @@ class Program:
 
     def optimize(self, *, output: str | Path | None = None, fmt: str | None = None, budget: float | None = 60.0,
                  cost: str = "size", jobs: int = 1, seed: int = 0, search: bool = True, kernel: bool = True,
-                 rules_store: str | Path | None = None,
+                 rules_store: str | Path | None = None, ray: str | None = None,
+                 checkpoint: str | Path | None = None, checkpoint_every: float | None = None,
                  progress: Callable[[str, int, float], None] | None = None,
                  stop: Callable[[], bool] | None = None) -> OptimizeReport:
         """A smaller (`cost="size"`) or faster (`"latency"`) equivalent program, as `bpforge optimize`
@@ -155,13 +156,18 @@ class Program:
         default the input's) when given. The report has `.before`, `.after`, `.text()`, `.as_json()`,
         `.html()`; `.outcome.insns` is the program. `rules_store`: a rule store file (`bpforge rules`) to
         read the rules from and add the learned ones and the fired rules' hits to (default: the shipped
-        rules, nothing kept). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early with
+        rules, nothing kept). `ray`: run the search on that Ray cluster ("auto" or an address) instead of
+        `jobs` local processes. `checkpoint`: a file the run saves its state to every `checkpoint_every`
+        seconds (default 180) and at the end, and resumes from when it holds a run of this program (with what is left of
+        `budget`). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early with
         the best result so far."""
         from .opt.optimize import OptimizeOptions  # the optimizer (and z3) load on first use
         from .opt.run import optimize_loaded
 
         options = OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,
-                                  rules_store=None if rules_store is None else str(rules_store))
+                                  rules_store=None if rules_store is None else str(rules_store), ray=ray,
+                                  checkpoint=None if checkpoint is None else str(checkpoint),
+                                  **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}))
         try:
             return optimize_loaded(self.loaded, options, output=output, fmt=fmt, progress=progress, stop=stop)
         except BpforgeError as err:

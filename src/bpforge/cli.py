@@ -427,6 +427,14 @@ def optimize(prog: Prog,
                  metavar="SECONDS", help="Time for the whole run; Ctrl-C stops early and keeps the best.")] = 60.0,
              cost: Annotated[str, typer.Option(help="What to minimise: size (slots) or latency.")] = "size",
              jobs: Annotated[int, typer.Option(help="Search chains in parallel processes.")] = 1,
+             ray: Annotated[str | None, typer.Option(
+                 metavar="auto|ADDRESS", help="Search on a Ray cluster (pip install 'bpforge[ray]'): auto, "
+                 "the one RAY_ADDRESS or a running local instance names, else a new local one.")] = None,
+             checkpoint: Annotated[str | None, typer.Option(
+                 metavar="FILE", help="Save the run's state here every few minutes and at the end; resume from "
+                 "it when it holds a run of this program.")] = None,
+             checkpoint_every: Annotated[float | None, typer.Option(
+                 metavar="SECONDS", help="How often --checkpoint saves (default: every 3 minutes).")] = None,
              seed: Annotated[int, typer.Option(help="Seed of the search (same seed, same result).")] = 0,
              fmt: Annotated[str | None, typer.Option(
                  "--format", metavar="FMT", help="Output format: elf, raw, asm or k2 (default: the input's).")] = None,
@@ -445,7 +453,8 @@ def optimize(prog: Prog,
     program = load(prog, section=section, prog_type=prog_type)
     with _optimize_progress(f"optimizing {program.name or prog}") as (progress, stop):
         result = program.optimize(output=output, fmt=fmt, budget=budget, cost=cost, jobs=jobs, seed=seed,
-                                  search=not no_search, kernel=not no_kernel, rules_store=rules,
+                                  search=not no_search, kernel=not no_kernel, rules_store=rules, ray=ray,
+                                  checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                   progress=progress, stop=stop)
     if report is not None:
         with open(report, "w", encoding="utf-8") as out:

@@ -1,4 +1,5 @@
-"""Reading an input file safely: only regular files, never more than a cap.
+"""Reading an input file safely (only regular files, never more than a cap), and writing an output whole or
+not at all.
 
 A program path may name /dev/zero (endless), a FIFO without a writer (open() blocks forever) or a directory;
 an object may be huge. Every reader of user-named files goes through `read_input`, which opens without
@@ -12,6 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 from .errors import BpforgeError, FormatError
 
@@ -62,4 +65,20 @@ def read_input(path: str | os.PathLike, *, what: str = "input", limit: int = MAX
     return b"".join(chunks)
 
 
-__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input"]
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`data` as the whole of `path`, or `path` unchanged: written beside it, then renamed over it."""
+    target = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input", "write_atomic"]

@@ -15,6 +15,7 @@ drops changes (latest first) until it accepts, and says so.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ from .passes import PASSES, ProgramView, unreachable
 from .prove import ProofCache, prove_rewrite
 from .rewrite import KnownBits, Rewrite
 from .rules import Rule, RuleBook, canonical, prove_rule
-from .searching import WindowJob, rewrites_of, run_search
-from .windows import search_windows
+from . import checkpoint
+from .backends import Backend, Here, make_backend
+from .checkpoint import EVERY_SECONDS, Batch, program_key
+from .searching import WindowJob, rewrites_of, run_search, window_jobs
 from .smt.equiv import PROVED
 from .store import RuleStore, status_of
 from .track import Transformation
@@ -51,6 +54,9 @@ class OptimizeOptions:
     kernel: bool = True  # ask the kernel at the end (and fall back if it refuses)
     timeout_ms: int = 2000  # per solver query
     rules_store: str | None = None  # a rule store file (`store.RuleStore`) to read the rules from and extend
+    ray: str | None = None  # search on this Ray cluster ("auto" or an address) instead of `jobs` local processes
+    checkpoint: str | None = None  # a file to save the run's state to and resume it from (`checkpoint`)
+    checkpoint_every: float = EVERY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,11 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # fallbacks and what was not done, in words
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, slots) at each improvement
     history: list[tuple[int, Transformation]] = field(default_factory=list)  # (changes so far, program) per step
+    batches: list[Batch] = field(default_factory=list)  # the rewrites of each step, for a checkpoint
     proofs: int = 0
     proof_cache_hits: int = 0
+    lost: list[str] = field(default_factory=list)  # why, for each search unit whose worker died
+    searched_on: str | None = None  # the backend's description, when the search ran
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -119,6 +128,9 @@ class _Run:
     ours_decides: bool = True  # our verifier accepted the original, so its verdicts gate the changes
     began: float = field(default_factory=time.monotonic)
     cache: ProofCache = field(default_factory=ProofCache)
+    backend: Backend = field(default_factory=Here)
+    spent: dict[str, float] = field(default_factory=dict)  # window key -> seconds the search spent on it
+    saved_at: float = 0.0  # elapsed seconds at the last checkpoint
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -151,17 +163,29 @@ class _Run:
 
 def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOptions(), *,
                      rules: RuleBook | None = None, progress: Progress | None = None,
-                     stop: Callable[[], bool] | None = None) -> Outcome:
+                     stop: Callable[[], bool] | None = None, backend: Backend | None = None) -> Outcome:
     """Optimize `subject`; see the module doc. `rules` (default: the store's when `options.rules_store`
     names one, else the shipped ones) are tried before the passes each round; what the run proves is
-    added to them (`RuleBook.learn`) and, with a store, to the store, with the hits of the rules that fired."""
+    added to them (`RuleBook.learn`) and, with a store, to the store, with the hits of the rules that fired.
+    The search runs on `backend` (default: the one `options.jobs` and `options.ray` ask for, made here and
+    closed at the end; a caller optimizing many programs passes its own and keeps it open)."""
     store = options.rules_store if rules is None else None
     if store is not None:
         with RuleStore(store) as opened:
             rules = opened.book()
+    searching = options.search and options.budget is not None
+    owned = backend is None and searching
+    if owned:
+        backend = make_backend(options.jobs, options.ray)
     run = _Run(subject, options, progress, stop, RuleBook.shipped() if rules is None else rules)
+    if backend is not None:
+        run.backend = backend
     known = set(run.rules.all())
-    outcome = _optimize(run)
+    try:
+        outcome = _optimize(run)
+    finally:
+        if owned:
+            backend.close()
     if store is not None:
         _keep(store, run, outcome, known)
     return outcome
@@ -186,17 +210,67 @@ def _optimize(run: _Run) -> Outcome:
         if baseline.ours is False:
             outcome.notes.append(f"our verifier rejects the original ({baseline.ours_message}), the kernel "
                                  "accepts it: changes are gated by the kernel alone")
+    if options.checkpoint is not None:
+        _resume(run, outcome)
     try:
         _passes(run, outcome)
         if options.search and options.budget is not None:
+            outcome.searched_on = run.backend.where
             _search(run, outcome)
     except KeyboardInterrupt:
         outcome.interrupted = True
     outcome.proof_cache_hits = run.cache.hits
+    if outcome.lost:
+        outcome.notes.append(f"{len(outcome.lost)} window search(es) lost with their worker on {run.backend.where} "
+                             f"({outcome.lost[0]}); each such window came first in the next round")
     if options.kernel:
         _finish(run, outcome)
     outcome.seconds = run.elapsed()
+    _save(run, outcome, at_end=True)
     return outcome
+
+
+def _checkpoint_key(run: _Run) -> str:
+    return program_key(run.subject.insns, run.subject.prog_type, run.options.cost)
+
+
+def _resume(run: _Run, outcome: Outcome) -> None:
+    """Continue the run `options.checkpoint` saved, if it is of this program: its batches replayed, its
+    clock and the search's time per window carried on. A replay our gate refuses (a checkpoint of an older
+    bpforge, say) is dropped with a note and the run starts afresh."""
+    saved = checkpoint.load(run.options.checkpoint, _checkpoint_key(run))
+    if saved is None:
+        return
+    start = outcome.transformation
+    try:
+        for batch in saved.batches:
+            t = outcome.transformation
+            _record(run, outcome, t, t.apply(batch.rewrites), batch.rewrites, batch.round, now=batch.seconds)
+    except (BpforgeError, ValueError) as err:
+        replayed = False
+        why = str(err)
+    else:
+        replayed = _accepted(run, outcome, outcome.transformation)
+        why = "the verifier refuses the replayed program"
+    if not replayed:
+        outcome.changes, outcome.history, outcome.batches = [], [], []
+        outcome.transformation, outcome.timeline = start, outcome.timeline[:1]
+        outcome.notes.append(f"checkpoint {run.options.checkpoint} could not be replayed ({why}): started afresh")
+        return
+    run.began -= saved.elapsed
+    run.saved_at = saved.elapsed
+    run.spent.update(saved.spent)
+    outcome.notes.append(f"resumed from checkpoint {run.options.checkpoint}: {len(outcome.changes)} change(s), "
+                         f"{saved.elapsed:.0f} s in")
+
+
+def _save(run: _Run, outcome: Outcome, *, at_end: bool = False) -> None:
+    """A checkpoint, when asked for and `checkpoint_every` seconds have passed since the last (or at the end)."""
+    path = run.options.checkpoint
+    if path is None or (not at_end and run.elapsed() - run.saved_at < run.options.checkpoint_every):
+        return
+    run.saved_at = run.elapsed()
+    checkpoint.save(path, _checkpoint_key(run), run.saved_at, outcome.batches, run.spent)
 
 
 def _keep(path: str, run: _Run, outcome: Outcome, known: set[Rule]) -> None:
@@ -233,6 +307,7 @@ def _passes(run: _Run, outcome: Outcome) -> None:
             return
         seen.add(tuple(outcome.transformation.insns))
         run.tell("passes", outcome.transformation)
+        _save(run, outcome)
 
 
 def _proved_round(run: _Run, outcome: Outcome, t: Transformation) -> list[Rewrite]:
@@ -334,8 +409,8 @@ def _accepted(run: _Run, outcome: Outcome, t: Transformation) -> bool:
 
 
 def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transformation,
-            rewrites: Sequence[Rewrite], round_number: int) -> None:
-    now = run.elapsed()
+            rewrites: Sequence[Rewrite], round_number: int, now: float | None = None) -> None:
+    now = run.elapsed() if now is None else now
     for rewrite in rewrites:
         old = tuple(window_of(before.insns, rewrite.start, rewrite.end))
         outcome.changes.append(Change(round_number, rewrite.start, old, tuple(rewrite.new), rewrite.why, PROVED, now,
@@ -344,6 +419,7 @@ def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transfor
             run.rules.learn(old, rewrite.new, rewrite.why, dict(rewrite.assumes))
     outcome.transformation = after
     outcome.history.append((len(outcome.changes), after))
+    outcome.batches.append(Batch(round_number, now, tuple(rewrites)))
     slots = slot_count(after.insns)
     if slots < outcome.timeline[-1][1]:
         outcome.timeline.append((now, slots))
@@ -354,46 +430,61 @@ def _record(run: _Run, outcome: Outcome, before: Transformation, after: Transfor
 def _search(run: _Run, outcome: Outcome) -> None:
     """Rounds of search over the current program's windows until the budget is spent: the windows searched
     least so far first, each improvement gated like a pass's, the passes run again after every change."""
-    spent: dict = {}  # window (as the search sees it) -> seconds searched so far
+    spent = run.spent
     round_number = 1000  # rounds of the search are numbered apart from the passes'
     while True:
         remaining = run.options.budget * (1 - FINISH_RESERVE) - run.elapsed()
         if remaining < WINDOW_SECONDS[0] or run.out_of_time():
             return
         t = outcome.transformation
-        view = ProgramView(t.insns, run.subject.maps, run.subject.prog_type)
-        sites, facts = view.sites, view.facts
-        jobs = []
-        for w in search_windows(t.insns, editable=run.editable(t), sites=sites):
-            known = facts.at(w.start)
-            jobs.append(WindowJob(w.start, w.end, tuple(w.site.window()), w.site.live_in,
-                                  tuple(sorted(w.site.live_out.items(), key=lambda kv: (kv[0].kind, kv[0].offset))),
-                                  tuple(sorted(known.items())), facts.may_context(w.start),
-                                  tuple(sorted(view.regions_at(w.start).items()))))
+        jobs = window_jobs(ProgramView(t.insns, run.subject.maps, run.subject.prog_type), run.editable(t))
         if not jobs:
             return
         jobs.sort(key=lambda job: spent.get(_job_key(job), 0.0))
         least = spent.get(_job_key(jobs[0]), 0.0)
         jobs = [job for job in jobs if spent.get(_job_key(job), 0.0) == least]
-        each = min(max(remaining * run.options.jobs / len(jobs), WINDOW_SECONDS[0]), WINDOW_SECONDS[1])
-        jobs = jobs[:max(1, int(remaining * run.options.jobs / each))]
-        seconds = min(remaining, each * len(jobs) / run.options.jobs)
+        workers = run.backend.workers
+        each = min(max(remaining * workers / len(jobs), WINDOW_SECONDS[0]), WINDOW_SECONDS[1])
+        jobs = jobs[:max(1, int(remaining * workers / each))]
+        seconds = min(remaining, each * len(jobs) / workers)
         run.tell("search", t)
-        found = run_search(jobs, seconds=seconds, workers=run.options.jobs, seed=run.options.seed + round_number,
+        searched = run_search(jobs, seconds=seconds, backend=run.backend, seed=run.options.seed + round_number,
                            prog_type=run.subject.prog_type, cost=run.options.cost,
-                           timeout_ms=run.options.timeout_ms, stop=run.out_of_time)
+                           timeout_ms=run.options.timeout_ms, stop=run.out_of_time,
+                           on_result=_streamed(run, t))
+        lost = {_job_key(job) for job, _ in searched.lost}
         for job in jobs:
-            spent[_job_key(job)] = spent.get(_job_key(job), 0.0) + each
-        rewrites = rewrites_of(found)
-        outcome.proofs += len(found)
+            if _job_key(job) not in lost:  # a window whose worker died is searched again first
+                spent[_job_key(job)] = spent.get(_job_key(job), 0.0) + each
+        outcome.lost.extend(why for _, why in searched.lost)
+        rewrites = rewrites_of(searched.found)
+        outcome.proofs += len(searched.found)
         if rewrites and _apply_gated(run, outcome, t, rewrites, round_number):
             run.tell("search", outcome.transformation)
             _passes(run, outcome)
+        _save(run, outcome)
         round_number += 1
 
 
-def _job_key(job: WindowJob):
-    return (job.window, job.live_out, job.assumes)
+def _streamed(run: _Run, t: Transformation) -> Callable[[int, int, object], None]:
+    """The progress line while a round's units come back: how many, and the slots the improvements among
+    them would save (an estimate until they are gated)."""
+    found = [0.0]
+
+    def on_result(done: int, total: int, result) -> None:
+        if result is not None:
+            found[0] += result.original_cost - result.cost
+        if run.progress is not None:
+            run.progress(f"search {done}/{total}" + (f", {found[0]:g} to gain" if found[0] else ""),
+                         slot_count(t.insns), run.elapsed())
+
+    return on_result
+
+
+def _job_key(job: WindowJob) -> str:
+    """A window as the search sees it (its code, what is live after it, what it may assume), as a short
+    string a checkpoint can keep."""
+    return hashlib.sha1(repr((job.window, job.live_out, job.assumes)).encode()).hexdigest()
 
 
 # ---- the kernel's last word ------------------------------------------------------------------------------------
@@ -407,14 +498,15 @@ def _finish(run: _Run, outcome: Outcome) -> None:
         outcome.verdicts = verdicts
         return
     refused = verdicts.kernel_message
-    history = list(outcome.history[:-1])
+    history = list(enumerate(outcome.history[:-1], 1))
     while True:
-        kept, candidate = history.pop() if history else (0, Transformation.start(outcome.original))
+        steps, (kept, candidate) = history.pop() if history else (0, (0, Transformation.start(outcome.original)))
         verdicts = run.subject.judge(candidate)
         if verdicts.kernel is not False or not kept:
             outcome.notes.append(f"the kernel refused the optimized program ({refused}); fell back to the best "
                                  f"version it accepts: {len(outcome.changes) - kept} change(s) undone")
             outcome.changes = outcome.changes[:kept]
+            outcome.history, outcome.batches = outcome.history[:steps], outcome.batches[:steps]
             outcome.transformation = candidate
             outcome.verdicts = verdicts
             return

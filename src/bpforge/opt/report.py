@@ -84,6 +84,7 @@ class OptimizeReport:
             "seconds": round(self.outcome.seconds, 3),
             "proofs": self.outcome.proofs, "proof_cache_hits": self.outcome.proof_cache_hits,
             "interrupted": self.outcome.interrupted,
+            "searched_on": self.outcome.searched_on, "lost_units": len(self.outcome.lost),
             "timeline": [[round(t, 3), slots] for t, slots in self.outcome.timeline],
             "estimated_ns": None if self.estimated_ns is None else {"before": self.estimated_ns[0],
                                                                     "after": self.estimated_ns[1]},

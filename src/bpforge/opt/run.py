@@ -24,6 +24,8 @@ def check_options(options: OptimizeOptions) -> None:
         raise BpforgeError(f"--budget must be a positive number of seconds, not {options.budget}")
     if options.jobs < 1:
         raise BpforgeError(f"--jobs must be at least 1, not {options.jobs}")
+    if not options.checkpoint_every > 0:
+        raise BpforgeError(f"--checkpoint-every must be a positive number of seconds, not {options.checkpoint_every}")
 
 
 def optimize_loaded(loaded: LoadedProgram, options: OptimizeOptions = OptimizeOptions(), *,

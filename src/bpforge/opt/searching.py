@@ -1,26 +1,24 @@
 """The search phase of the pipeline: windows of the current program (`windows.search_windows`) searched by
-`search.search` chains, in this process or in `jobs` worker processes with different parameters and seeds,
-each improvement proved against the window it replaces before it comes back.
-
-Each worker takes every `jobs`-th window (round robin, longest runs first) and gives each the same share
-of the time; a worker never sees SIGINT (the parent asks it to stop through an event and still collects
-what it found), so Ctrl-C keeps the chains' best results.
+`search.search` chains, one unit of work per window, on a `backends.Backend` (this process, local worker
+processes or a Ray cluster) with different parameters and seeds, each improvement proved against the window
+it replaces before it comes back.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from ..isa import Insn
 from ..verifier.window import ExitTarget
+from .backends import Backend, Lost
 from .cost import LatencyModel, latency_cost, size_cost
+from .passes import ProgramView
 from .rewrite import KnownBits, Rewrite
 from .search import SearchParams, SearchTask, search
 from .smt.equiv import Proof, prove_equivalent
+from .windows import search_windows
 
 # Chains differ in how boldly they move (K2 ran its chains with different parameters the same way).
 CHAIN_PARAMS = (SearchParams(), SearchParams(beta=0.5), SearchParams(beta=2.0), SearchParams(beta=1.0))
@@ -38,6 +36,19 @@ class WindowJob:
     regions: tuple[tuple[int, str], ...] = ()  # registers known to point into one kind of memory at entry
 
 
+def window_jobs(view: ProgramView, editable: Iterable[int] | None = None) -> list[WindowJob]:
+    """The windows of `view`'s program worth searching (`windows.search_windows`), each with what the
+    search and the prover need to know about its place."""
+    facts = view.facts
+    jobs = []
+    for w in search_windows(view.insns, editable=editable, sites=view.sites):
+        live_out = tuple(sorted(w.site.live_out.items(), key=lambda kv: (kv[0].kind, kv[0].offset)))
+        jobs.append(WindowJob(w.start, w.end, tuple(w.site.window()), w.site.live_in, live_out,
+                              tuple(sorted(facts.at(w.start).items())), facts.may_context(w.start),
+                              tuple(sorted(view.regions_at(w.start).items()))))
+    return jobs
+
+
 @dataclass(frozen=True)
 class Found:
     job: WindowJob
@@ -48,9 +59,11 @@ class Found:
 
 
 @dataclass(frozen=True)
-class _Batch:
-    jobs: tuple[WindowJob, ...]
-    seconds_each: float
+class Unit:
+    """One chain over one window: what a backend sends to a worker."""
+
+    job: WindowJob
+    seconds: float
     seed: int
     chain: int
     prog_type: str
@@ -65,68 +78,65 @@ def _cost_function(name: str) -> Callable[[Sequence[Insn]], float]:
     return size_cost
 
 
-def _run_batch(batch: _Batch, stop: Callable[[], bool]) -> list[Found]:
-    cost = _cost_function(batch.cost)
-    params = CHAIN_PARAMS[batch.chain % len(CHAIN_PARAMS)]
-    found: list[Found] = []
-    for n, job in enumerate(batch.jobs):
-        if stop():
-            break
-        live_out = dict(job.live_out)
-        assumes = dict(job.assumes)
+def search_unit(unit: Unit, stop: Callable[[], bool]) -> Found | None:
+    """Run `unit`'s chain; its best candidate when cheaper than the window (proved equivalent), else None."""
+    job = unit.job
+    live_out = dict(job.live_out)
+    assumes = dict(job.assumes)
 
-        def prove(candidate: tuple[Insn, ...], job=job, live_out=live_out, assumes=assumes) -> Proof:
-            return prove_equivalent(job.window, candidate, live_out, assumes, contexts=job.contexts,
-                                    regions=dict(job.regions), timeout_ms=batch.timeout_ms)
+    def prove(candidate: tuple[Insn, ...]) -> Proof:
+        return prove_equivalent(job.window, candidate, live_out, assumes, contexts=job.contexts,
+                                regions=dict(job.regions), timeout_ms=unit.timeout_ms)
 
-        task = SearchTask(job.window, job.live_in, live_out, assumes, batch.prog_type)
-        result = search(task, budget=batch.seconds_each, seed=batch.seed * 7919 + job.start * 31 + n,
-                        prove=prove, cost=cost, params=params, stop=stop)
-        if result.best is not None and result.best_cost < result.original_cost:
-            found.append(Found(job, tuple(result.best), result.best_cost, result.original_cost, batch.chain))
-    return found
+    task = SearchTask(job.window, job.live_in, live_out, assumes, unit.prog_type)
+    result = search(task, budget=unit.seconds, seed=unit.seed, prove=prove, cost=_cost_function(unit.cost),
+                    params=CHAIN_PARAMS[unit.chain % len(CHAIN_PARAMS)], stop=stop)
+    if result.best is not None and result.best_cost < result.original_cost:
+        return Found(job, tuple(result.best), result.best_cost, result.original_cost, unit.chain)
+    return None
 
 
-# ---- worker processes ------------------------------------------------------------------------------------------
-
-_STOP = None
-
-
-def _init_worker(event) -> None:
-    global _STOP
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _STOP = event
-
-
-def _worker(batch: _Batch) -> list[Found]:
-    return _run_batch(batch, _STOP.is_set)
-
-
-def run_search(jobs: Sequence[WindowJob], *, seconds: float, workers: int, seed: int, prog_type: str,
-               cost: str, timeout_ms: int, stop: Callable[[], bool]) -> list[Found]:
-    """Search every window of `jobs` within `seconds` of wall time on `workers` processes (1: here)."""
-    if not jobs or seconds <= 0:
-        return []
+def units_of(jobs: Sequence[WindowJob], *, seconds: float, workers: int, seed: int, prog_type: str, cost: str,
+             timeout_ms: int) -> list[Unit]:
+    """`jobs` as units for `workers` running at once within `seconds` of wall time: the k-th of every
+    `workers` windows gets chain parameters k (K2 ran its chains with different parameters the same way),
+    each window the same share of the time. A unit's seed depends on its window and place only, so a
+    backend changes where a chain runs, never what it does."""
     workers = max(1, min(workers, len(jobs)))
-    shares = [tuple(jobs[k::workers]) for k in range(workers)]
-    batches = [_Batch(share, seconds / len(share), seed, k, prog_type, cost, timeout_ms) for k, share in
-               enumerate(shares)]
-    if workers == 1:
-        deadline = time.monotonic() + seconds
-        return _run_batch(batches[0], lambda: stop() or time.monotonic() >= deadline)
-    context = multiprocessing.get_context("spawn")
-    event = context.Event()
-    with context.Pool(workers, initializer=_init_worker, initargs=(event,)) as pool:
-        pending = [pool.apply_async(_worker, (batch,)) for batch in batches]
-        deadline = time.monotonic() + seconds + 5.0  # the workers' own clocks end them; this is a backstop
-        while not all(p.ready() for p in pending):
-            if stop() or time.monotonic() >= deadline:
-                event.set()
-            time.sleep(0.05)
-        found: list[Found] = []
-        for p in pending:
-            found.extend(p.get())
-    return found
+    per_chain = [len(jobs[k::workers]) for k in range(workers)]
+    return [Unit(job, seconds / per_chain[i % workers], seed * 7919 + job.start * 31 + i // workers, i % workers,
+                 prog_type, cost, timeout_ms) for i, job in enumerate(jobs)]
+
+
+@dataclass
+class Round:
+    """What one round of search brought back: the improvements, and the windows whose unit was lost (its
+    worker died) with why."""
+
+    found: list[Found] = field(default_factory=list)
+    lost: list[tuple[WindowJob, str]] = field(default_factory=list)
+
+
+def run_search(jobs: Sequence[WindowJob], *, seconds: float, backend: Backend, seed: int, prog_type: str,
+               cost: str, timeout_ms: int, stop: Callable[[], bool],
+               on_result: Callable[[int, int, Found | None], None] | None = None) -> Round:
+    """Search every window of `jobs` within `seconds` of wall time on `backend`; `on_result(done, total,
+    improvement or None)` as each unit finishes."""
+    out = Round()
+    if not jobs or seconds <= 0:
+        return out
+    units = units_of(jobs, seconds=seconds, workers=backend.workers, seed=seed, prog_type=prog_type, cost=cost,
+                     timeout_ms=timeout_ms)
+    deadline = time.monotonic() + seconds
+    for done, (n, result) in enumerate(backend.run(search_unit, units, stop=stop, deadline=deadline), 1):
+        if isinstance(result, Lost):
+            out.lost.append((units[n].job, result.why))
+            result = None
+        elif result is not None:
+            out.found.append(result)
+        if on_result is not None:
+            on_result(done, len(units), result)
+    return out
 
 
 def rewrites_of(found: Sequence[Found]) -> list[Rewrite]:
@@ -145,4 +155,4 @@ def rewrites_of(found: Sequence[Found]) -> list[Rewrite]:
     return chosen
 
 
-__all__ = ["CHAIN_PARAMS", "Found", "WindowJob", "rewrites_of", "run_search"]
+__all__ = ["CHAIN_PARAMS", "Found", "Round", "Unit", "WindowJob", "rewrites_of", "run_search", "search_unit", "units_of", "window_jobs"]
