@@ -1,16 +1,18 @@
-"""Reading an input file safely: only regular files, never more than a cap.
+"""Reading an input file safely: only regular files, never more than a cap; and writing one atomically.
 
 A program path may name /dev/zero (endless), a FIFO without a writer (open() blocks forever) or a directory;
 an object may be huge. Every reader of user-named files goes through `read_input`, which opens without
-blocking, refuses anything but a regular file, and reads at most `limit` bytes. It lives at the package root,
-next to errors.py, because every layer reads files (elf, formats, the runner's map files, the CLI) and it
-depends on nothing but the errors.
+blocking, refuses anything but a regular file, and reads at most `limit` bytes. `write_atomically` is the
+other direction, for files a later run reads back (the outputs and state of `bpforge optimize-many`).
+This lives at the package root, next to errors.py, because every layer reads files (elf, formats, the
+runner's map files, the CLI) and it depends on nothing but the errors.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 
 from .errors import BpforgeError, FormatError
@@ -62,4 +64,23 @@ def read_input(path: str | os.PathLike, *, what: str = "input", limit: int = MAX
     return b"".join(chunks)
 
 
-__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input"]
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that anyone reading it (a later run after this one was killed, too) finds
+    the old contents or the new, never a part: a temporary file beside it, then os.replace. No fsync: what
+    this guards against is the process dying, which leaves the page cache intact, not the machine."""
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # 0o666 less the umask, as open() would create the file (mkstemp's 0o600 would stay on the result)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, target)
+    except OSError as err:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise BpforgeError(f"cannot write: {err.strerror or err}", file=target) from None
+
+
+__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input", "write_atomically"]
