@@ -2,7 +2,7 @@
 
 A program path may name /dev/zero (endless), a FIFO without a writer (open() blocks forever) or a directory;
 an object may be huge. Every reader of user-named files goes through `read_input`, which opens without
-blocking, refuses anything but a regular file, and reads at most `limit` bytes. `write_atomically` is the
+blocking, refuses anything but a regular file, and reads at most `limit` bytes. `write_atomic` is the
 other direction, for files a later run reads back (the outputs and state of `bpforge optimize-many`).
 This lives at the package root, next to errors.py, because every layer reads files (elf, formats, the
 runner's map files, the CLI) and it depends on nothing but the errors.
@@ -64,7 +64,7 @@ def read_input(path: str | os.PathLike, *, what: str = "input", limit: int = MAX
     return b"".join(chunks)
 
 
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that anyone reading it (a later run after this one was killed, too) finds
     the old contents or the new, never a part: a temporary file beside it, then os.replace. No fsync: what
     this guards against is the process dying, which leaves the page cache intact, not the machine."""
@@ -83,4 +83,4 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         raise BpforgeError(f"cannot write: {err.strerror or err}", file=target) from None
 
 
-__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input", "write_atomically"]
+__all__ = ["MAX_DATA_FILE", "MAX_PROGRAM_FILE", "read_input", "write_atomic"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import BpforgeError
-from ..files import read_input, write_atomically
+from ..files import read_input, write_atomic
 from ..formats import k2_paths, load_program
 from ..formats.k2 import INSNS_SUFFIXES
 from ..formats.loader import LoadedProgram
@@ -269,7 +269,7 @@ def _run_program(plan: ObjectPlan, name: str, source: Path, output: Path, option
         output.parent.mkdir(parents=True, exist_ok=True)
         if loaded.kind == "k2":  # the output loads only with its .maps and .desc beside it
             _copy_companions(plan.entry.path, output)
-        write_atomically(output, data)
+        write_atomic(output, data)
     except BpforgeError as err:
         return FleetRow.failed(obj, name, str(err), None if loaded is None else loaded.prog_type), False
     except OSError as err:  # making the output's directory
@@ -305,7 +305,7 @@ def _refused(report: OptimizeReport) -> str | None:
 def _copy_companions(insns: Path, output: Path) -> None:
     for companion, target in zip(k2_paths(insns)[1:], k2_paths(output)[1:]):
         if companion.exists():
-            write_atomically(target, read_input(companion, what="K2 companion file"))
+            write_atomic(target, read_input(companion, what="K2 companion file"))
 
 
 __all__ = ["FLEET_KINDS", "FLEET_SUFFIXES", "Fleet", "FleetEntry", "FleetProgress", "ObjectPlan", "discover",

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import BpforgeError
-from ..files import read_input, write_atomically
+from ..files import read_input, write_atomic
 from .fleet_report import FleetRow
 
 STATE_FILE = "bpforge-fleet.json"
@@ -73,7 +73,7 @@ class FleetState:
 
     def save(self) -> None:
         text = json.dumps({"format": FORMAT, "objects": self._objects}, indent=1) + "\n"
-        write_atomically(self.path, text.encode())
+        write_atomic(self.path, text.encode())
 
 
 __all__ = ["FORMAT", "STATE_FILE", "FleetState"]
