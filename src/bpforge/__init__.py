@@ -13,14 +13,16 @@ __version__ = "0.1.0"
 
 # The API (api.py) is imported on first use, not with the package: every `import bpforge.isa` (and the
 # command's --version) imports this file first, and should not pay for the ELF reader and the formats.
-_LAZY = {"load": "api", "optimize": "api", "devices": "api", "Program": "api", "Info": "views",
-         "RunReport": "runner", "kernel_programs": "api", "kernel_maps": "api", "kernel_map_entries": "api"}
+_LAZY = {"load": "api", "optimize": "api", "optimize_many": "api", "devices": "api", "Program": "api",
+         "Info": "views", "RunReport": "runner", "kernel_programs": "api", "kernel_maps": "api",
+         "kernel_map_entries": "api"}
 # What a partitionable application writes (`bpforge.HashMap(...)`, `@bpforge.offload(...)`): partition.runtime.
 _LAZY.update({name: "partition.runtime" for name in ("U8", "U16", "U32", "U64", "Bytes", "Struct", "HashMap",
                                                       "ArrayMap", "offload")})
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from .api import Program, devices, kernel_map_entries, kernel_maps, kernel_programs, load, optimize
+    from .api import (Program, devices, kernel_map_entries, kernel_maps, kernel_programs, load, optimize,
+                      optimize_many)
     from .partition.runtime import U8, U16, U32, U64, ArrayMap, Bytes, HashMap, Struct, offload
     from .runner import RunReport
     from .views import Info
@@ -40,4 +42,4 @@ def __dir__() -> list[str]:
 
 __all__ = ["U8", "U16", "U32", "U64", "ArrayMap", "BpforgeError", "Bytes", "HashMap", "Info", "Program", "RunReport",
            "Struct", "__version__", "devices", "kernel_map_entries", "kernel_maps", "kernel_programs", "load", "offload",
-           "optimize"]
+           "optimize", "optimize_many"]

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .offload.check import OffloadReport
     from .offload.device import DeviceRunReport
     from .kernel.info import MapEntry, MapInfo, ProgInfo
+    from .opt.fleet_report import FleetSummary
+    from .opt.optimize import OptimizeOptions
     from .opt.report import OptimizeReport
     from .verifier.report import VerifyReport
 
@@ -161,13 +163,11 @@ class Program:
         seconds (default 180) and at the end, and resumes from when it holds a run of this program (with what is left of
         `budget`). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early with
         the best result so far."""
-        from .opt.optimize import OptimizeOptions  # the optimizer (and z3) load on first use
-        from .opt.run import optimize_loaded
+        from .opt.run import optimize_loaded  # the optimizer (and z3) load on first use
 
-        options = OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,
-                                  rules_store=None if rules_store is None else str(rules_store), ray=ray,
-                                  checkpoint=None if checkpoint is None else str(checkpoint),
-                                  **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}))
+        options = _optimize_options(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,
+                                    rules_store=rules_store, ray=ray, checkpoint=checkpoint,
+                                    checkpoint_every=checkpoint_every)
         try:
             return optimize_loaded(self.loaded, options, output=output, fmt=fmt, progress=progress, stop=stop)
         except BpforgeError as err:
@@ -242,6 +242,37 @@ def optimize(path: str | Path, *, section: str | None = None, prog_type: str | N
     return load(path, section=section, prog_type=prog_type).optimize(**options)
 
 
+def optimize_many(source: str | Path, outdir: str | Path, *,
+                  progress: Callable[[int, int, str, str, int | None], None] | None = None,
+                  stop: Callable[[], bool] | None = None, **options) -> FleetSummary:
+    """Optimize every program of every object of a fleet, as `bpforge optimize-many` does: `source` is a
+    directory (its ELF objects `*.o` and K2 programs `*.insns`, recursively) or a manifest (one program file
+    per line, relative to it, optionally followed by the sections to optimize; `#` comments). The outputs
+    go to `outdir` at the same relative paths, every program of an object optimized; a state file there
+    lets a later call skip the programs finished already (unless their input changed) and go on from a
+    partly optimized object. `options` are `Program.optimize`'s (`budget` is per program); `rules_store`
+    (default: the store `bpforge rules` uses) is shared by every program. The summary has `.rows` (one
+    `FleetRow` a program: before, after, changes, proof, kernel verdict, status, reason), `.totals()`,
+    `.text()`, `.as_json()`. `progress(i, n, program, phase, best_slots)`; `stop()` true ends the program
+    being optimized with its best result and leaves the rest for the next call."""
+    from .opt.fleet import optimize_fleet
+
+    return optimize_fleet(source, outdir, _optimize_options(**options), progress=progress, stop=stop)
+
+
+def _optimize_options(*, budget: float | None = 60.0, cost: str = "size", jobs: int = 1, seed: int = 0,
+                      search: bool = True, kernel: bool = True, rules_store: str | Path | None = None,
+                      ray: str | None = None, checkpoint: str | Path | None = None,
+                      checkpoint_every: float | None = None) -> OptimizeOptions:
+    """The optimizer's options from the API's keywords (one list of them for `optimize` and `optimize_many`)."""
+    from .opt.optimize import OptimizeOptions
+
+    return OptimizeOptions(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,
+                           rules_store=None if rules_store is None else str(rules_store), ray=ray,
+                           checkpoint=None if checkpoint is None else str(checkpoint),
+                           **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}))
+
+
 def devices() -> list:
     """The device profiles the package ships (`offload.profile.DeviceProfile`: name, ISA, limits, costs)."""
     from .offload.profile import all_profiles
@@ -278,4 +309,4 @@ def kernel_map_entries(map_id: int) -> list[MapEntry]:
 
 
 __all__ = ["Info", "Program", "RunReport", "devices", "kernel_map_entries", "kernel_maps", "kernel_programs", "load",
-           "optimize"]
+           "optimize", "optimize_many"]

@@ -30,6 +30,7 @@ MAX_PACKET = 1 << 20  # more than any test run takes (XDP: 3,520 linear bytes an
 EXIT_REJECTED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 3
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT; here: stopped early, the same command again goes on
 
 app = typer.Typer(
     name="bpforge", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -418,32 +419,37 @@ def partition(
 
 # ---- optimize ----------------------------------------------------------------------------------------------
 
+# The options `optimize` and `optimize-many` share (one program, or each program of a fleet).
+Budget = Annotated[float, typer.Option(
+    metavar="SECONDS", help="Time for each program; Ctrl-C stops early and keeps the best.")]
+Cost = Annotated[str, typer.Option(help="What to minimise: size (slots) or latency.")]
+Jobs = Annotated[int, typer.Option(help="Search chains in parallel processes.")]
+Seed = Annotated[int, typer.Option(help="Seed of the search (same seed, same result).")]
+Ray = Annotated[str | None, typer.Option(
+    metavar="auto|ADDRESS", help="Search on a Ray cluster (pip install 'bpforge[ray]'): auto, the one RAY_ADDRESS "
+    "or a running local instance names, else a new local one.")]
+NoKernel = Annotated[bool, typer.Option(
+    "--no-kernel", help="Do not load the result into the running kernel's verifier.")]
+NoSearch = Annotated[bool, typer.Option("--no-search", help="Rule passes only (milliseconds), no stochastic search.")]
+DEFAULT_STORE = "$BPFORGE_RULES, else ~/.cache/bpforge/rules.sqlite"  # opt.store.default_path, in words
+
+
 @app.command()
 def optimize(prog: Prog,
              output: Annotated[str | None, typer.Option(
                  "--output", "-o", metavar="OUT", help="Write the optimized program here.")] = None,
              section: Section = None, prog_type: ProgType = None, json_out: Json = False,
-             budget: Annotated[float, typer.Option(
-                 metavar="SECONDS", help="Time for the whole run; Ctrl-C stops early and keeps the best.")] = 60.0,
-             cost: Annotated[str, typer.Option(help="What to minimise: size (slots) or latency.")] = "size",
-             jobs: Annotated[int, typer.Option(help="Search chains in parallel processes.")] = 1,
-             ray: Annotated[str | None, typer.Option(
-                 metavar="auto|ADDRESS", help="Search on a Ray cluster (pip install 'bpforge[ray]'): auto, "
-                 "the one RAY_ADDRESS or a running local instance names, else a new local one.")] = None,
+             budget: Budget = 60.0, cost: Cost = "size", jobs: Jobs = 1, ray: Ray = None, seed: Seed = 0,
              checkpoint: Annotated[str | None, typer.Option(
                  metavar="FILE", help="Save the run's state here every few minutes and at the end; resume from "
                  "it when it holds a run of this program.")] = None,
              checkpoint_every: Annotated[float | None, typer.Option(
                  metavar="SECONDS", help="How often --checkpoint saves (default: every 3 minutes).")] = None,
-             seed: Annotated[int, typer.Option(help="Seed of the search (same seed, same result).")] = 0,
              fmt: Annotated[str | None, typer.Option(
                  "--format", metavar="FMT", help="Output format: elf, raw, asm or k2 (default: the input's).")] = None,
              report: Annotated[str | None, typer.Option(
                  "--report", metavar="FILE.html", help="Also write an HTML report with the cost over time.")] = None,
-             no_kernel: Annotated[bool, typer.Option(
-                 "--no-kernel", help="Do not load the result into the running kernel's verifier.")] = False,
-             no_search: Annotated[bool, typer.Option(
-                 "--no-search", help="Rule passes only (milliseconds), no stochastic search.")] = False,
+             no_kernel: NoKernel = False, no_search: NoSearch = False,
              rules: Annotated[str | None, typer.Option(
                  "--rules", metavar="PATH", help="A rule store to read rules from and add what the run "
                  "learned and which rules fired to (see 'bpforge rules').")] = None) -> int:
@@ -451,7 +457,8 @@ def optimize(prog: Prog,
     by SMT, the result checked by our verifier and the kernel's. Exit 0 done (improved or not), 1 when the
     kernel rejects even the original, 2 bad input."""
     program = load(prog, section=section, prog_type=prog_type)
-    with _optimize_progress(f"optimizing {program.name or prog}") as (progress, stop):
+    with _optimize_progress(f"optimizing {program.name or prog}") as (update, stop):
+        progress = None if update is None else lambda phase, best, seconds: update(phase=phase, best=best)
         result = program.optimize(output=output, fmt=fmt, budget=budget, cost=cost, jobs=jobs, seed=seed,
                                   search=not no_search, kernel=not no_kernel, rules_store=rules, ray=ray,
                                   checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -466,10 +473,66 @@ def optimize(prog: Prog,
     return EXIT_REJECTED if result.kernel_accepted is False else 0
 
 
+@app.command("optimize-many")
+def optimize_many(
+        source: Annotated[str, typer.Argument(
+            metavar="DIR|MANIFEST", show_default=False,
+            help="A directory (its ELF objects *.o and K2 programs *.insns, recursively) or a manifest: one "
+                 "program file per line, relative to it, optionally followed by the sections to optimize.")],
+        output: Annotated[str, typer.Option(
+            "--output", "-o", metavar="OUTDIR", show_default=False,
+            help="Where the optimized objects go, at their paths under DIR (or the manifest's directory), with "
+                 "the state that lets a rerun go on where a stopped or killed run ended.")],
+        budget: Budget = 60.0, cost: Cost = "size", jobs: Jobs = 1, ray: Ray = None, seed: Seed = 0,
+        no_kernel: NoKernel = False, no_search: NoSearch = False,
+        rules: Annotated[str | None, typer.Option(
+            "--rules", metavar="PATH", help=f"The rule store every program reads and extends (default: "
+            f"{DEFAULT_STORE}).")] = None,
+        json_out: Json = False) -> int:
+    """Optimize every program of every object of a fleet, sharing one rule store; resumable (programs
+    finished by an earlier run are not redone). Prints one table: slots before -> after, changes, proof,
+    kernel verdict, time. Exit 0 all done, 1 when some program failed (the rows say why), 2 bad input,
+    130 stopped by Ctrl-C (the same command again goes on)."""
+    from . import optimize_many as run_fleet
+
+    with _optimize_progress(f"optimizing {source}") as (update, stop):
+        progress = None if update is None else lambda i, n, name, phase, best: update(
+            description=f"[{i}/{n}] {name}", phase=phase, best="?" if best is None else best)
+        summary = run_fleet(source, output, budget=budget, cost=cost, jobs=jobs, ray=ray, seed=seed,
+                            search=not no_search,
+                            kernel=not no_kernel, rules_store=rules, progress=progress, stop=stop)
+    if json_out:
+        _emit_json(summary.as_json())
+    else:
+        _fleet_table(summary)
+        _emit_lines(summary.notes())
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_REJECTED if summary.failed else 0
+
+
+def _fleet_table(summary) -> None:
+    """The fleet's summary as a rich table on stdout (as wide as it needs when stdout is not a terminal)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    headers, rows, total = summary.table()
+    numeric = {"slots", "saved", "changes", "rules", "seconds"}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for header in headers:
+        table.add_column(header, justify="right" if header in numeric else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*map(Text, row), style="red" if row[-1] == "FAILED" else None)
+    table.add_section()
+    table.add_row(*map(Text, total), style="bold")
+    tty = sys.stdout.isatty()
+    Console(file=sys.stdout, width=None if tty else 1000, highlight=False).print(table)
+
+
 @contextmanager
 def _optimize_progress(what: str):
-    """(progress callback, stop predicate): a live line with the best cost so far on a terminal; the first
-    Ctrl-C asks the run to stop and keep its best result, a second one interrupts at once."""
+    """(update, stop): `update(**fields)` sets the live line's fields (description, phase, best) on a
+    terminal (None elsewhere); `stop()` turns true at the first Ctrl-C, which asks the run to stop and keep
+    its best result; a second one interrupts at once."""
     import signal
 
     stopping = []
@@ -490,7 +553,7 @@ def _optimize_progress(what: str):
                       TextColumn("best {task.fields[best]} slots"), TimeElapsedColumn(), transient=True,
                       console=Console(stderr=True)) as bar:
             task = bar.add_task(what, total=None, phase="", best="?")
-            yield (lambda phase, best, seconds: bar.update(task, phase=phase, best=best)), lambda: bool(stopping)
+            yield (lambda **fields: bar.update(task, **fields)), lambda: bool(stopping)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -520,7 +583,7 @@ def rules_rebuild(
 
 
 Store = Annotated[str | None, typer.Option(
-    "--store", metavar="PATH", help="The rule store (default: $BPFORGE_RULES, else ~/.cache/bpforge/rules.sqlite).")]
+    "--store", metavar="PATH", help=f"The rule store (default: {DEFAULT_STORE}).")]
 
 
 @rules_app.command("list")
@@ -794,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_BAD_INPUT
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted")
-        code = 130
+        code = EXIT_INTERRUPTED
     except Exception as err:  # a bug: still one line, with the traceback only on request
         if os.environ.get("BPFORGE_DEBUG"):
             traceback.print_exc()

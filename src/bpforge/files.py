@@ -1,20 +1,19 @@
-"""Reading an input file safely (only regular files, never more than a cap), and writing an output whole or
-not at all.
+"""Reading an input file safely: only regular files, never more than a cap; and writing one atomically.
 
 A program path may name /dev/zero (endless), a FIFO without a writer (open() blocks forever) or a directory;
 an object may be huge. Every reader of user-named files goes through `read_input`, which opens without
-blocking, refuses anything but a regular file, and reads at most `limit` bytes. It lives at the package root,
-next to errors.py, because every layer reads files (elf, formats, the runner's map files, the CLI) and it
-depends on nothing but the errors.
+blocking, refuses anything but a regular file, and reads at most `limit` bytes. `write_atomic` is the
+other direction, for files a later run reads back (the outputs and state of `bpforge optimize-many`).
+This lives at the package root, next to errors.py, because every layer reads files (elf, formats, the
+runner's map files, the CLI) and it depends on nothing but the errors.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
-import tempfile
-from pathlib import Path
 
 from .errors import BpforgeError, FormatError
 
@@ -66,18 +65,23 @@ def read_input(path: str | os.PathLike, *, what: str = "input", limit: int = MAX
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """`data` as the whole of `path`, or `path` unchanged: written beside it, then renamed over it."""
-    target = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    """Write `data` to `path` so that anyone reading it (a later run after this one was killed, too) finds
+    the old contents or the new, never a part: a temporary file beside it, then os.replace. No fsync: what
+    this guards against is the process dying, which leaves the page cache intact, not the machine."""
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
     try:
+        # 0o666 less the umask, as open() would create the file (mkstemp's 0o600 would stay on the result)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        os.replace(temp, target)
+    except BaseException as err:  # a Ctrl-C mid-write too: no temporary file left behind
+        if os.path.exists(temp):
+            os.unlink(temp)
+        if isinstance(err, OSError):
+            raise BpforgeError(f"cannot write: {err.strerror or err}", file=target) from None
         raise
 
 

@@ -219,6 +219,7 @@ def _optimize(run: _Run) -> Outcome:
             _search(run, outcome)
     except KeyboardInterrupt:
         outcome.interrupted = True
+    outcome.interrupted = outcome.interrupted or (run.stop is not None and run.stop())
     outcome.proof_cache_hits = run.cache.hits
     if outcome.lost:
         outcome.notes.append(f"{len(outcome.lost)} window search(es) lost with their worker on {run.backend.where} "

@@ -100,7 +100,7 @@ class OptimizeReport:
         where = self.filename + (f" [{self.section}]" if self.section else "")
         lines = [f"{where}: {self.before} -> {self.after} slots ({100 * self.reduction:.1f} % smaller), "
                  f"{len(self.outcome.changes)} change(s), equivalence {self.equivalent}, "
-                 f"kernel {_verdict_word(self.kernel_accepted)}"]
+                 f"kernel {verdict_word(self.kernel_accepted)}"]
         for change in self.outcome.changes:
             lines.append("")
             lines.append(f"  insn {change.start}: {change.why} ({change.proof}, saves {change.saved})")
@@ -153,7 +153,7 @@ class OptimizeReport:
             "table{border-collapse:collapse}pre{margin:0}</style></head><body>"
             f"<h1>{e(self.filename)}{' [' + e(self.section) + ']' if self.section else ''}</h1>"
             f"<p>{self.before} &rarr; {self.after} slots ({100 * self.reduction:.1f} % smaller); equivalence "
-            f"{self.equivalent}; kernel {_verdict_word(self.kernel_accepted)}; {self.outcome.seconds:.1f} s, "
+            f"{self.equivalent}; kernel {verdict_word(self.kernel_accepted)}; {self.outcome.seconds:.1f} s, "
             f"best after {self.outcome.time_to_best:.1f} s.</p>"
             f"<img alt='cost over time' src='data:image/png;base64,{plot}'>"
             f"<ul>{notes}</ul>"
@@ -161,7 +161,7 @@ class OptimizeReport:
             + "".join(rows) + "</table></body></html>\n")
 
 
-def _verdict_word(accepted: bool | None) -> str:
+def verdict_word(accepted: bool | None) -> str:
     return {True: "accepted", False: "REJECTED", None: "not asked"}[accepted]
 
 
@@ -183,4 +183,4 @@ def _side_by_side(change: Change, indent: str) -> list[str]:
     return out
 
 
-__all__ = ["Measured", "OptimizeReport"]
+__all__ = ["Measured", "OptimizeReport", "verdict_word"]

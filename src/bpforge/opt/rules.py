@@ -33,6 +33,7 @@ from .smt.equiv import DEFAULT_TIMEOUT_MS, Proof, prove_equivalent
 FIXED = (0, 10)
 MAX_PATTERN = 8  # instructions
 FORMAT = "bpforge-rules/1"  # of a rule file
+RULE_WHY = "rule: "  # how the `why` of a rewrite a rule proposed begins
 _REGISTER_FIELDS = ("dst", "src")
 
 
@@ -46,6 +47,11 @@ class Rule:
     def as_json(self) -> dict:
         return {"pattern": list(self.pattern), "replacement": list(self.replacement), "why": self.why,
                 "assumes": [list(a) for a in self.assumes]}
+
+
+def made_by_rule(why: str) -> bool:
+    """Whether a change (its `why`) came from a rule of the book, rather than from a pass or the search."""
+    return why.startswith(RULE_WHY)
 
 
 def _registers(insn: Insn) -> list[str]:
@@ -175,7 +181,7 @@ class RuleBook:
                     continue
                 assumes = {back.get(reg, reg): KnownBits(mask, value) for reg, mask, value in rule.assumes}
                 end = slots[i + length] if i + length < len(slots) else s
-                out.append(Rewrite(slots[i], end, new, f"rule: {rule.why}", assumes))
+                out.append(Rewrite(slots[i], end, new, f"{RULE_WHY}{rule.why}", assumes))
                 break
         return out
 
@@ -224,4 +230,4 @@ class RuleBook:
         return RuleBook.from_json(json.loads(text), source="bpforge/opt/data/rules.json")
 
 
-__all__ = ["Rule", "RuleBook", "canonical", "generalise", "prove_rule"]
+__all__ = ["RULE_WHY", "Rule", "RuleBook", "canonical", "generalise", "made_by_rule", "prove_rule"]

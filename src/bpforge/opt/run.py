@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import BpforgeError
 from ..formats.loader import LoadedProgram
+from .backends import Backend
 from .gate import Subject
 from .optimize import OptimizeOptions, Progress, optimize_subject
 from .output import default_format, editable, write_optimized
@@ -30,10 +31,11 @@ def check_options(options: OptimizeOptions) -> None:
 
 def optimize_loaded(loaded: LoadedProgram, options: OptimizeOptions = OptimizeOptions(), *,
                     output: str | Path | None = None, fmt: str | None = None, progress: Progress | None = None,
-                    stop: Callable[[], bool] | None = None) -> OptimizeReport:
+                    stop: Callable[[], bool] | None = None, backend: Backend | None = None) -> OptimizeReport:
     """Optimize what `formats.load_program` read; write the result to `output` (format `fmt`, default the
     input's kind) when given. The result is written even when the run was interrupted: it is the best
-    accepted version found so far."""
+    accepted version found so far. `backend`: where the search runs (default: what the options ask for,
+    for this run only)."""
     check_options(options)
     fmt = fmt or default_format(loaded)
     if fmt not in FORMATS:
@@ -45,7 +47,7 @@ def optimize_loaded(loaded: LoadedProgram, options: OptimizeOptions = OptimizeOp
     subject.editable = editable(loaded)
     with subject:
         try:
-            outcome = optimize_subject(subject, options, progress=progress, stop=stop)
+            outcome = optimize_subject(subject, options, progress=progress, stop=stop, backend=backend)
         except BpforgeError as err:
             raise err.at(file=loaded.filename, section=loaded.section) from None
     report = OptimizeReport(loaded.filename, loaded.section, loaded.name, loaded.prog_type, outcome)
