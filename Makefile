@@ -42,7 +42,7 @@ tools:
 
 $(STAMP): pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,report,jit]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,report,jit,ray]'
 	touch $@
 
 test: setup

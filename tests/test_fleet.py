@@ -268,6 +268,25 @@ def test_k2_programs_are_written_with_their_companions(capsys, tmp_path, rules):
     assert_accepted(tmp_path / "out" / "xdp1.insns", None)
 
 
+@pytest.mark.skipif(not K2.is_dir(), reason=f"K2's benchmark programs are not at {K2}")
+def test_a_manifest_gives_the_type_a_k2_memory_input_program_needs(capsys, tmp_path, rules):
+    (tmp_path / "in").mkdir()
+    for suffix in (".insns", ".maps", ".desc"):
+        (tmp_path / "in" / f"xdp_pktcntr{suffix}").symlink_to(K2 / f"xdp_pktcntr{suffix}")
+    manifest = tmp_path / "in" / "fleet.txt"
+    manifest.write_text("xdp_pktcntr.insns\n")
+    code, out, _ = fleet(capsys, manifest, "-o", tmp_path / "untyped", "--no-search", "--rules", rules, "--json")
+    assert code == 1 and json.loads(out)["programs"][0]["status"] == "failed"  # K2 says memory input, not xdp
+    manifest.write_text("xdp_pktcntr.insns type=xdp  # K2's input type 1: the kernel runs it as XDP\n")
+    code, out, err = fleet(capsys, manifest, "-o", tmp_path / "out", "--no-search", "--rules", rules, "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["programs"]
+    assert row["type"] == "xdp" and row["after"] < row["before"]
+    manifest.write_text("xdp_pktcntr.insns type=nonsense\n")
+    code, _, err = fleet(capsys, manifest, "-o", tmp_path / "bad", "--rules", rules)
+    assert code == 2 and "fleet.txt:1: unknown program type 'nonsense'" in err
+
+
 # ---- resuming ----------------------------------------------------------------------------------------------
 
 def read_state(outdir: Path) -> dict:

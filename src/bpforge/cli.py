@@ -478,7 +478,7 @@ def optimize_many(
         source: Annotated[str, typer.Argument(
             metavar="DIR|MANIFEST", show_default=False,
             help="A directory (its ELF objects *.o and K2 programs *.insns, recursively) or a manifest: one "
-                 "program file per line, relative to it, optionally followed by the sections to optimize.")],
+                 "program file per line, relative to it, optionally followed by the sections to optimize and type=NAME.")],
         output: Annotated[str, typer.Option(
             "--output", "-o", metavar="OUTDIR", show_default=False,
             help="Where the optimized objects go, at their paths under DIR (or the manifest's directory), with "

@@ -3,7 +3,8 @@ shared by all, the outputs mirrored under OUTDIR, resumable after the run was st
 
 The fleet is a directory (searched recursively for ELF objects `*.o` and K2 programs `*.insns`; nothing
 else is read) or a manifest: a text file naming one program file per line, relative to the manifest's
-directory, optionally followed by the sections or functions to optimize (default: every program), with `#`
+directory, optionally followed by the sections or functions to optimize (default: every program) and by
+`type=NAME` for a file that does not say its program type (raw code, K2's memory-input programs), with `#`
 comments and blank lines. Each object's programs are the loader's (`LoadedProgram.programs`, as `bpforge
 info` lists them); the output is OUTDIR/<its path under the directory or manifest>, in its own format.
 
@@ -33,6 +34,7 @@ from ..files import read_input, write_atomic
 from ..formats import k2_paths, load_program
 from ..formats.k2 import INSNS_SUFFIXES
 from ..formats.loader import LoadedProgram
+from ..isa.progtypes import check_prog_type
 from .backends import Backend, make_backend
 from .fleet_report import DONE, FAILED, INTERRUPTED, FleetRow, FleetSummary
 from .fleet_state import FleetState
@@ -58,6 +60,7 @@ class FleetEntry:
     relative: str  # its path under the fleet's directory or manifest: where its output goes under OUTDIR
     wanted: tuple[str, ...] = ()  # a manifest line's sections or functions (default: every program)
     line: int | None = None  # of the manifest naming it
+    prog_type: str | None = None  # a manifest line's `type=NAME`: for files that do not say (raw, K2's mem input)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,13 @@ def _manifest(manifest: Path) -> list[FleetEntry]:
         if relative in entries:
             raise BpforgeError(f"{words[0]} is listed already, on line {entries[relative].line}", file=where,
                                line=number)
-        entries[relative] = FleetEntry(path, relative, tuple(words[1:]), number)
+        types = [w.removeprefix("type=") for w in words[1:] if w.startswith("type=")]
+        try:
+            prog_type = check_prog_type(types[-1]) if types else None
+        except BpforgeError as err:
+            raise BpforgeError(err.message, file=where, line=number) from None
+        wanted = tuple(w for w in words[1:] if not w.startswith("type="))
+        entries[relative] = FleetEntry(path, relative, wanted, number, prog_type)
     return list(entries.values())
 
 
@@ -147,7 +156,7 @@ def plan_object(entry: FleetEntry, manifest: Path | None = None) -> ObjectPlan:
     """The programs of `entry` to optimize; a plan with `error` when it is not a readable ELF object or K2
     program. A manifest's section that names no program of it is the manifest's mistake (BpforgeError)."""
     try:
-        loaded = load_program(entry.path, link=False)  # linking is each program's own business, below
+        loaded = load_program(entry.path, link=False, prog_type=entry.prog_type)  # linking is each program's own business, below
         if loaded.kind not in FLEET_KINDS:
             raise BpforgeError(f"not an ELF object or a K2 program (read as {loaded.kind}); optimize it alone "
                                "with bpforge optimize", file=str(entry.path))
@@ -271,7 +280,7 @@ def _run_program(plan: ObjectPlan, name: str, source: Path, output: Path, option
     obj = plan.entry.relative
     loaded = None
     try:
-        loaded = load_program(source, section=name)
+        loaded = load_program(source, section=name, prog_type=plan.entry.prog_type)
         unwritable = _cannot_write_back(loaded)
         if unwritable is not None:
             return FleetRow.failed(obj, name, f"not optimized: {unwritable}", loaded.prog_type), False
