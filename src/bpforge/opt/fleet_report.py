@@ -32,6 +32,7 @@ class FleetRow:
     seconds: float = 0.0
     reason: str | None = None  # why it failed
     earlier: bool = False
+    time_to_best: float = 0.0  # seconds into the run when it reached `after`
 
     @staticmethod
     def of(obj: str, program: str, report: OptimizeReport, *, status: str, reason: str | None = None,
@@ -40,7 +41,7 @@ class FleetRow:
         return FleetRow(obj, program, status, report.prog_type, report.before, report.after, len(changes),
                         sum(made_by_rule(c.why) for c in changes), report.equivalent if changes else None,
                         report.kernel_accepted, round(report.outcome.seconds if seconds is None else seconds, 3),
-                        reason)
+                        reason, time_to_best=round(report.outcome.time_to_best, 3))
 
     @staticmethod
     def failed(obj: str, program: str | None, reason: str, prog_type: str | None = None) -> "FleetRow":
@@ -54,7 +55,8 @@ class FleetRow:
                         previous.before if previous.before is not None else self.before, self.after,
                         previous.changes + self.changes, previous.rule_hits + self.rule_hits,
                         None if not proofs else "proved" if proofs == {"proved"} else "tested",
-                        self.kernel_accepted, round(previous.seconds + self.seconds, 3), self.reason)
+                        self.kernel_accepted, round(previous.seconds + self.seconds, 3), self.reason,
+                        time_to_best=round(previous.seconds + self.time_to_best, 3))
 
     @property
     def saved(self) -> int | None:
