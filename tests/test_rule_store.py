@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from bpforge.cli import main
+from bpforge.errors import BpforgeError
 from bpforge.opt.rules import Rule, RuleBook
-from bpforge.opt.store import FAILED, PROVEN, UNPROVED, RuleStore
+from bpforge.opt.store import FAILED, PROVEN, UNPROVED, RuleStore, store_path
 
 from conftest import EXAMPLES
 
@@ -158,3 +160,23 @@ def test_optimize_reads_and_extends_the_store(capsys, tmp_path):
     assert set(shipped()) <= set(stored)
     learned = [s for s in stored.values() if s.origin.startswith("learned:xdp_counter.o")]
     assert all(s.status in (PROVEN, FAILED, UNPROVED) for s in learned)
+
+
+@pytest.mark.parametrize("option, path", [
+    ("rules.sqlite", "rules.sqlite"), ("/var/lib/bpforge/rules.sqlite", "/var/lib/bpforge/rules.sqlite"),
+    ("sqlite:///rules.sqlite", "rules.sqlite"), ("sqlite:////var/lib/rules.sqlite", "/var/lib/rules.sqlite"),
+    ("file:/var/lib/rules%20x.sqlite", "/var/lib/rules x.sqlite"), ("file:rules.sqlite", "rules.sqlite"),
+])
+def test_a_store_is_named_by_a_path_or_a_url(option, path):
+    assert store_path(option) == Path(path)
+
+
+@pytest.mark.parametrize("option", ["postgresql://db.example/rules", "sqlite://host/rules.sqlite"])
+def test_a_url_of_anything_but_a_local_sqlite_file_is_refused(option):
+    with pytest.raises(BpforgeError, match="rule store|sqlite URL"):
+        store_path(option)
+
+
+def test_a_store_opened_by_url_is_the_file(tmp_path):
+    with RuleStore(f"sqlite:///{tmp_path}/by-url.sqlite") as store:
+        assert store.path == tmp_path / "by-url.sqlite" and store.path.exists()

@@ -451,8 +451,8 @@ def optimize(prog: Prog,
                  "--report", metavar="FILE.html", help="Also write an HTML report with the cost over time.")] = None,
              no_kernel: NoKernel = False, no_search: NoSearch = False,
              rules: Annotated[str | None, typer.Option(
-                 "--rules", metavar="PATH", help="A rule store to read rules from and add what the run "
-                 "learned and which rules fired to (see 'bpforge rules').")] = None) -> int:
+                 "--rules", metavar="PATH|URL", help="A rule store (a file, sqlite:///PATH or file:PATH) to read "
+                 "rules from and add what the run learned and which rules fired to (see 'bpforge rules').")] = None) -> int:
     """Make a program smaller or faster: rule passes, then stochastic search; every change proved equivalent
     by SMT, the result checked by our verifier and the kernel's. Exit 0 done (improved or not), 1 when the
     kernel rejects even the original, 2 bad input."""
@@ -486,7 +486,7 @@ def optimize_many(
         budget: Budget = 60.0, cost: Cost = "size", jobs: Jobs = 1, ray: Ray = None, seed: Seed = 0,
         no_kernel: NoKernel = False, no_search: NoSearch = False,
         rules: Annotated[str | None, typer.Option(
-            "--rules", metavar="PATH", help=f"The rule store every program reads and extends (default: "
+            "--rules", metavar="PATH|URL", help=f"The rule store every program reads and extends (default: "
             f"{DEFAULT_STORE}).")] = None,
         json_out: Json = False) -> int:
     """Optimize every program of every object of a fleet, sharing one rule store; resumable (programs
@@ -583,7 +583,7 @@ def rules_rebuild(
 
 
 Store = Annotated[str | None, typer.Option(
-    "--store", metavar="PATH", help=f"The rule store (default: {DEFAULT_STORE}).")]
+    "--store", metavar="PATH|URL", help=f"The rule store (default: {DEFAULT_STORE}).")]
 
 
 @rules_app.command("list")

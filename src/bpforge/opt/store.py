@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,25 @@ def default_path() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "bpforge" / "rules.sqlite"
 
 
+def store_path(where: str | Path) -> Path:
+    """The file a store option names: a path, or a URL as SQLAlchemy writes them (`sqlite:///relative/path`,
+    `sqlite:////absolute/path`) or `file:PATH` (what a cluster's configuration tends to hold). Another scheme is an error: the store is SQLite, whose WAL mode
+    wants every writer on one machine's file system."""
+    text = str(where)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme in ("", "sqlite", "file") and (parsed.scheme or not text.startswith("//")):
+        if parsed.scheme == "sqlite":
+            if parsed.netloc or not parsed.path.startswith("/"):
+                raise StoreError(f"{text}: a sqlite URL names a local file: sqlite:///relative or sqlite:////absolute")
+            return Path(urllib.parse.unquote(parsed.path[1:]))
+        if parsed.scheme == "file":
+            return Path(urllib.parse.unquote(parsed.path))
+        return Path(text)
+    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
+        return Path(text)
+    raise StoreError(f"{text}: a rule store is a SQLite file (a path, sqlite:///PATH or file:PATH), not {parsed.scheme}")
+
+
 def status_of(proof: Proof) -> str:
     return PROVEN if proof.status == PROVED else FAILED if proof.status == REFUTED else UNPROVED
 
@@ -77,7 +97,7 @@ class RuleStore:
     """One store file (`path`, default `default_path()`); a context manager that closes it."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_path()
+        self.path = store_path(path) if path is not None else default_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit (isolation_level None): every write below opens its own BEGIN IMMEDIATE, which takes
