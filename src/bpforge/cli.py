@@ -452,7 +452,8 @@ def optimize(prog: Prog,
              no_kernel: NoKernel = False, no_search: NoSearch = False,
              rules: Annotated[str | None, typer.Option(
                  "--rules", metavar="PATH|URL", help="A rule store (a file, sqlite:///PATH or file:PATH) to read "
-                 "rules from and add what the run learned and which rules fired to (see 'bpforge rules').")] = None) -> int:
+                 "rules from and add what the run learned and which rules fired to (see 'bpforge rules').")
+             ] = None) -> int:
     """Make a program smaller or faster: rule passes, then stochastic search; every change proved equivalent
     by SMT, the result checked by our verifier and the kernel's. Exit 0 done (improved or not), 1 when the
     kernel rejects even the original, 2 bad input."""
@@ -478,7 +479,8 @@ def optimize_many(
         source: Annotated[str, typer.Argument(
             metavar="DIR|MANIFEST", show_default=False,
             help="A directory (its ELF objects *.o and K2 programs *.insns, recursively) or a manifest: one "
-                 "program file per line, relative to it, optionally followed by the sections to optimize and type=NAME.")],
+                 "program file per line, relative to it, optionally followed by the sections to optimize and "
+                 "type=NAME.")],
         output: Annotated[str, typer.Option(
             "--output", "-o", metavar="OUTDIR", show_default=False,
             help="Where the optimized objects go, at their paths under DIR (or the manifest's directory), with "

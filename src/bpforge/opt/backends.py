@@ -148,7 +148,8 @@ class RayCluster:
                 ray.init(address=None if address == "auto" else address, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             except Exception as err:  # Ray raises ConnectionError, ValueError, RuntimeError... for a bad address
-                raise BpforgeError(f"--ray {address}: cannot reach a Ray cluster ({str(err).splitlines()[0]})") from None
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise BpforgeError(f"--ray {address}: cannot reach a Ray cluster ({first})") from None
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.where = f"Ray cluster ({self.workers} CPUs)"
         self._flag = ray.remote(num_cpus=0)(_StopFlag).remote()

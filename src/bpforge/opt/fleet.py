@@ -156,7 +156,8 @@ def plan_object(entry: FleetEntry, manifest: Path | None = None) -> ObjectPlan:
     """The programs of `entry` to optimize; a plan with `error` when it is not a readable ELF object or K2
     program. A manifest's section that names no program of it is the manifest's mistake (BpforgeError)."""
     try:
-        loaded = load_program(entry.path, link=False, prog_type=entry.prog_type)  # linking is each program's own business, below
+        # linking is each program's own business, below
+        loaded = load_program(entry.path, link=False, prog_type=entry.prog_type)
         if loaded.kind not in FLEET_KINDS:
             raise BpforgeError(f"not an ELF object or a K2 program (read as {loaded.kind}); optimize it alone "
                                "with bpforge optimize", file=str(entry.path))

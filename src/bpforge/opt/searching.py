@@ -155,4 +155,5 @@ def rewrites_of(found: Sequence[Found]) -> list[Rewrite]:
     return chosen
 
 
-__all__ = ["CHAIN_PARAMS", "Found", "Round", "Unit", "WindowJob", "rewrites_of", "run_search", "search_unit", "units_of", "window_jobs"]
+__all__ = ["CHAIN_PARAMS", "Found", "Round", "Unit", "WindowJob", "rewrites_of", "run_search", "search_unit",
+           "units_of", "window_jobs"]

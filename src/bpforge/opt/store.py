@@ -59,8 +59,8 @@ def default_path() -> Path:
 
 def store_path(where: str | Path) -> Path:
     """The file a store option names: a path, or a URL as SQLAlchemy writes them (`sqlite:///relative/path`,
-    `sqlite:////absolute/path`) or `file:PATH` (what a cluster's configuration tends to hold). Another scheme is an error: the store is SQLite, whose WAL mode
-    wants every writer on one machine's file system."""
+    `sqlite:////absolute/path`) or `file:PATH` (what a cluster's configuration tends to hold). Another
+    scheme is an error: the store is SQLite, whose WAL mode wants every writer on one machine's file system."""
     text = str(where)
     parsed = urllib.parse.urlsplit(text)
     if parsed.scheme in ("", "sqlite", "file") and (parsed.scheme or not text.startswith("//")):
