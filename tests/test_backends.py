@@ -109,9 +109,8 @@ def test_a_unit_whose_worker_process_dies_is_lost_alone():
         backend.close()
 
 
-def test_the_search_in_worker_processes_finds_proved_improvements():
+def assert_the_search_finds_proved_improvements_on(backend) -> None:
     pytest.importorskip("z3")
-    backend = make_backend(jobs=2)
     try:
         searched = run_search(jobs_of(PROGRAM), seconds=6, backend=backend, seed=0, prog_type="xdp", cost="size",
                               timeout_ms=2000, stop=lambda: False)
@@ -119,6 +118,10 @@ def test_the_search_in_worker_processes_finds_proved_improvements():
         backend.close()
     assert searched.found and not searched.lost
     assert_proved(searched.found)
+
+
+def test_the_search_in_worker_processes_finds_proved_improvements():
+    assert_the_search_finds_proved_improvements_on(make_backend(jobs=2))
 
 
 # ---- a local Ray instance of 2 workers ----------------------------------------------------------------------------
@@ -168,15 +171,7 @@ def test_the_stop_reaches_ray_tasks(ray_address):
 
 
 def test_the_search_on_ray_finds_proved_improvements(ray_address):
-    pytest.importorskip("z3")
-    backend = make_backend(ray="auto")
-    try:
-        searched = run_search(jobs_of(PROGRAM), seconds=6, backend=backend, seed=0, prog_type="xdp", cost="size",
-                              timeout_ms=2000, stop=lambda: False)
-    finally:
-        backend.close()
-    assert searched.found and not searched.lost
-    assert_proved(searched.found)
+    assert_the_search_finds_proved_improvements_on(make_backend(ray="auto"))
 
 
 def test_optimize_on_ray_is_proved_and_the_kernel_accepts_it(ray_address, tmp_path):
