@@ -42,6 +42,7 @@ from .track import Transformation
 MAX_ROUNDS = 64
 FINISH_RESERVE = 0.05  # of the budget, kept for the kernel's verdict at the end
 WINDOW_SECONDS = (0.5, 8.0)  # the search time one window gets in a round, at least and at most
+ROUND_SECONDS = 180.0  # of wall time, at most, for one round of search
 
 
 @dataclass(frozen=True)
@@ -447,7 +448,7 @@ def _search(run: _Run, outcome: Outcome) -> None:
         jobs = [job for job in jobs if spent.get(_job_key(job), 0.0) == least]
         workers = run.backend.workers
         each = min(max(remaining * workers / len(jobs), WINDOW_SECONDS[0]), WINDOW_SECONDS[1])
-        jobs = jobs[:max(1, int(remaining * workers / each))]
+        jobs = jobs[:max(1, int(min(remaining, _round_seconds(run)) * workers / each))]
         seconds = min(remaining, each * len(jobs) / workers)
         run.tell("search", t)
         searched = run_search(jobs, seconds=seconds, backend=run.backend, seed=run.options.seed + round_number,
@@ -467,6 +468,14 @@ def _search(run: _Run, outcome: Outcome) -> None:
             _passes(run, outcome)
         _save(run, outcome)
         round_number += 1
+
+
+def _round_seconds(run: _Run) -> float:
+    """How long one round of search may last: what it finds is merged, gated and checkpointed only at the
+    round's end, so a large program's hundreds of windows are searched over several rounds, not one."""
+    if run.options.checkpoint is None:
+        return ROUND_SECONDS
+    return min(ROUND_SECONDS, run.options.checkpoint_every)
 
 
 def _streamed(run: _Run, t: Transformation) -> Callable[[int, int, object], None]:
