@@ -25,15 +25,15 @@ from ..errors import BpforgeError
 from ..isa import Insn, slot_count, slot_starts
 from ..isa.disasm import format_insn
 from ..verifier.window import window_of
+from . import checkpoint
+from .backends import Backend, Here, make_backend
+from .checkpoint import EVERY_SECONDS, Batch, program_key
 from .cost import LatencyModel, latency_cost
 from .gate import Subject, Verdicts
 from .passes import PASSES, ProgramView, unreachable
 from .prove import ProofCache, prove_rewrite
 from .rewrite import KnownBits, Rewrite
 from .rules import Rule, RuleBook, canonical, prove_rule
-from . import checkpoint
-from .backends import Backend, Here, make_backend
-from .checkpoint import EVERY_SECONDS, Batch, program_key
 from .searching import WindowJob, rewrites_of, run_search, window_jobs
 from .smt.equiv import PROVED
 from .store import RuleStore, status_of
@@ -452,9 +452,8 @@ def _search(run: _Run, outcome: Outcome) -> None:
         seconds = min(remaining, each * len(jobs) / workers)
         run.tell("search", t)
         searched = run_search(jobs, seconds=seconds, backend=run.backend, seed=run.options.seed + round_number,
-                           prog_type=run.subject.prog_type, cost=run.options.cost,
-                           timeout_ms=run.options.timeout_ms, stop=run.out_of_time,
-                           on_result=_streamed(run, t))
+                              prog_type=run.subject.prog_type, cost=run.options.cost,
+                              timeout_ms=run.options.timeout_ms, stop=run.out_of_time, on_result=_streamed(run, t))
         lost = {_job_key(job) for job, _ in searched.lost}
         for job in jobs:
             if _job_key(job) not in lost:  # a window whose worker died is searched again first
