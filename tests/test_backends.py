@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLES
 
 import bpforge
 from bpforge.formats import load_program
@@ -22,6 +21,8 @@ from bpforge.opt.backends import Here, Lost, Processes, make_backend
 from bpforge.opt.passes import ProgramView
 from bpforge.opt.searching import Found, run_search, units_of, window_jobs
 from bpforge.opt.smt.equiv import PROVED, prove_equivalent
+
+from conftest import EXAMPLES
 
 NO_KERNEL = kernel_available()
 XDP_COUNTER = EXAMPLES / "obj" / "xdp_counter.o"

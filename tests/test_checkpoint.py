@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLES
 
 import bpforge
 from bpforge.cli import main
@@ -19,6 +18,8 @@ from bpforge.kernel import kernel_available
 from bpforge.opt import checkpoint
 from bpforge.opt.rewrite import KnownBits, Rewrite
 from bpforge.opt.track import Transformation
+
+from conftest import EXAMPLES
 
 NO_KERNEL = kernel_available()
 XDP_COUNTER = EXAMPLES / "obj" / "xdp_counter.o"
