@@ -426,8 +426,9 @@ Cost = Annotated[str, typer.Option(help="What to minimise: size (slots) or laten
 Jobs = Annotated[int, typer.Option(help="Search chains in parallel processes.")]
 Seed = Annotated[int, typer.Option(help="Seed of the search (same seed, same result).")]
 Ray = Annotated[str | None, typer.Option(
-    metavar="auto|ADDRESS", help="Search on a Ray cluster (pip install 'bpforge[ray]'): auto, the one RAY_ADDRESS "
-    "or a running local instance names, else a new local one.")]
+    metavar="auto|ADDRESS", help="Search on a Ray cluster, one chain per CPU, instead of --jobs local processes "
+    "(pip install 'bpforge[ray]'): auto, the one RAY_ADDRESS or a running local instance names, else a new local "
+    "one.")]
 NoKernel = Annotated[bool, typer.Option(
     "--no-kernel", help="Do not load the result into the running kernel's verifier.")]
 NoSearch = Annotated[bool, typer.Option("--no-search", help="Rule passes only (milliseconds), no stochastic search.")]
