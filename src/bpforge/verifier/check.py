@@ -385,13 +385,19 @@ class VerifierMachine:
             self._stack_write(frame, start, size, value, slot)
             return None
         kinds = frame.types[start:start + size]  # uninitialised bytes read as anything (allow_uninit_stack)
-        if all(k == SPILL for k in kinds) and slot in frame.spilled:
-            spilled = frame.spilled[slot]
-            if size == SLOT:
-                return spilled
-            if spilled.is_pointer:
+        spilled = frame.spilled.get(slot) if frame.types[slot * SLOT] == SPILL else None
+        if spilled is not None:  # check_stack_read_fixed_off of a slot a register (or a constant) was spilled to
+            if size == SLOT:  # a whole spill's register; a narrow one's bytes with misc ones: any number
+                return spilled if all(k == SPILL for k in kinds) else self._loaded_scalar(size)
+            if not spilled.is_scalar:
                 raise Rejected("invalid size of register fill")
-            return self._loaded_scalar(size)
+            spill_size = SLOT - len(frame.types[slot * SLOT:(slot + 1) * SLOT].lstrip(bytes([SPILL])))
+            if start % SLOT == 0 and size <= spill_size:  # the low bytes of what was spilled (little-endian)
+                if _fits(spilled, size):
+                    return spilled
+                return scalar(_truncated(spilled.var, size))
+            if all(k == SPILL for k in kinds) and spilled.var.is_const() and spilled.var.var_off.value == 0:
+                return known(0)
         if all(k == ZERO for k in kinds):
             return known(0)
         return self._loaded_scalar(size)
@@ -431,17 +437,30 @@ class VerifierMachine:
         return None
 
     def _stack_write(self, frame: Frame, start: int, size: int, value: Reg, slot: int) -> None:
+        """check_stack_write_fixed_off for a privileged loader: a store at the start of a slot of a scalar
+        register or of a constant, of any size, spills it (the constant as an imprecise known scalar, so a
+        kept state's stored constants match any number, as a register's do); a pointer spills whole; any other
+        store leaves misc bytes, or zero bytes when it stores a register known to be 0 (made precise, as that
+        zero is now relied on) or the constant 0."""
         frame.forget_spills(start, size)
-        if size == SLOT and start % SLOT == 0 and not isinstance(self.op, Atomic) and \
-                isinstance(getattr(self.op, "value", None), RegOperand):
-            if value.is_scalar:  # the spilled copy is linked to the register as a copy is
-                value = self._linked_copy(self.op.value.n, value)
-            frame.types[start:start + SLOT] = bytes([SPILL]) * SLOT
-            frame.spilled[slot] = value
+        source = None if isinstance(self.op, Atomic) else getattr(self.op, "value", None)
+        spill = None
+        if start % SLOT == 0 and isinstance(source, RegOperand) and (value.is_scalar or size == SLOT):
+            spill = value
+            if value.is_scalar:  # the spilled copy is linked to the register as a copy is, when it fits
+                spill = self._linked_copy(source.n, value) if _fits(value, size) else \
+                    value.with_(id=0, delta=0, linked=0)
+        elif start % SLOT == 0 and isinstance(source, Imm):
+            spill = known(source.value)
+        if spill is not None:
+            frame.types[start:start + size] = bytes([SPILL]) * size
+            frame.spilled[slot] = spill
             return
         if value.is_pointer:
             raise Rejected("invalid size of register spill")
-        zero = value.is_scalar and value.var.is_const() and value.var.var_off.value & ((1 << 8 * size) - 1) == 0
+        zero = source is not None and value.is_scalar and value.var.is_const() and value.var.var_off.value == 0
+        if zero and isinstance(source, RegOperand):
+            self.precise(source.n)
         frame.types[start:start + size] = bytes([ZERO if zero else MISC]) * size
 
     def _loaded_scalar(self, size: int) -> Reg:
@@ -1318,21 +1337,55 @@ def covers(old: State, cur: State, live: int = ALL_REGISTERS, *, pruning: bool =
                 return False
             if mask >> n & 1 and not _reg_covers(fo.regs[n], fc.regs[n], ids, pruning):
                 return False
-        if fo.types == fc.types and not fo.spilled and not fc.spilled:
-            continue
-        for i in range(STACK_SIZE):
-            ko, kc = fo.types[i], fc.types[i]
-            if ko == INVALID and (kc == INVALID or not exact) or ko == kc and ko != SPILL:
-                continue
-            if ko == MISC and (kc == ZERO or pruning):
-                continue
-            if ko == SPILL and kc == SPILL:
-                s = i // SLOT
-                if i % SLOT == 0 and not _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids,
-                                                     pruning):
-                    return False
-                continue
+        if not _stack_covers(fo, fc, ids, pruning, exact):
             return False
+    return True
+
+
+_SLOT_BITS = (1 << 8 * SLOT) - 1
+_STACK_SLOTS = STACK_SIZE // SLOT
+_WHOLE_SPILL = bytes([SPILL]) * SLOT
+_MISC_OR_INVALID = frozenset({MISC, INVALID})
+
+
+def _stack_covers(fo: Frame, fc: Frame, ids: "_IdMap", pruning: bool, exact: bool) -> bool:
+    """stacksafe: each 8-byte slot of `fo` includes that of `fc`. Only the slots whose bytes differ, and
+    those `fo` has a register spilled in, can fail: the others hold the same plain bytes."""
+    old_types, cur_types = fo.types, fc.types
+    if old_types == cur_types and not fo.spilled:
+        return True
+    differing = int.from_bytes(old_types, "big") ^ int.from_bytes(cur_types, "big")
+    candidates = set(fo.spilled)
+    while differing:  # byte i is bits 8 * (511 - i) ...: slot s is the 64-bit chunk 63 - s
+        chunk = (differing.bit_length() - 1) // 64
+        candidates.add(_STACK_SLOTS - 1 - chunk)
+        differing &= ~(_SLOT_BITS << 64 * chunk)
+    for s in candidates:
+        if not _slot_covers(fo, fc, s, ids, pruning, exact):
+            return False
+    return True
+
+
+def _slot_covers(fo: Frame, fc: Frame, s: int, ids: "_IdMap", pruning: bool, exact: bool) -> bool:
+    """One slot of stacksafe, byte by byte as the kernel compares them (a privileged loader's, with
+    `pruning`: misc bytes of `fo` match anything, as uninitialised stack may be read)."""
+    first = s * SLOT
+    old_bytes, cur_bytes = fo.types[first:first + SLOT], fc.types[first:first + SLOT]
+    for ko, kc in zip(old_bytes, cur_bytes):
+        if ko == INVALID and (kc == INVALID or not exact) or ko == MISC and pruning:
+            continue
+        # scalar_reg_for_stack: a scalar spilled whole is compared with a slot of misc bytes as with the
+        # unknown number a load from there gives
+        if old_bytes == _WHOLE_SPILL and fo.spilled.get(s, NOT_INIT).is_scalar and pruning and \
+                _MISC_OR_INVALID.issuperset(cur_bytes):
+            return _reg_covers(fo.spilled[s], unknown(), ids, pruning)
+        if ko == kc and ko != SPILL or ko == MISC and kc == ZERO:
+            continue
+        if ko == SPILL and kc == SPILL:
+            continue
+        return False
+    if old_bytes[0] == SPILL and cur_bytes[0] == SPILL:
+        return _reg_covers(fo.spilled.get(s, NOT_INIT), fc.spilled.get(s, NOT_INIT), ids, pruning)
     return True
 
 
@@ -1413,6 +1466,18 @@ def _reg_covers(old: Reg, cur: Reg, ids: _IdMap, pruning: bool) -> bool:
     if old.kind in PACKET_KINDS and old.range > cur.range:
         return False
     return ids.match(old.id, cur.id) and ids.match(old.ref, cur.ref) and _within(old.var, cur.var)
+
+
+def _fits(reg: Reg, size: int) -> bool:
+    """get_reg_width: whether a scalar's value fits in `size` bytes (a narrow spill of it keeps its link)."""
+    return reg.var.umax.bit_length() <= 8 * size
+
+
+def _truncated(value: Scalar, size: int) -> Scalar:
+    """coerce_reg_to_size: the low `size` bytes of a value, zero-extended."""
+    if size == 4:
+        return scalar_alu("mov", 32, value, value)
+    return scalar_alu("and", 64, value, Scalar.known((1 << 8 * size) - 1))
 
 
 def _within(old: Scalar, cur: Scalar) -> bool:
