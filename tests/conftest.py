@@ -70,6 +70,20 @@ def kernel():
 
     return module
 
+
+@pytest.fixture(scope="session")
+def arenas(kernel):
+    """The kernel's arena maps, or skip: kernels before 6.9, without a JIT that supports them, or refusing
+    them to this process (creating one asks for more than CAP_BPF on some kernels: EPERM)."""
+    from bpforge.isa.maptypes import MapError, MapSpec
+    from bpforge.kernel.maps import KernelMap
+
+    try:
+        KernelMap.create(MapSpec("probe", 33, 0, 0, 1, flags=0x400)).close()
+    except MapError as err:
+        pytest.skip(f"the kernel makes no arena maps here: {err.message}")
+    return kernel
+
 from hypothesis import settings  # noqa: E402
 
 # HYPOTHESIS_PROFILE=deep runs the property tests much longer than CI does.

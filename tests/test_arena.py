@@ -63,10 +63,10 @@ char LICENSE[] SEC("license") = "GPL";
 """ % USER_VM_START
 
 
-def test_arena_pages_match_the_kernel(tmp_path, kernel):
+def test_arena_pages_match_the_kernel(tmp_path, arenas):
     vmlinux()
     obj = build(tmp_path, SOURCE)
-    retval, out = run_everywhere(obj, b"", kernel, prog_type="syscall")
+    retval, out = run_everywhere(obj, b"", arenas, prog_type="syscall")
     assert retval == 0
     first = USER_VM_START
     assert out == (first, 21, first + 2 * PAGE_SIZE, 0, 0, 9, 0, 0, first, 0, first + 8, 0)
@@ -87,7 +87,7 @@ def _arena(**fields) -> MapSpec:
     (dict(max_entries=(1 << 20) + 1), errno.E2BIG),  # more than 4 GiB
     (dict(map_extra=(1 << 32) - PAGE_SIZE), errno.ERANGE),  # the user range crosses 4 GiB
 ])
-def test_arena_creation_is_checked_like_the_kernel(fields, err, kernel):
+def test_arena_creation_is_checked_like_the_kernel(fields, err, arenas):
     with pytest.raises(MapError) as refused:
         ArenaMap(_arena(**fields))
     assert refused.value.errno == err

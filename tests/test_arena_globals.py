@@ -171,18 +171,6 @@ def run_all_engines(obj, data: bytes, prog_type: str, *, same_address: bool = Tr
     return kernel
 
 
-@pytest.fixture(scope="module")
-def arenas(kernel):
-    """The kernel's arena maps, or skip (kernels before 6.9, or without a JIT that supports them)."""
-    from bpforge.kernel.maps import KernelMap
-
-    try:
-        KernelMap.create(MapSpec("probe", 33, 0, 0, 1, flags=0x400)).close()
-    except MapError as err:
-        pytest.skip(f"the kernel has no arena maps: {err.message}")
-    return kernel
-
-
 def test_data_offset_is_the_end_of_the_arena_page_rounded():
     assert arena_data_offset(4, 100) == 3 * PAGE_SIZE
     assert arena_data_offset(4, PAGE_SIZE) == 3 * PAGE_SIZE

@@ -29,7 +29,8 @@ verifier's states there say what each live register and stack slot is —
   fp + c         r10 + c                                                             0 bytes
   data + c (+v)  rebuilt from data with a bounds check proving the verifier's range  bytes of v
   scalar         as few bytes as its range needs, range re-checked on the host       0 (constant) .. 8
-  stack bytes    zero bytes rewritten as zeros, the others copied; a spilled scalar as a scalar
+  stack bytes    zero bytes (a narrow spill's bytes of a constant's too) rewritten as zeros, the others
+                 copied; a spilled scalar as a scalar
   anything else  (map values, spilled pointers, ...) makes the point ineligible.
 
 Scalar ranges: states our verifier collects may miss values of scalars no later instruction needed
@@ -566,9 +567,19 @@ def _stack_pieces(offset: int, states: list[State], exact: bool, p: int) -> list
             raise StageError(f"fp{offset} at insn {p} holds a spilled {describe(reg)}, which cannot travel", insn=p)
     if all(full) and all(r is not None for r in spills):
         return [_scalar_piece(spills, exact, stack=offset)]
+    def kind(st: State, i: int) -> int:
+        """A byte's kind, a byte of a narrow spill as what it holds: zero when the spilled scalar is a
+        constant whose byte there is 0 (the verifier keeps `*(u32 *)(r10 - 8) = 0` as a spill), else misc."""
+        found = st.frame.types[i]
+        if found != SPILL:
+            return found
+        reg = st.frame.spilled.get(index)
+        known = reg is not None and reg.var.is_const() and not reg.var.var_off.value >> 8 * (i - start) & 0xFF
+        return ZERO if known else MISC
+
     classes = []
     for i in range(start, start + 8):
-        kinds = {MISC if st.frame.types[i] == SPILL else st.frame.types[i] for st in states}
+        kinds = {kind(st, i) for st in states}
         if kinds == {INVALID}:
             classes.append("none")
         elif kinds == {ZERO}:
