@@ -1,7 +1,7 @@
 # bpforge: set-up and entry points.
 #
 #   make demo       set up (if needed), then show info / verify / optimize / disasm / asm round trip / a bad-input
-#                   error / run / jit / offload
+#                   error / run / jit / offload / partition / a fleet
 #   make test       set up (if needed), then run the test-suite
 #   make examples   rebuild examples/obj/*.o with clang-19 (make -C examples)
 #
@@ -106,6 +106,9 @@ demo: setup
 	$(VENV)/bin/python -c "from bpforge.partition.workload import Mix, make_requests; print(''.join(r.payload.hex() + '\n' for r in make_requests(Mix(requests=400, seed=1))), end='')" > $(DEMO)/kvcache.trace
 	$(BPFORGE) partition examples/kvcache/server.py --trace $(DEMO)/kvcache.trace -o $(DEMO)/kvcache --budget 0 --report $(DEMO)/kvcache.html
 	head -n 12 $(DEMO)/kvcache/user.py
+	@echo "fleet: every program of examples/obj optimized in turn with one shared rule store, resumable (the same"
+	@echo "command again redoes nothing); asm_mem_sum.o is a failed row: the kernel rejects even its original"
+	$(BPFORGE) optimize-many examples/obj -o $(DEMO)/fleet --no-search --rules $(DEMO)/rules.sqlite | tail -n 6 || [ $$? = 1 ]
 
 clean:
 	rm -rf build

@@ -85,6 +85,7 @@ class OptimizeReport:
             "proofs": self.outcome.proofs, "proof_cache_hits": self.outcome.proof_cache_hits,
             "interrupted": self.outcome.interrupted,
             "searched_on": self.outcome.searched_on, "search_units": self.outcome.units,
+            "search_seconds": round(self.outcome.chain_seconds, 3),
             "lost_units": len(self.outcome.lost),
             "timeline": [[round(t, 3), slots] for t, slots in self.outcome.timeline],
             "estimated_ns": None if self.estimated_ns is None else {"before": self.estimated_ns[0],
