@@ -89,7 +89,7 @@ def workers_part(args) -> list[dict]:
                      "kernel": report.kernel_accepted, "lost": len(outcome.lost)})
     base = rows[0]["search_rate"] or 1.0
     print(f"\n1. workers: {loaded.name} ({rows[0]['before']} slots), {args.budget:g} s each; chain s: the time the "
-          "window searches ran, summed")
+          "window searches' chains ran, summed")
     print(f"{'config':18} {'workers':>7} {'wall s':>7} {'windows':>8} {'chain s':>8} {'per wall s':>10} {'vs 1':>6} "
           f"{'slots':>11} {'to best s':>9} {'proof':>7} {'kernel':>8} {'lost':>5}")
     for r in rows:

@@ -209,3 +209,16 @@ def test_cli_ray_at_a_bad_address_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--ray 127.0.0.1:9" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_fleet_on_ray_is_optimized_with_one_cluster(ray_address, tmp_path):
+    pytest.importorskip("z3")
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for name in ("xdp_counter.o", "asm_xdp_pass.o"):
+        (fleet / name).symlink_to(EXAMPLES / "obj" / name)
+    summary = bpforge.optimize_many(fleet, tmp_path / "out", budget=3, ray="auto", kernel=NO_KERNEL is None,
+                                    rules_store=tmp_path / "rules.sqlite")
+    assert [row.status for row in summary.rows] == ["done", "done"]
+    assert all(row.equivalent in (None, "proved") for row in summary.rows)
+    assert bpforge.load(tmp_path / "out" / "xdp_counter.o").verify().verdict == "accept"

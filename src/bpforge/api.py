@@ -247,14 +247,16 @@ def optimize_many(source: str | Path, outdir: str | Path, *,
                   stop: Callable[[], bool] | None = None, **options) -> FleetSummary:
     """Optimize every program of every object of a fleet, as `bpforge optimize-many` does: `source` is a
     directory (its ELF objects `*.o` and K2 programs `*.insns`, recursively) or a manifest (one program file
-    per line, relative to it, optionally followed by the sections to optimize; `#` comments). The outputs
-    go to `outdir` at the same relative paths, every program of an object optimized; a state file there
-    lets a later call skip the programs finished already (unless their input changed) and go on from a
-    partly optimized object. `options` are `Program.optimize`'s (`budget` is per program); `rules_store`
-    (default: the store `bpforge rules` uses) is shared by every program. The summary has `.rows` (one
-    `FleetRow` a program: before, after, changes, proof, kernel verdict, status, reason), `.totals()`,
-    `.text()`, `.as_json()`. `progress(i, n, program, phase, best_slots)`; `stop()` true ends the program
-    being optimized with its best result and leaves the rest for the next call."""
+    per line, relative to it, optionally followed by the sections to optimize and `type=NAME`; `#`
+    comments). The outputs go to `outdir` at the same relative paths, every program of an object optimized;
+    a state file there lets a later call skip the programs finished already (unless their input changed),
+    go on from a partly optimized object, and resume the program a killed call was in the middle of from
+    its checkpoint. `options` are `Program.optimize`'s (`budget` is per program; one Ray cluster or pool of
+    worker processes serves the whole fleet); `rules_store` (default: the store `bpforge rules` uses) is
+    shared by every program. The summary has `.rows` (one `FleetRow` a program: before, after, changes,
+    proof, kernel verdict, status, reason), `.totals()`, `.text()`, `.as_json()`. `progress(i, n, program,
+    phase, best_slots)`; `stop()` true ends the program being optimized with its best result and leaves the
+    rest for the next call."""
     from .opt.fleet import optimize_fleet
 
     return optimize_fleet(source, outdir, _optimize_options(**options), progress=progress, stop=stop)

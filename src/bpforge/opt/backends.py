@@ -223,14 +223,20 @@ class _StopFlag:
 def _in_ray(work: Work, unit: Any, flag) -> Any:
     import ray
 
-    last, stopped = 0.0, False
+    asked, last, stopped = None, 0.0, False
 
     def stop() -> bool:
-        nonlocal last, stopped
+        """The flag, asked at most every STOP_POLL_SECONDS and never waited for: a task that waits in Ray
+        hands its CPU back for the time, and Ray may start another task on it (more chains than CPUs)."""
+        nonlocal asked, last, stopped
         now = time.monotonic()
-        if not stopped and now - last >= STOP_POLL_SECONDS:
-            last = now
-            stopped = ray.get(flag.is_set.remote())
+        if stopped or now - last < STOP_POLL_SECONDS:
+            return stopped
+        last = now
+        if asked is None:
+            asked = flag.is_set.remote()
+        elif ray.wait([asked], timeout=0, fetch_local=False)[0]:
+            stopped, asked = ray.get(asked), None
         return stopped
 
     return work(unit, stop)

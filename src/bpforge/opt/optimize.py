@@ -94,7 +94,7 @@ class Outcome:
     proofs: int = 0
     proof_cache_hits: int = 0
     units: int = 0  # search units (one chain over one window) that ran to their end
-    chain_seconds: float = 0.0  # the time those units were given, summed: the search's work
+    chain_seconds: float = 0.0  # the time their chains ran, summed: the search's work
     lost: list[str] = field(default_factory=list)  # why, for each search unit whose worker died
     searched_on: str | None = None  # the backend's description, when the search ran
     seconds: float = 0.0
@@ -461,7 +461,7 @@ def _search(run: _Run, outcome: Outcome) -> None:
                 spent[_job_key(job)] = spent.get(_job_key(job), 0.0) + each
         outcome.lost.extend(why for _, why in searched.lost)
         outcome.units += len(jobs) - len(searched.lost)
-        outcome.chain_seconds += each * (len(jobs) - len(searched.lost))
+        outcome.chain_seconds += searched.seconds
         rewrites = rewrites_of(searched.found)
         outcome.proofs += len(searched.found)
         if rewrites and _apply_gated(run, outcome, t, rewrites, round_number):

@@ -78,8 +78,16 @@ def _cost_function(name: str) -> Callable[[Sequence[Insn]], float]:
     return size_cost
 
 
-def search_unit(unit: Unit, stop: Callable[[], bool]) -> Found | None:
-    """Run `unit`'s chain; its best candidate when cheaper than the window (proved equivalent), else None."""
+@dataclass(frozen=True)
+class Searched:
+    """What a unit brings back: its improvement (None: nothing cheaper was proved), and how long its chain ran."""
+
+    found: Found | None
+    seconds: float
+
+
+def search_unit(unit: Unit, stop: Callable[[], bool]) -> Searched:
+    """Run `unit`'s chain: its best candidate when cheaper than the window (proved equivalent), and its time."""
     job = unit.job
     live_out = dict(job.live_out)
     assumes = dict(job.assumes)
@@ -91,9 +99,10 @@ def search_unit(unit: Unit, stop: Callable[[], bool]) -> Found | None:
     task = SearchTask(job.window, job.live_in, live_out, assumes, unit.prog_type)
     result = search(task, budget=unit.seconds, seed=unit.seed, prove=prove, cost=_cost_function(unit.cost),
                     params=CHAIN_PARAMS[unit.chain % len(CHAIN_PARAMS)], stop=stop)
+    found = None
     if result.best is not None and result.best_cost < result.original_cost:
-        return Found(job, tuple(result.best), result.best_cost, result.original_cost, unit.chain)
-    return None
+        found = Found(job, tuple(result.best), result.best_cost, result.original_cost, unit.chain)
+    return Searched(found, result.seconds)
 
 
 def units_of(jobs: Sequence[WindowJob], *, seconds: float, workers: int, seed: int, prog_type: str, cost: str,
@@ -115,6 +124,7 @@ class Round:
 
     found: list[Found] = field(default_factory=list)
     lost: list[tuple[WindowJob, str]] = field(default_factory=list)
+    seconds: float = 0.0  # the chains' time, summed: the work the round did
 
 
 def run_search(jobs: Sequence[WindowJob], *, seconds: float, backend: Backend, seed: int, prog_type: str,
@@ -129,13 +139,16 @@ def run_search(jobs: Sequence[WindowJob], *, seconds: float, backend: Backend, s
                      timeout_ms=timeout_ms)
     deadline = time.monotonic() + seconds
     for done, (n, result) in enumerate(backend.run(search_unit, units, stop=stop, deadline=deadline), 1):
+        found = None
         if isinstance(result, Lost):
             out.lost.append((units[n].job, result.why))
-            result = None
-        elif result is not None:
-            out.found.append(result)
+        else:
+            out.seconds += result.seconds
+            found = result.found
+            if found is not None:
+                out.found.append(found)
         if on_result is not None:
-            on_result(done, len(units), result)
+            on_result(done, len(units), found)
     return out
 
 
@@ -155,5 +168,5 @@ def rewrites_of(found: Sequence[Found]) -> list[Rewrite]:
     return chosen
 
 
-__all__ = ["CHAIN_PARAMS", "Found", "Round", "Unit", "WindowJob", "rewrites_of", "run_search", "search_unit",
+__all__ = ["CHAIN_PARAMS", "Found", "Round", "Searched", "Unit", "WindowJob", "rewrites_of", "run_search", "search_unit",
            "units_of", "window_jobs"]
