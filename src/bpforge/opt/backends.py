@@ -110,11 +110,11 @@ class Processes:
                     self.close()  # a unit that ignores the stop holds a worker: start afresh next time
                     return
                 for n in [n for n, p in pending.items() if p.ready()]:
-                    result = pending.pop(n)
                     try:
-                        yield n, result.get()
+                        result = pending.pop(n).get()
                     except Exception as err:  # the unit raised in the worker: that unit is lost, not the run
-                        yield n, Lost(f"{type(err).__name__}: {err}")
+                        result = Lost(f"{type(err).__name__}: {err}")
+                    yield n, result
                 time.sleep(0.02)
         finally:
             self._event.set()
@@ -174,9 +174,10 @@ class RayCluster:
                 for ref in done:
                     n = pending.pop(ref)
                     try:
-                        yield n, ray.get(ref)
+                        result = ray.get(ref)
                     except ray.exceptions.RayError as err:  # the worker died or the task raised: that unit only
-                        yield n, Lost(_last_words(err))
+                        result = Lost(_last_words(err))
+                    yield n, result
         finally:
             if pending:
                 self._flag.set.remote()
