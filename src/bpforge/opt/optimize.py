@@ -33,7 +33,7 @@ from .gate import Subject, Verdicts
 from .passes import PASSES, ProgramView, unreachable
 from .prove import ProofCache, prove_rewrite
 from .rewrite import KnownBits, Rewrite
-from .rules import Rule, RuleBook, canonical, prove_rule
+from .rules import Rule, RuleBook, canonical, made_by_rule, prove_rule
 from .searching import WindowJob, rewrites_of, run_search, window_jobs
 from .smt.equiv import PROVED
 from .store import RuleStore, status_of
@@ -284,7 +284,7 @@ def _keep(path: str, run: _Run, outcome: Outcome, known: set[Rule]) -> None:
     statuses = {rule: status_of(prove_rule(rule, timeout_ms=run.options.timeout_ms)) for rule in learned}
     hits: dict[tuple[str, ...], int] = {}
     for change in outcome.changes:
-        if change.why.startswith("rule: "):
+        if made_by_rule(change.why):
             pattern = tuple(format_insn(i) for i in canonical(change.before)[0])
             hits[pattern] = hits.get(pattern, 0) + 1
     subject = run.subject
