@@ -160,9 +160,9 @@ class Program:
         read the rules from and add the learned ones and the fired rules' hits to (default: the shipped
         rules, nothing kept). `ray`: run the search on that Ray cluster ("auto" or an address) instead of
         `jobs` local processes. `checkpoint`: a file the run saves its state to every `checkpoint_every`
-        seconds (default 180) and at the end, and resumes from when it holds a run of this program (with what is left of
-        `budget`). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early with
-        the best result so far."""
+        seconds (default 180) and at the end, and resumes from when it holds a run of this program (with
+        what is left of `budget`). `progress(phase, best_slots, seconds)`; `stop()` true ends the run early
+        with the best result so far."""
         from .opt.run import optimize_loaded  # the optimizer (and z3) load on first use
 
         options = _optimize_options(budget=budget, cost=cost, jobs=jobs, seed=seed, search=search, kernel=kernel,

@@ -502,8 +502,8 @@ def optimize_many(
         progress = None if update is None else lambda i, n, name, phase, best: update(
             description=f"[{i}/{n}] {name}", phase=phase, best="?" if best is None else best)
         summary = run_fleet(source, output, budget=budget, cost=cost, jobs=jobs, ray=ray, seed=seed,
-                            search=not no_search,
-                            kernel=not no_kernel, rules_store=rules, progress=progress, stop=stop)
+                            search=not no_search, kernel=not no_kernel, rules_store=rules, progress=progress,
+                            stop=stop)
     if json_out:
         _emit_json(summary.as_json())
     else:

@@ -224,7 +224,7 @@ def optimize_fleet(source: str | Path, outdir: str | Path, options: OptimizeOpti
     state = FleetState.read(outdir)
     summary = FleetSummary(str(source), str(outdir), str(state.path), store)
     counter = _Counter(sum(max(1, len(plan.programs)) for plan in plans), progress)
-    backend = make_backend(options.jobs, options.ray) if options.search and options.budget is not None else None
+    backend = make_backend(options.jobs, options.ray) if options.searches else None
     try:  # one backend for the whole fleet: a Ray cluster is joined once, worker processes started once
         for plan in plans:
             _run_object(plan, outdir, state, options, summary, counter, stop, backend)

@@ -59,6 +59,11 @@ class OptimizeOptions:
     checkpoint: str | None = None  # a file to save the run's state to and resume it from (`checkpoint`)
     checkpoint_every: float = EVERY_SECONDS
 
+    @property
+    def searches(self) -> bool:
+        """Whether the run has a search phase (and so needs a backend): asked for, and a budget to spend."""
+        return self.search and self.budget is not None
+
 
 @dataclass(frozen=True)
 class Change:
@@ -176,8 +181,7 @@ def optimize_subject(subject: Subject, options: OptimizeOptions = OptimizeOption
     if store is not None:
         with RuleStore(store) as opened:
             rules = opened.book()
-    searching = options.search and options.budget is not None
-    owned = backend is None and searching
+    owned = backend is None and options.searches
     if owned:
         backend = make_backend(options.jobs, options.ray)
     run = _Run(subject, options, progress, stop, RuleBook.shipped() if rules is None else rules)
@@ -217,7 +221,7 @@ def _optimize(run: _Run) -> Outcome:
         _resume(run, outcome)
     try:
         _passes(run, outcome)
-        if options.search and options.budget is not None:
+        if options.searches:
             outcome.searched_on = run.backend.where
             _search(run, outcome)
     except KeyboardInterrupt:
@@ -482,14 +486,15 @@ def _round_seconds(run: _Run) -> float:
 def _streamed(run: _Run, t: Transformation) -> Callable[[int, int, object], None]:
     """The progress line while a round's units come back: how many, and the slots the improvements among
     them would save (an estimate until they are gated)."""
-    found = [0.0]
+    gain = 0.0
 
     def on_result(done: int, total: int, result) -> None:
+        nonlocal gain
         if result is not None:
-            found[0] += result.original_cost - result.cost
+            gain += result.original_cost - result.cost
         if run.progress is not None:
-            run.progress(f"search {done}/{total}" + (f", {found[0]:g} to gain" if found[0] else ""),
-                         slot_count(t.insns), run.elapsed())
+            run.progress(f"search {done}/{total}" + (f", {gain:g} to gain" if gain else ""), slot_count(t.insns),
+                         run.elapsed())
 
     return on_result
 

@@ -26,7 +26,8 @@ def check_options(options: OptimizeOptions) -> None:
     if options.jobs < 1:
         raise BpforgeError(f"--jobs must be at least 1, not {options.jobs}")
     if not options.checkpoint_every > 0:
-        raise BpforgeError(f"--checkpoint-every must be a positive number of seconds, not {options.checkpoint_every}")
+        raise BpforgeError("--checkpoint-every must be a positive number of seconds, not "
+                           f"{options.checkpoint_every}")
 
 
 def optimize_loaded(loaded: LoadedProgram, options: OptimizeOptions = OptimizeOptions(), *,
