@@ -1371,14 +1371,14 @@ def _slot_covers(fo: Frame, fc: Frame, s: int, ids: "_IdMap", pruning: bool, exa
     `pruning`: misc bytes of `fo` match anything, as uninitialised stack may be read)."""
     first = s * SLOT
     old_bytes, cur_bytes = fo.types[first:first + SLOT], fc.types[first:first + SLOT]
+    # scalar_reg_for_stack: a scalar spilled whole is compared with a slot of misc bytes as with the unknown
+    # number a load from there gives
+    if old_bytes == _WHOLE_SPILL and fo.spilled.get(s, NOT_INIT).is_scalar and pruning and \
+            _MISC_OR_INVALID.issuperset(cur_bytes):
+        return _reg_covers(fo.spilled[s], unknown(), ids, pruning)
     for ko, kc in zip(old_bytes, cur_bytes):
         if ko == INVALID and (kc == INVALID or not exact) or ko == MISC and pruning:
             continue
-        # scalar_reg_for_stack: a scalar spilled whole is compared with a slot of misc bytes as with the
-        # unknown number a load from there gives
-        if old_bytes == _WHOLE_SPILL and fo.spilled.get(s, NOT_INIT).is_scalar and pruning and \
-                _MISC_OR_INVALID.issuperset(cur_bytes):
-            return _reg_covers(fo.spilled[s], unknown(), ids, pruning)
         if ko == kc and ko != SPILL or ko == MISC and kc == ZERO:
             continue
         if ko == SPILL and kc == SPILL:
