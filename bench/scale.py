@@ -35,19 +35,15 @@ from bpforge.opt.fleet import optimize_fleet
 from bpforge.opt.optimize import OptimizeOptions
 from bpforge.opt.run import optimize_loaded
 
+from optimize import K2, k2_table  # bench/optimize.py, beside this script: where K2's programs are, its table
+
 ROOT = Path(__file__).resolve().parent.parent
-K2 = ROOT.parent / "shared" / "bench" / "k2"
 K2_BALANCER = 1603  # K2's published count for xdp-balancer (Table 1), in days of search
 
 
 def k2_types() -> dict[str, str]:
     """K2's README table: program -> the kernel type it loads as."""
-    types = {}
-    for line in (K2 / "README.md").read_text().splitlines():
-        m = re.match(r"\| (\S+) \| [^|]+ \| (\w+) \| (\d+) \| (\d+) \|", line)
-        if m:
-            types[m[1]] = m[2]
-    return types
+    return {name: prog_type for name, (prog_type, _, _) in k2_table().items()}
 
 
 def load_subject(name: str):
